@@ -1,0 +1,247 @@
+package events
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/event"
+)
+
+// Event types. They are reverse-DNS and versioned; a breaking change to an
+// event's data gets a new version suffix, never a silent change.
+const (
+	TypeProcessExec    = "dev.parry.sensor.process.exec.v1"
+	TypeProcessExit    = "dev.parry.sensor.process.exit.v1"
+	TypeNetworkConnect = "dev.parry.sensor.network.connect.v1"
+	TypeFileOpen       = "dev.parry.sensor.file.open.v1"
+	TypePrivilege      = "dev.parry.sensor.privilege.v1"
+	TypeSensorHealth   = "dev.parry.sensor.health.v1"
+	TypeIncidentOpened = "dev.parry.incident.opened.v1"
+
+	typeStepPrefix = "dev.parry.step."
+)
+
+// StepDone is the type a step replies with when it succeeded.
+func StepDone(step string) string { return typeStepPrefix + step + ".done.v1" }
+
+// StepFailed is the type a step replies with when it gave up.
+func StepFailed(step string) string { return typeStepPrefix + step + ".failed.v1" }
+
+// Extension attributes. Knative requires lower-case a-z0-9 names; Triggers
+// can filter on these and on nothing inside data.
+const (
+	ExtNode         = "node"
+	ExtPodNamespace = "podns"
+	ExtPodName      = "podname"
+	ExtPodUID       = "poduid"
+	ExtContainer    = "container"
+	ExtExe          = "exe"
+	ExtDestPort     = "dport"
+	ExtRule         = "rule"
+	ExtSeverity     = "severity"
+	ExtIncident     = "incident"
+	ExtPlaybook     = "playbook"
+	ExtStep         = "step"
+	// ExtTraceparent is the CloudEvents distributed-tracing extension.
+	ExtTraceparent = "traceparent"
+	// ExtCausation holds the id of the event that caused this one.
+	ExtCausation = "causation"
+)
+
+// inherited are the routing extensions a reply keeps from its cause, so that
+// later steps of the same incident can still be filtered by pod and playbook.
+var inherited = []string{
+	ExtNode, ExtPodNamespace, ExtPodName, ExtPodUID, ExtContainer,
+	ExtIncident, ExtPlaybook, ExtSeverity, ExtRule,
+}
+
+// Spec describes an event to build. Key is the stable identity of the
+// occurrence (for a sensor event: node, boot, kernel time and pid); the id is
+// derived from Type, Source and Key, so building the same Spec twice yields
+// the same id.
+type Spec struct {
+	Type       string
+	Source     string
+	Subject    string
+	Key        string
+	Time       time.Time
+	Extensions map[string]string
+	// Data is encoded as JSON; nil means no data.
+	Data any
+}
+
+// New builds an event that starts a trace: a new trace id, derived from the
+// event id so that a rebuilt event has the same traceparent.
+func New(s Spec) (cloudevents.Event, error) {
+	if s.Key == "" {
+		return cloudevents.Event{}, errors.New("events: Spec.Key is empty: the id must be derived from the occurrence, not random")
+	}
+	id := deriveID(s.Type, s.Source, s.Key)
+	e, err := build(id, s)
+	if err != nil {
+		return e, err
+	}
+	e.SetExtension(ExtTraceparent, traceparent(id[:32], id[32:48]))
+	return e, Validate(e)
+}
+
+// Reply builds the event a step answers cause with. Its id is derived from the
+// cause's id and the reply type, so a redelivered cause yields the same reply;
+// the trace id is kept, the span id is new, and causation names the cause.
+// Routing extensions of the cause are inherited unless s overrides them.
+func Reply(cause cloudevents.Event, s Spec) (cloudevents.Event, error) {
+	id := deriveID(s.Type, s.Source, cause.Source()+"\x00"+cause.ID()+"\x00"+s.Key)
+	ext := make(map[string]string, len(inherited)+len(s.Extensions))
+	for _, name := range inherited {
+		if v, ok := cause.Extensions()[name]; ok {
+			if str, ok := v.(string); ok && str != "" {
+				ext[name] = str
+			}
+		}
+	}
+	for k, v := range s.Extensions {
+		ext[k] = v
+	}
+	s.Extensions = ext
+	if s.Subject == "" {
+		s.Subject = cause.Subject()
+	}
+	e, err := build(id, s)
+	if err != nil {
+		return e, err
+	}
+	SetCause(&e, cause)
+	return e, Validate(e)
+}
+
+// SetCause links e to cause: causation is cause's id and the traceparent
+// continues cause's trace (or starts one from cause's id when cause carried
+// none, as events from other tools may). The broker uses it for replies that
+// a subscriber built without this package.
+func SetCause(e *cloudevents.Event, cause cloudevents.Event) {
+	e.SetExtension(ExtCausation, cause.ID())
+	traceID := TraceID(cause)
+	if traceID == "" {
+		traceID = deriveID("trace", cause.Source(), cause.ID())[:32]
+	}
+	e.SetExtension(ExtTraceparent, traceparent(traceID, deriveID("span", e.Source(), e.ID())[:16]))
+}
+
+// TraceID returns the trace id of e's traceparent, or "" when it has none or
+// it is malformed.
+func TraceID(e cloudevents.Event) string {
+	tp := String(e, ExtTraceparent)
+	if !traceparentRE.MatchString(tp) {
+		return ""
+	}
+	return tp[3:35]
+}
+
+// String returns the extension attribute name of e as a string ("" when
+// absent). The broker and functions read extensions only through it, so the
+// loosely typed map of the SDK stays in one place.
+func String(e cloudevents.Event, name string) string {
+	v, ok := e.Extensions()[name]
+	if !ok {
+		return ""
+	}
+	if s, ok := v.(string); ok {
+		return s
+	}
+	return fmt.Sprint(v)
+}
+
+func build(id string, s Spec) (cloudevents.Event, error) {
+	e := cloudevents.NewEvent(cloudevents.VersionV1)
+	e.SetID(id)
+	e.SetType(s.Type)
+	e.SetSource(s.Source)
+	if s.Subject != "" {
+		e.SetSubject(s.Subject)
+	}
+	t := s.Time
+	if t.IsZero() {
+		t = time.Now()
+	}
+	e.SetTime(t.UTC())
+	for k, v := range s.Extensions {
+		if v == "" {
+			continue
+		}
+		if err := checkExtensionName(k); err != nil {
+			return e, err
+		}
+		e.SetExtension(k, v)
+	}
+	if s.Data != nil {
+		if err := e.SetData(cloudevents.ApplicationJSON, s.Data); err != nil {
+			return e, fmt.Errorf("events: encoding data of %s: %w", s.Type, err)
+		}
+	}
+	return e, nil
+}
+
+func deriveID(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))[:48]
+}
+
+func traceparent(traceID, spanID string) string {
+	return "00-" + traceID + "-" + spanID + "-01"
+}
+
+var (
+	extensionNameRE = regexp.MustCompile(`^[a-z0-9]{1,20}$`)
+	traceparentRE   = regexp.MustCompile(`^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
+)
+
+func checkExtensionName(name string) error {
+	if !extensionNameRE.MatchString(name) {
+		return fmt.Errorf("events: extension attribute %q: names must be 1-20 characters of lower-case a-z and 0-9 (CloudEvents 1.0)", name)
+	}
+	return nil
+}
+
+// Validate checks e against the CloudEvents 1.0 rules and parry's own:
+// extension names, a well-formed traceparent. The error names the attribute.
+func Validate(e cloudevents.Event) error {
+	if err := e.Validate(); err != nil {
+		var verr event.ValidationError
+		if errors.As(err, &verr) {
+			return fmt.Errorf("invalid CloudEvent: %s", describe(verr))
+		}
+		return fmt.Errorf("invalid CloudEvent: %w", err)
+	}
+	for name := range e.Extensions() {
+		if err := checkExtensionName(name); err != nil {
+			return err
+		}
+	}
+	if tp, ok := e.Extensions()[ExtTraceparent]; ok {
+		if s, _ := tp.(string); !traceparentRE.MatchString(s) {
+			return fmt.Errorf("invalid CloudEvent: attribute traceparent %q is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)", tp)
+		}
+	}
+	return nil
+}
+
+func describe(verr event.ValidationError) string {
+	msgs := make([]string, 0, len(verr))
+	for attr, err := range verr {
+		msgs = append(msgs, fmt.Sprintf("attribute %s: %v", attr, err))
+	}
+	// Map order is random; a stable message is easier to test and to grep.
+	slices.Sort(msgs)
+	return strings.Join(msgs, "; ")
+}

@@ -1,0 +1,136 @@
+package events_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"parry.dev/parry/internal/events"
+)
+
+func sensorSpec() events.Spec {
+	return events.Spec{
+		Type:    events.TypeProcessExec,
+		Source:  "parry://sensor/node-a",
+		Subject: "pod/default/web-1",
+		Key:     "boot-1/123456789/4242",
+		Time:    time.Unix(1700000000, 0),
+		Extensions: map[string]string{
+			events.ExtNode:   "node-a",
+			events.ExtPodUID: "0d1e2f",
+			events.ExtExe:    "/usr/bin/xmrig",
+		},
+		Data: map[string]any{"pid": 4242},
+	}
+}
+
+func TestNewIsDeterministic(t *testing.T) {
+	a, err := events.New(sensorSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := events.New(sensorSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.ID() != b.ID() || events.String(a, events.ExtTraceparent) != events.String(b, events.ExtTraceparent) {
+		t.Fatalf("same occurrence gave different identities: %s/%s vs %s/%s", a.ID(), events.String(a, events.ExtTraceparent), b.ID(), events.String(b, events.ExtTraceparent))
+	}
+	other := sensorSpec()
+	other.Key = "boot-1/123456790/4242"
+	c, _ := events.New(other)
+	if c.ID() == a.ID() {
+		t.Fatal("different occurrences share an id")
+	}
+	if events.TraceID(a) == "" {
+		t.Fatalf("no trace id in %q", events.String(a, events.ExtTraceparent))
+	}
+}
+
+func TestReplyKeepsTraceAndLinksCause(t *testing.T) {
+	cause, err := events.New(sensorSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cause.SetExtension(events.ExtIncident, "inc-1")
+	spec := events.Spec{Type: events.StepDone("isolate"), Source: "parry://function/isolate", Key: "isolate"}
+	r1, err := events.Reply(cause, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, _ := events.Reply(cause, spec)
+	if r1.ID() != r2.ID() {
+		t.Fatal("a redelivered cause must give the same reply id")
+	}
+	if got := events.String(r1, events.ExtCausation); got != cause.ID() {
+		t.Fatalf("causation = %q, want %q", got, cause.ID())
+	}
+	if events.TraceID(r1) != events.TraceID(cause) {
+		t.Fatal("reply left the trace")
+	}
+	if events.String(r1, events.ExtTraceparent) == events.String(cause, events.ExtTraceparent) {
+		t.Fatal("reply must have its own span id")
+	}
+	if events.String(r1, events.ExtIncident) != "inc-1" || events.String(r1, events.ExtPodUID) != "0d1e2f" {
+		t.Fatalf("routing extensions not inherited: %v", r1.Extensions())
+	}
+	if r1.Subject() != cause.Subject() {
+		t.Fatal("subject not inherited")
+	}
+}
+
+func TestSetCauseOnForeignEventStartsTrace(t *testing.T) {
+	foreign := cloudevents.NewEvent()
+	foreign.SetID("falco-1")
+	foreign.SetSource("falco")
+	foreign.SetType("falco.rule.output.v1")
+	reply := cloudevents.NewEvent()
+	reply.SetID("r")
+	reply.SetSource("x")
+	reply.SetType("y")
+	events.SetCause(&reply, foreign)
+	if events.TraceID(reply) == "" || events.String(reply, events.ExtCausation) != "falco-1" {
+		t.Fatalf("got %v", reply.Extensions())
+	}
+	if err := events.Validate(reply); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestValidateNamesTheAttribute(t *testing.T) {
+	cases := map[string]func(*cloudevents.Event){
+		"id":          func(e *cloudevents.Event) { e.SetID("") },
+		"type":        func(e *cloudevents.Event) { e.SetType("") },
+		"traceparent": func(e *cloudevents.Event) { e.SetExtension("traceparent", "nonsense") },
+		"Bad_Name":    func(e *cloudevents.Event) { e.Context.(*cloudevents.EventContextV1).Extensions = map[string]any{"Bad_Name": "x"} },
+	}
+	for attr, breakIt := range cases {
+		e, err := events.New(sensorSpec())
+		if err != nil {
+			t.Fatal(err)
+		}
+		breakIt(&e)
+		err = events.Validate(e)
+		if err == nil || !strings.Contains(err.Error(), attr) {
+			t.Errorf("%s: error %v does not name the attribute", attr, err)
+		}
+	}
+}
+
+func TestNewRejectsBadInput(t *testing.T) {
+	s := sensorSpec()
+	s.Key = ""
+	if _, err := events.New(s); err == nil {
+		t.Error("empty key accepted")
+	}
+	s = sensorSpec()
+	s.Extensions = map[string]string{"Pod-Name": "x"}
+	if _, err := events.New(s); err == nil || !strings.Contains(err.Error(), "Pod-Name") {
+		t.Errorf("bad extension name: %v", err)
+	}
+	if got := events.StepFailed("revoke"); got != "dev.parry.step.revoke.failed.v1" {
+		t.Error(got)
+	}
+}
