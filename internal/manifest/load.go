@@ -1,0 +1,318 @@
+package manifest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.uber.org/zap"
+	"go.yaml.in/yaml/v3"
+	"knative.dev/eventing/pkg/apis/eventing"
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/apis/feature"
+	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
+	"knative.dev/pkg/apis"
+	sigsyaml "sigs.k8s.io/yaml"
+)
+
+const eventingV1 = "eventing.knative.dev/v1"
+
+// Broker is a Broker manifest and where it was read.
+type Broker struct {
+	*eventingv1.Broker
+	Pos Position
+}
+
+// Key is "namespace/name", the broker's ingress path without slashes.
+func (b Broker) Key() string { return b.Namespace + "/" + b.Name }
+
+// Trigger is a Trigger manifest and where it was read.
+type Trigger struct {
+	*eventingv1.Trigger
+	Pos Position
+}
+
+// Key is "namespace/name".
+func (t Trigger) Key() string { return t.Namespace + "/" + t.Name }
+
+// BrokerKey is the "namespace/name" of the Broker this Trigger subscribes to.
+func (t Trigger) BrokerKey() string {
+	if t.Spec.BrokerRef != nil {
+		ns := t.Spec.BrokerRef.Namespace
+		if ns == "" {
+			ns = t.Namespace
+		}
+		return ns + "/" + t.Spec.BrokerRef.Name
+	}
+	return t.Namespace + "/" + t.Spec.Broker
+}
+
+// Set is what a config directory declares for the event mesh. Other
+// Kubernetes objects in the directory (RBAC, Services, the sensor's
+// DaemonSet) are for `ko apply` and are not part of it.
+type Set struct {
+	Brokers  []Broker
+	Triggers []Trigger
+}
+
+// Broker returns the broker with key "namespace/name".
+func (s *Set) Broker(key string) (Broker, bool) {
+	for _, b := range s.Brokers {
+		if b.Key() == key {
+			return b, true
+		}
+	}
+	return Broker{}, false
+}
+
+// LoadDir reads every *.yaml and *.yml file directly in dir (not below it,
+// as `kubectl apply -f dir` does). All problems are reported together.
+func LoadDir(ctx context.Context, dir string) (*Set, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("reading config directory: %w (pass --config with the directory that holds the Broker and Trigger manifests)", err)
+	}
+	set := &Set{}
+	var errs Errors
+	for _, entry := range entries {
+		ext := filepath.Ext(entry.Name())
+		if entry.IsDir() || (ext != ".yaml" && ext != ".yml") {
+			continue
+		}
+		path := filepath.Join(dir, entry.Name())
+		data, err := os.ReadFile(path)
+		if err != nil {
+			errs = append(errs, &Error{Pos: Position{File: path}, Msg: err.Error()})
+			continue
+		}
+		errs = append(errs, set.add(ctx, path, data)...)
+	}
+	errs = append(errs, set.check()...)
+	if err := errs.Err(); err != nil {
+		return nil, err
+	}
+	return set, nil
+}
+
+// Parse reads the manifests in one YAML stream; file names it in errors.
+func Parse(ctx context.Context, file string, data []byte) (*Set, error) {
+	set := &Set{}
+	errs := set.add(ctx, file, data)
+	errs = append(errs, set.check()...)
+	if err := errs.Err(); err != nil {
+		return nil, err
+	}
+	return set, nil
+}
+
+func (s *Set) add(ctx context.Context, file string, data []byte) Errors {
+	// Validate as a cluster's webhook with Knative's default config-features
+	// would: without flags in the context, features such as delivery
+	// timeouts count as disabled.
+	ctx = feature.ToContext(ctx, feature.FromContextOrDefaults(ctx))
+	var errs Errors
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			return errs
+		}
+		if err != nil {
+			return append(errs, &Error{Pos: Position{File: file}, Msg: "malformed YAML: " + err.Error()})
+		}
+		if len(doc.Content) == 0 {
+			continue
+		}
+		if err := s.addDocument(ctx, file, &doc); err != nil {
+			errs = append(errs, err...)
+		}
+	}
+}
+
+func (s *Set) addDocument(ctx context.Context, file string, doc *yaml.Node) Errors {
+	root := doc.Content[0]
+	here := posOf(file, root)
+	var meta struct {
+		APIVersion string `yaml:"apiVersion"`
+		Kind       string `yaml:"kind"`
+	}
+	if err := root.Decode(&meta); err != nil {
+		return Errors{{Pos: here, Msg: "not a Kubernetes object: " + err.Error()}}
+	}
+	if meta.APIVersion != eventingV1 || (meta.Kind != "Broker" && meta.Kind != "Trigger") {
+		return nil
+	}
+	raw, err := yaml.Marshal(root)
+	if err != nil {
+		return Errors{{Pos: here, Msg: err.Error()}}
+	}
+	switch meta.Kind {
+	case "Broker":
+		var b eventingv1.Broker
+		if err := sigsyaml.UnmarshalStrict(raw, &b); err != nil {
+			return Errors{{Pos: here, Msg: "Broker: " + err.Error()}}
+		}
+		defaultNamespace(&b.ObjectMeta.Namespace)
+		// The webhook's config-br-defaults names this class when a Broker
+		// has none; without that ConfigMap, SetDefaults would leave it empty.
+		if b.Annotations[eventing.BrokerClassKey] == "" {
+			metav1SetAnnotation(&b.ObjectMeta.Annotations, eventing.BrokerClassKey, eventing.MTChannelBrokerClassValue)
+		}
+		b.SetDefaults(ctx)
+		if fe := b.Validate(ctx); fe != nil {
+			return fieldErrors(file, doc, "Broker "+b.Namespace+"/"+b.Name, fe)
+		}
+		s.Brokers = append(s.Brokers, Broker{Broker: &b, Pos: here})
+	case "Trigger":
+		var t eventingv1.Trigger
+		if err := sigsyaml.UnmarshalStrict(raw, &t); err != nil {
+			return Errors{{Pos: here, Msg: "Trigger: " + err.Error()}}
+		}
+		defaultNamespace(&t.ObjectMeta.Namespace)
+		t.SetDefaults(ctx)
+		name := "Trigger " + t.Namespace + "/" + t.Name
+		errs := checkMaterializes(file, doc, name, "spec.filters", t.Spec.Filters)
+		if fe := t.Validate(ctx); fe != nil {
+			errs = append(fieldErrors(file, doc, name, fe), errs...)
+		}
+		if len(errs) > 0 {
+			return errs
+		}
+		s.Triggers = append(s.Triggers, Trigger{Trigger: &t, Pos: here})
+	}
+	return nil
+}
+
+func metav1SetAnnotation(annotations *map[string]string, key, value string) {
+	if *annotations == nil {
+		*annotations = map[string]string{}
+	}
+	(*annotations)[key] = value
+}
+
+// defaultNamespace applies what kubectl does for a manifest without one.
+func defaultNamespace(ns *string) {
+	if *ns == "" {
+		*ns = "default"
+	}
+}
+
+func fieldErrors(file string, doc *yaml.Node, object string, fe *apis.FieldError) Errors {
+	var errs Errors
+	for _, e := range fe.WrappedErrors() {
+		paths := e.Paths
+		if len(paths) == 0 {
+			paths = []string{""}
+		}
+		msg := e.Message
+		if e.Details != "" {
+			msg += ": " + e.Details
+		}
+		for _, p := range paths {
+			prefix := object
+			if p != "" {
+				prefix += " " + p
+			}
+			errs = append(errs, &Error{Pos: Locate(file, doc, p), Msg: prefix + ": " + msg})
+		}
+	}
+	return errs
+}
+
+// checkMaterializes builds every filter with Knative's own code and reports
+// each one it would skip.
+func checkMaterializes(file string, doc *yaml.Node, object, path string, filters []eventingv1.SubscriptionsAPIFilter) Errors {
+	var errs Errors
+	for i, f := range filters {
+		errs = append(errs, checkFilter(file, doc, object, fmt.Sprintf("%s[%d]", path, i), f)...)
+	}
+	return errs
+}
+
+func checkFilter(file string, doc *yaml.Node, object, at string, f eventingv1.SubscriptionsAPIFilter) Errors {
+	if dialects := setDialects(f); len(dialects) > 1 {
+		return Errors{{Pos: Locate(file, doc, at), Msg: fmt.Sprintf("%s %s: sets %s: a filter has exactly one dialect; combine them with all or any", object, at, strings.Join(dialects, " and "))}}
+	}
+	if reason := materializes(f); reason != "" {
+		return Errors{{Pos: Locate(file, doc, at), Msg: object + " " + at + ": " + reason}}
+	}
+	errs := checkMaterializes(file, doc, object, at+".all", f.All)
+	errs = append(errs, checkMaterializes(file, doc, object, at+".any", f.Any)...)
+	if f.Not != nil {
+		errs = append(errs, checkFilter(file, doc, object, at+".not", *f.Not)...)
+	}
+	return errs
+}
+
+// materializes returns why Knative's code cannot build f, or "". The CESQL
+// parser panics on some malformed expressions; that is a bad expression too.
+func materializes(f eventingv1.SubscriptionsAPIFilter) (reason string) {
+	defer func() {
+		if r := recover(); r != nil {
+			reason = fmt.Sprintf("the CESQL parser rejected the expression %q (%v)", f.CESQL, r)
+		}
+	}()
+	if subscriptionsapi.MaterializeSubscriptionsAPIFilter(zap.NewNop(), f) == nil {
+		return unbuildable(f)
+	}
+	return ""
+}
+
+func setDialects(f eventingv1.SubscriptionsAPIFilter) []string {
+	var set []string
+	for _, d := range []struct {
+		name string
+		used bool
+	}{
+		{"exact", len(f.Exact) > 0}, {"prefix", len(f.Prefix) > 0}, {"suffix", len(f.Suffix) > 0},
+		{"all", len(f.All) > 0}, {"any", len(f.Any) > 0}, {"not", f.Not != nil}, {"cesql", f.CESQL != ""},
+	} {
+		if d.used {
+			set = append(set, d.name)
+		}
+	}
+	return set
+}
+
+func unbuildable(f eventingv1.SubscriptionsAPIFilter) string {
+	for dialect, m := range map[string]map[string]string{"exact": f.Exact, "prefix": f.Prefix, "suffix": f.Suffix} {
+		for attr, value := range m {
+			if attr == "" || value == "" {
+				return fmt.Sprintf("%s {%q: %q}: attribute and value must both be non-empty (Knative would skip this filter and match more than intended)", dialect, attr, value)
+			}
+		}
+	}
+	if f.CESQL != "" {
+		return fmt.Sprintf("invalid CESQL expression %q", f.CESQL)
+	}
+	return "filter sets no dialect: use one of exact, prefix, suffix, all, any, not, cesql"
+}
+
+// check verifies what spans objects: unique names and that every Trigger's
+// Broker exists.
+func (s *Set) check() Errors {
+	var errs Errors
+	seen := map[string]Position{}
+	for _, b := range s.Brokers {
+		if prev, dup := seen["Broker "+b.Key()]; dup {
+			errs = append(errs, &Error{Pos: b.Pos, Msg: fmt.Sprintf("Broker %s is also defined at %s", b.Key(), prev)})
+		}
+		seen["Broker "+b.Key()] = b.Pos
+	}
+	for _, t := range s.Triggers {
+		if prev, dup := seen["Trigger "+t.Key()]; dup {
+			errs = append(errs, &Error{Pos: t.Pos, Msg: fmt.Sprintf("Trigger %s is also defined at %s", t.Key(), prev)})
+		}
+		seen["Trigger "+t.Key()] = t.Pos
+		if _, ok := s.Broker(t.BrokerKey()); !ok {
+			errs = append(errs, &Error{Pos: t.Pos, Msg: fmt.Sprintf("Trigger %s subscribes to Broker %s, which no manifest defines", t.Key(), t.BrokerKey())})
+		}
+	}
+	return errs
+}
