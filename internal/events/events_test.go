@@ -104,7 +104,9 @@ func TestValidateNamesTheAttribute(t *testing.T) {
 		"id":          func(e *cloudevents.Event) { e.SetID("") },
 		"type":        func(e *cloudevents.Event) { e.SetType("") },
 		"traceparent": func(e *cloudevents.Event) { e.SetExtension("traceparent", "nonsense") },
-		"Bad_Name":    func(e *cloudevents.Event) { e.Context.(*cloudevents.EventContextV1).Extensions = map[string]any{"Bad_Name": "x"} },
+		"Bad_Name": func(e *cloudevents.Event) {
+			e.Context.(*cloudevents.EventContextV1).Extensions = map[string]any{"Bad_Name": "x"}
+		},
 	}
 	for attr, breakIt := range cases {
 		e, err := events.New(sensorSpec())
