@@ -1,0 +1,217 @@
+package journal_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/journal"
+)
+
+func open(t *testing.T, path string) *journal.Journal {
+	t.Helper()
+	j, err := journal.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func sensorEvent(t *testing.T, key string) cloudevents.Event {
+	t.Helper()
+	e, err := events.New(events.Spec{Type: events.TypeNetworkConnect, Source: "parry://sensor/n1", Key: key,
+		Extensions: map[string]string{events.ExtPodUID: "uid-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func record(t *testing.T, e cloudevents.Event, triggers ...string) journal.Record {
+	t.Helper()
+	r, err := journal.NewRecord("parry-system/parry", e, triggers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestAppendDeduplicatesBySourceAndID(t *testing.T) {
+	ctx := context.Background()
+	j := open(t, filepath.Join(t.TempDir(), "j.db"))
+	defer j.Close()
+	e := sensorEvent(t, "k1")
+	first, err := j.Append(ctx, record(t, e, "parry-system/a"))
+	if err != nil || first.Duplicate {
+		t.Fatalf("first append: %+v %v", first, err)
+	}
+	again, err := j.Append(ctx, record(t, e, "parry-system/a"))
+	if err != nil || !again.Duplicate {
+		t.Fatalf("redelivered event not recognised: %+v %v", again, err)
+	}
+	pending, err := j.Pending(ctx)
+	if err != nil || len(pending) != 1 {
+		t.Fatalf("want exactly one pending delivery, got %d (%v)", len(pending), err)
+	}
+}
+
+func TestPendingSurvivesReopenAndCompleteIsFinal(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "j.db")
+	j := open(t, path)
+	var seqs []int64
+	for i := range 3 {
+		a, err := j.Append(ctx, record(t, sensorEvent(t, fmt.Sprint(i)), "ns/t1", "ns/t2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, a.Seq)
+	}
+	if _, err := j.Complete(ctx, journal.Key{Seq: seqs[0], Trigger: "ns/t1", Target: journal.ToSubscriber}, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.GiveUp(ctx, journal.Key{Seq: seqs[1], Trigger: "ns/t1", Target: journal.ToSubscriber}, 3, 503, "unavailable", true); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+
+	j = open(t, path)
+	defer j.Close()
+	pending, err := j.Pending(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, p := range pending {
+		got[fmt.Sprintf("%d/%s/%s", p.Seq, p.Trigger, p.Target)] = true
+	}
+	want := []string{
+		fmt.Sprintf("%d/ns/t2/subscriber", seqs[0]),
+		fmt.Sprintf("%d/ns/t1/deadletter", seqs[1]),
+		fmt.Sprintf("%d/ns/t2/subscriber", seqs[1]),
+		fmt.Sprintf("%d/ns/t1/subscriber", seqs[2]),
+		fmt.Sprintf("%d/ns/t2/subscriber", seqs[2]),
+	}
+	if len(got) != len(want) {
+		t.Fatalf("pending = %v, want %v", got, want)
+	}
+	for _, w := range want {
+		if !got[w] {
+			t.Errorf("missing pending delivery %s (have %v)", w, got)
+		}
+	}
+}
+
+func TestIncidentTreeFollowsCausation(t *testing.T) {
+	ctx := context.Background()
+	j := open(t, filepath.Join(t.TempDir(), "j.db"))
+	defer j.Close()
+	root := sensorEvent(t, "root")
+	a, _ := j.Append(ctx, record(t, root, "ns/classify"))
+	opened, err := events.Reply(root, events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: "open",
+		Extensions: map[string]string{events.ExtIncident: "inc-7"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Complete(ctx, journal.Key{Seq: a.Seq, Trigger: "ns/classify", Target: journal.ToSubscriber}, 1, ptr(record(t, opened, "ns/isolate"))); err != nil {
+		t.Fatal(err)
+	}
+	done, _ := events.Reply(opened, events.Spec{Type: events.StepDone("isolate"), Source: "parry://function/isolate", Key: "isolate"})
+	openedEntry, _ := j.Event(ctx, opened.ID())
+	if _, err := j.Complete(ctx, journal.Key{Seq: openedEntry.Seq, Trigger: "ns/isolate", Target: journal.ToSubscriber}, 1, ptr(record(t, done))); err != nil {
+		t.Fatal(err)
+	}
+
+	trees, err := j.Incident(ctx, "inc-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(trees) != 1 || trees[0].ID != root.ID() {
+		t.Fatalf("want one tree rooted at the sensor event, got %d", len(trees))
+	}
+	chain := []string{}
+	for n := trees[0]; n != nil; {
+		chain = append(chain, n.Type)
+		if len(n.Children) == 0 {
+			break
+		}
+		n = n.Children[0]
+	}
+	if strings.Join(chain, ">") != events.TypeNetworkConnect+">"+events.TypeIncidentOpened+">"+events.StepDone("isolate") {
+		t.Fatalf("chain = %v", chain)
+	}
+	if d := trees[0].Deliveries; len(d) != 1 || d[0].State != journal.Done || d[0].ReplySeq == 0 {
+		t.Fatalf("root deliveries = %+v", d)
+	}
+	byEvent, err := j.Tree(ctx, done.ID())
+	if err != nil || byEvent.ID != root.ID() {
+		t.Fatalf("Tree from a leaf: %v %v", byEvent, err)
+	}
+	if _, err := j.Incident(ctx, "nope"); !errors.Is(err, journal.ErrNotFound) {
+		t.Fatalf("unknown incident: %v", err)
+	}
+	last, err := j.Last(ctx, 2)
+	if err != nil || len(last) != 2 || last[1].ID != done.ID() {
+		t.Fatalf("Last(2) = %d entries, %v", len(last), err)
+	}
+}
+
+func TestConcurrentAppendsAreAllDurable(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "j.db")
+	j := open(t, path)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				if _, err := j.Append(ctx, record(t, sensorEvent(t, fmt.Sprintf("%d-%d", w, i)), "ns/t")); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	j.Close()
+	j = open(t, path)
+	defer j.Close()
+	pending, err := j.Pending(ctx)
+	if err != nil || len(pending) != 1600 {
+		t.Fatalf("pending = %d, %v; want 1600", len(pending), err)
+	}
+}
+
+func TestOpenErrorsSayWhatToDo(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "j.db")
+	j := open(t, path)
+	defer j.Close()
+	if _, err := journal.Open(context.Background(), path); err == nil || !strings.Contains(err.Error(), "in use by another parry process") {
+		t.Fatalf("second open: %v", err)
+	}
+	if os.Geteuid() == 0 {
+		// Root ignores permission bits; a path below a regular file fails for everyone.
+		blocker := filepath.Join(dir, "file")
+		os.WriteFile(blocker, nil, 0o600)
+		path = filepath.Join(blocker, "j.db")
+	} else {
+		ro := filepath.Join(dir, "ro")
+		os.Mkdir(ro, 0o500)
+		path = filepath.Join(ro, "sub", "j.db")
+	}
+	if _, err := journal.Open(context.Background(), path); err == nil || !strings.Contains(err.Error(), "--journal") {
+		t.Fatalf("unwritable path: %v", err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

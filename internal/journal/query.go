@@ -1,0 +1,254 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+)
+
+// ErrNotFound is returned when no event matches a query.
+var ErrNotFound = errors.New("journal: no such event")
+
+// Entry is one journaled event and what became of its deliveries.
+type Entry struct {
+	Seq        int64
+	ID         string
+	Source     string
+	Type       string
+	Subject    string
+	Incident   string
+	Causation  string
+	TraceID    string
+	Broker     string
+	Received   time.Time
+	Event      cloudevents.Event
+	Deliveries []Delivery
+}
+
+// Delivery is the journaled state of one delivery.
+type Delivery struct {
+	Trigger  string
+	Target   Target
+	State    State
+	Attempts int
+	Code     int
+	Error    string
+	ReplySeq int64
+	Updated  time.Time
+}
+
+// Node is an event in a causal tree.
+type Node struct {
+	Entry
+	Children []*Node
+}
+
+// PendingDelivery is a delivery not yet done, as found at start-up.
+type PendingDelivery struct {
+	Key
+	Broker   string
+	Attempts int
+	Code     int
+	Error    string
+	Event    cloudevents.Event
+}
+
+const entryColumns = `seq, id, source, type, subject, COALESCE(incident, ''), COALESCE(causation, ''), traceid, broker, received, body`
+
+func scanEntry(row interface{ Scan(...any) error }) (Entry, error) {
+	var e Entry
+	var received int64
+	var body []byte
+	if err := row.Scan(&e.Seq, &e.ID, &e.Source, &e.Type, &e.Subject, &e.Incident, &e.Causation, &e.TraceID, &e.Broker, &received, &body); err != nil {
+		return e, err
+	}
+	e.Received = time.Unix(0, received)
+	if err := e.Event.UnmarshalJSON(body); err != nil {
+		return e, fmt.Errorf("journal: event %d is corrupt: %w", e.Seq, err)
+	}
+	return e, nil
+}
+
+func (j *Journal) queryEntries(ctx context.Context, where string, args ...any) ([]Entry, error) {
+	rows, err := j.db.QueryContext(ctx, `SELECT `+entryColumns+` FROM events `+where, args...)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	defer rows.Close()
+	var out []Entry
+	for rows.Next() {
+		e, err := scanEntry(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	return out, j.attachDeliveries(ctx, out)
+}
+
+func (j *Journal) attachDeliveries(ctx context.Context, entries []Entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	bySeq := make(map[int64]*Entry, len(entries))
+	args := make([]any, len(entries))
+	for i := range entries {
+		bySeq[entries[i].Seq] = &entries[i]
+		args[i] = entries[i].Seq
+	}
+	rows, err := j.db.QueryContext(ctx, `SELECT event_seq, trigger, target, state, attempts, code, error, COALESCE(reply_seq, 0), updated
+		FROM deliveries WHERE event_seq IN (?`+strings.Repeat(",?", len(args)-1)+`) ORDER BY event_seq, trigger, target DESC`, args...)
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var d Delivery
+		var seq, updated int64
+		if err := rows.Scan(&seq, &d.Trigger, &d.Target, &d.State, &d.Attempts, &d.Code, &d.Error, &d.ReplySeq, &updated); err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+		d.Updated = time.Unix(0, updated)
+		bySeq[seq].Deliveries = append(bySeq[seq].Deliveries, d)
+	}
+	return rows.Err()
+}
+
+// Event returns the event with id (the first journaled, should two sources
+// share an id).
+func (j *Journal) Event(ctx context.Context, id string) (Entry, error) {
+	es, err := j.queryEntries(ctx, `WHERE id = ? ORDER BY seq LIMIT 1`, id)
+	if err != nil {
+		return Entry{}, err
+	}
+	if len(es) == 0 {
+		return Entry{}, fmt.Errorf("%w with id %q", ErrNotFound, id)
+	}
+	return es[0], nil
+}
+
+// Last returns the n most recent events, oldest first.
+func (j *Journal) Last(ctx context.Context, n int) ([]Entry, error) {
+	es, err := j.queryEntries(ctx, `WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM events) - ? ORDER BY seq`, n)
+	return es, err
+}
+
+// Tree returns the causal tree that contains the event with id, from its
+// root cause down.
+func (j *Journal) Tree(ctx context.Context, id string) (*Node, error) {
+	e, err := j.Event(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	root, err := j.rootOf(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	return j.grow(ctx, root)
+}
+
+// Incident returns the causal trees of an incident: from the root cause of
+// every event that carries the incident id, down to the last step. Usually
+// that is one tree, rooted at the sensor event that opened the incident.
+func (j *Journal) Incident(ctx context.Context, incident string) ([]*Node, error) {
+	members, err := j.queryEntries(ctx, `WHERE incident = ? ORDER BY seq`, incident)
+	if err != nil {
+		return nil, err
+	}
+	if len(members) == 0 {
+		return nil, fmt.Errorf("%w in incident %q", ErrNotFound, incident)
+	}
+	var trees []*Node
+	seen := map[int64]bool{}
+	for _, m := range members {
+		root, err := j.rootOf(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		if seen[root.Seq] {
+			continue
+		}
+		seen[root.Seq] = true
+		tree, err := j.grow(ctx, root)
+		if err != nil {
+			return nil, err
+		}
+		trees = append(trees, tree)
+	}
+	return trees, nil
+}
+
+func (j *Journal) rootOf(ctx context.Context, e Entry) (Entry, error) {
+	visited := map[int64]bool{e.Seq: true}
+	for e.Causation != "" {
+		parent, err := j.Event(ctx, e.Causation)
+		if errors.Is(err, ErrNotFound) {
+			return e, nil // the cause came from outside the journal
+		}
+		if err != nil {
+			return e, err
+		}
+		if visited[parent.Seq] {
+			return e, nil // a causation cycle can only come from a foreign producer
+		}
+		visited[parent.Seq] = true
+		e = parent
+	}
+	return e, nil
+}
+
+func (j *Journal) grow(ctx context.Context, root Entry) (*Node, error) {
+	top := &Node{Entry: root}
+	queue := []*Node{top}
+	visited := map[int64]bool{root.Seq: true}
+	for len(queue) > 0 {
+		n := queue[0]
+		queue = queue[1:]
+		children, err := j.queryEntries(ctx, `WHERE causation = ? ORDER BY seq`, n.ID)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range children {
+			if visited[c.Seq] {
+				continue
+			}
+			visited[c.Seq] = true
+			child := &Node{Entry: c}
+			n.Children = append(n.Children, child)
+			queue = append(queue, child)
+		}
+	}
+	return top, nil
+}
+
+// Pending returns every delivery that has not finished, oldest first, for
+// redelivery after a restart.
+func (j *Journal) Pending(ctx context.Context) ([]PendingDelivery, error) {
+	rows, err := j.db.QueryContext(ctx, `SELECT d.event_seq, d.trigger, d.target, d.attempts, d.code, d.error, e.broker, e.body
+		FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.state = 'pending' ORDER BY d.event_seq`)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	defer rows.Close()
+	var out []PendingDelivery
+	for rows.Next() {
+		var p PendingDelivery
+		var body []byte
+		if err := rows.Scan(&p.Seq, &p.Trigger, &p.Target, &p.Attempts, &p.Code, &p.Error, &p.Broker, &body); err != nil {
+			return nil, fmt.Errorf("journal: %w", err)
+		}
+		if err := p.Event.UnmarshalJSON(body); err != nil {
+			return nil, fmt.Errorf("journal: event %d is corrupt: %w", p.Seq, err)
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
