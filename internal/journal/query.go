@@ -251,4 +251,3 @@ func (j *Journal) Pending(ctx context.Context) ([]PendingDelivery, error) {
 	}
 	return out, rows.Err()
 }
-
