@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages a fresh machine lacks for `make tools` and
+# `make test`: PostgreSQL (for Vault's database secrets engine in the test
+# environment; its server must run as the postgres user the package creates)
+# and flock (util-linux) for the tools build lock. Idempotent: a machine that
+# has them skips apt entirely.
+set -euo pipefail
+
+need=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && id postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v pg_isready >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_isready >/dev/null 2>&1 || need+=(postgresql-client)
+command -v flock >/dev/null 2>&1 || need+=(util-linux)
+command -v git >/dev/null 2>&1 || need+=(git)
+
+if [ ${#need[@]} -eq 0 ]; then
+	echo "install-deps: nothing to install"
+	exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+	echo "install-deps: need root to install: ${need[*]} (run: sudo apt-get install -y ${need[*]})" >&2
+	exit 1
+fi
+echo "install-deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The package starts a cluster of its own on port 5432 where a service
+# manager runs; the tests start their own clusters and do not need it.
+echo "install-deps: done"
