@@ -49,6 +49,18 @@ const (
 	ExtIncident     = "incident"
 	ExtPlaybook     = "playbook"
 	ExtStep         = "step"
+	// Sensor attributes beside the ones above. ExtContainer is the
+	// container's name (as in the pod spec); ExtContainerID its runtime id.
+	ExtContainerID = "containerid"
+	ExtImage       = "image"
+	ExtOwner       = "owner"  // the pod's controller, e.g. Deployment/web
+	ExtComm        = "comm"   // the task's comm (15 bytes)
+	ExtUID         = "uid"    // the process's real uid
+	ExtDestAddr    = "daddr"  // connect destination address
+	ExtProto       = "proto"  // tcp, udp, ...
+	ExtPath        = "path"   // file path of an open
+	ExtSignal      = "signal" // privilege signal: setuid, ptrace, memfd, ...
+	ExtAction      = "action" // what the kernel did: "blocked" for a refused connect
 	// ExtTraceparent is the CloudEvents distributed-tracing extension.
 	ExtTraceparent = "traceparent"
 	// ExtCausation holds the id of the event that caused this one.
