@@ -231,7 +231,7 @@ func appendTx(ctx context.Context, tx *sql.Tx, st *statements, r Record, now int
 	}
 	ins := tx.StmtContext(ctx, st.insertDelivery)
 	for _, trig := range r.Triggers {
-		if _, err := ins.ExecContext(ctx, seq, trig, string(ToSubscriber), now); err != nil {
+		if _, err := ins.ExecContext(ctx, seq, trig, string(ToSubscriber), 0, "", now); err != nil {
 			return Appended{}, fmt.Errorf("journal: inserting delivery of %s to %s: %w", e.ID(), trig, err)
 		}
 	}
@@ -287,7 +287,9 @@ func (j *Journal) GiveUp(ctx context.Context, k Key, attempts, code int, reason 
 		if !deadLetter || k.Target == ToDeadLetter {
 			return nil
 		}
-		_, err := tx.StmtContext(ctx, st.insertDelivery).ExecContext(ctx, k.Seq, k.Trigger, string(ToDeadLetter), now)
+		// The dead-letter delivery keeps the subscriber's last answer: it
+		// becomes the knativeerror* attributes of the dead-lettered event.
+		_, err := tx.StmtContext(ctx, st.insertDelivery).ExecContext(ctx, k.Seq, k.Trigger, string(ToDeadLetter), code, reason, now)
 		return err
 	})
 }
@@ -315,7 +317,7 @@ func (st *statements) prepare(ctx context.Context, db *sql.DB) error {
 	}
 	st.insertEvent = prep(`INSERT INTO events (id, source, type, subject, incident, causation, traceid, broker, received, body)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING RETURNING seq`)
-	st.insertDelivery = prep(`INSERT OR IGNORE INTO deliveries (event_seq, trigger, target, state, updated) VALUES (?, ?, ?, 'pending', ?)`)
+	st.insertDelivery = prep(`INSERT OR IGNORE INTO deliveries (event_seq, trigger, target, state, code, error, updated) VALUES (?, ?, ?, 'pending', ?, ?, ?)`)
 	st.finish = prep(`UPDATE deliveries SET state = ?, attempts = ?, code = ?, error = ?, reply_seq = ?, updated = ?
 		WHERE event_seq = ? AND trigger = ? AND target = ?`)
 	return err

@@ -1,0 +1,224 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/rs/zerolog"
+	"go.uber.org/zap"
+	eventingduckv1 "knative.dev/eventing/pkg/apis/duck/v1"
+	"knative.dev/eventing/pkg/eventfilter"
+	"knative.dev/eventing/pkg/eventfilter/attributes"
+	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
+	"knative.dev/eventing/pkg/kncloudevents"
+	duckv1 "knative.dev/pkg/apis/duck/v1"
+	"knative.dev/pkg/logging"
+
+	"parry.dev/parry/internal/journal"
+	"parry.dev/parry/internal/manifest"
+)
+
+// Handler is an in-process subscriber: Knative func's signature. A nil reply
+// means none; an error is a failed attempt, retried per the delivery spec.
+type Handler func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error)
+
+// Options configure a Broker. Manifests, Journal and Client are required.
+type Options struct {
+	Manifests *manifest.Set
+	Journal   *journal.Journal
+	// Functions maps a Knative Service name to the handler that runs it in
+	// this process.
+	Functions map[string]Handler
+	Client    *http.Client
+	Log       zerolog.Logger
+	// MaxEventBytes bounds an ingress request body; default 1 MiB.
+	MaxEventBytes int64
+	// Workers is how many deliveries run at once; default 64.
+	Workers int
+	// MaxQueued is how many deliveries may wait before ingress holds new
+	// events back; default 65536.
+	MaxQueued int
+}
+
+// Broker serves every Broker of a manifest set.
+type Broker struct {
+	opts     Options
+	log      zerolog.Logger
+	routes   map[string]*route // by broker key "namespace/name"
+	triggers map[string]*trigger
+	queue    queue
+	wg       sync.WaitGroup
+	// filterCtx carries a no-op zap logger: Knative's filters log at debug
+	// level through the context, and the fallback logger costs per event.
+	filterCtx context.Context
+}
+
+type route struct {
+	key      string
+	triggers []*trigger
+}
+
+type trigger struct {
+	key        string
+	broker     string
+	filter     eventfilter.Filter
+	subscriber destination
+	deadLetter *destination
+	retry      kncloudevents.RetryConfig
+}
+
+// New resolves every Trigger's subscriber and delivery spec. A subscriber
+// ref that names no registered function is an error, not a silent drop.
+func New(opts Options) (*Broker, error) {
+	if opts.Manifests == nil || opts.Journal == nil || opts.Client == nil {
+		return nil, fmt.Errorf("broker: Options.Manifests, Journal and Client are required")
+	}
+	if opts.MaxEventBytes <= 0 {
+		opts.MaxEventBytes = 1 << 20
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 64
+	}
+	if opts.MaxQueued <= 0 {
+		opts.MaxQueued = 1 << 16
+	}
+	b := &Broker{
+		opts:      opts,
+		log:       opts.Log.With().Str("component", "broker").Logger(),
+		routes:    map[string]*route{},
+		triggers:  map[string]*trigger{},
+		filterCtx: logging.WithLogger(context.Background(), zap.NewNop().Sugar()),
+	}
+	b.queue.init()
+	for _, br := range opts.Manifests.Brokers {
+		b.routes[br.Key()] = &route{key: br.Key()}
+	}
+	var problems []string
+	for _, t := range opts.Manifests.Triggers {
+		br, _ := opts.Manifests.Broker(t.BrokerKey())
+		trig, err := b.resolve(t, br)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: Trigger %s: %v", t.Pos, t.Key(), err))
+			continue
+		}
+		b.triggers[trig.key] = trig
+		r := b.routes[trig.broker]
+		r.triggers = append(r.triggers, trig)
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("broker: %s", strings.Join(problems, "\n"))
+	}
+	return b, nil
+}
+
+func (b *Broker) resolve(t manifest.Trigger, br manifest.Broker) (*trigger, error) {
+	trig := &trigger{key: t.Key(), broker: t.BrokerKey()}
+	switch {
+	case len(t.Spec.Filters) > 0:
+		trig.filter = subscriptionsapi.CreateSubscriptionsAPIFilters(zap.NewNop(), t.Spec.Filters)
+	case t.Spec.Filter != nil:
+		trig.filter = attributes.NewAttributesFilter(t.Spec.Filter.Attributes)
+	}
+	var err error
+	if trig.subscriber, err = b.destination(t.Spec.Subscriber); err != nil {
+		return nil, fmt.Errorf("subscriber: %w", err)
+	}
+	delivery := t.Spec.Delivery
+	if delivery == nil {
+		delivery = br.Spec.Delivery
+	}
+	if delivery == nil {
+		delivery = &eventingduckv1.DeliverySpec{}
+	}
+	if trig.retry, err = kncloudevents.RetryConfigFromDeliverySpec(*delivery); err != nil {
+		return nil, fmt.Errorf("delivery: %w", err)
+	}
+	if delivery.DeadLetterSink != nil {
+		dls, err := b.destination(*delivery.DeadLetterSink)
+		if err != nil {
+			return nil, fmt.Errorf("delivery.deadLetterSink: %w", err)
+		}
+		trig.deadLetter = &dls
+	}
+	return trig, nil
+}
+
+func (b *Broker) destination(d duckv1.Destination) (destination, error) {
+	if d.Ref != nil {
+		fn, ok := b.opts.Functions[d.Ref.Name]
+		if !ok {
+			return destination{}, fmt.Errorf("ref names %s %q, but no function of that name runs in this process (registered: %s); in a cluster it is the Knative Service's address, locally use uri: for an HTTP endpoint",
+				d.Ref.Kind, d.Ref.Name, registered(b.opts.Functions))
+		}
+		return destination{name: "function:" + d.Ref.Name, fn: fn}, nil
+	}
+	if d.URI == nil || !d.URI.URL().IsAbs() {
+		return destination{}, fmt.Errorf("needs a ref to a function or an absolute uri")
+	}
+	return destination{name: d.URI.String(), url: d.URI.String(), client: b.opts.Client, maxBody: b.opts.MaxEventBytes}, nil
+}
+
+func registered(fns map[string]Handler) string {
+	if len(fns) == 0 {
+		return "none"
+	}
+	names := make([]string, 0, len(fns))
+	for n := range fns {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// match returns the keys of r's Triggers whose filter passes e, with
+// Knative's semantics: only FailFilter rejects.
+func (b *Broker) match(r *route, e cloudevents.Event) []*trigger {
+	var out []*trigger
+	for _, t := range r.triggers {
+		if t.filter == nil || t.filter.Filter(b.filterCtx, e) != eventfilter.FailFilter {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Start redelivers what the journal holds pending and starts the delivery
+// workers. They stop when ctx is done; Wait waits for them.
+func (b *Broker) Start(ctx context.Context) error {
+	pending, err := b.opts.Journal.Pending(ctx)
+	if err != nil {
+		return fmt.Errorf("broker: reading pending deliveries: %w", err)
+	}
+	for _, p := range pending {
+		trig, ok := b.triggers[p.Trigger]
+		if !ok {
+			reason := "Trigger " + p.Trigger + " is no longer configured; the event stays in the journal"
+			b.log.Warn().Str("trigger", p.Trigger).Str("event_id", p.Event.ID()).Msg(reason)
+			if err := b.opts.Journal.GiveUp(ctx, p.Key, p.Attempts, 0, reason, false); err != nil {
+				return err
+			}
+			continue
+		}
+		b.queue.push(job{key: p.Key, trig: trig, event: p.Event, attempts: p.Attempts, code: p.Code, reason: p.Error})
+	}
+	if len(pending) > 0 {
+		b.log.Info().Int("deliveries", len(pending)).Msg("redelivering what was pending when parry last stopped")
+	}
+	for range b.opts.Workers {
+		b.wg.Add(1)
+		go b.work(ctx)
+	}
+	go func() {
+		<-ctx.Done()
+		b.queue.close()
+	}()
+	return nil
+}
+
+// Wait blocks until the workers have stopped.
+func (b *Broker) Wait() { b.wg.Wait() }
