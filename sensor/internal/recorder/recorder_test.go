@@ -1,0 +1,79 @@
+package recorder
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"parry.dev/parry/sensor/internal/attrib"
+	"parry.dev/parry/sensor/internal/cgroups"
+)
+
+func ident(id uint64, pod string) *attrib.Identity {
+	return &attrib.Identity{CgroupID: id, CgroupPath: "/x", PodRef: cgroups.PodRef{PodUID: pod, ContainerID: "c"}}
+}
+
+func TestPodHistory(t *testing.T) {
+	r := New(Options{TTL: time.Minute})
+	t0 := time.Unix(1700000000, 0)
+	id := ident(1, "pod-a")
+	r.Add(id, Event{Time: t0, Kind: "exec", PID: 10, PPID: 1, Exe: "/bin/sh", Args: []string{"sh"}})
+	r.Add(id, Event{Time: t0.Add(time.Second), Kind: "open", PID: 10, Path: "/etc/shadow"})
+	for i := range 100 {
+		r.Add(id, Event{Time: t0.Add(2 * time.Second), Kind: "connect", PID: 10, DAddr: netip.MustParseAddr("10.0.0.1"), DPort: 4444, Proto: "tcp", Blocked: i%2 == 0})
+	}
+	r.Add(id, Event{Time: t0.Add(3 * time.Second), Kind: "exit", PID: 10, Exit: &Exit{Status: 256}})
+	r.Add(ident(2, "pod-b"), Event{Time: t0, Kind: "exec", PID: 20})
+
+	recs, ok := r.Pod("pod-a")
+	if !ok || len(recs) != 1 {
+		t.Fatalf("Pod: %v %d", ok, len(recs))
+	}
+	c := recs[0]
+	if len(c.Events) != 103 || c.Events[0].Kind != "exec" || c.Events[102].Kind != "exit" {
+		t.Fatalf("events %d", len(c.Events))
+	}
+	if len(c.Processes) != 1 || c.Processes[0].ExitStatus == nil || *c.Processes[0].ExitStatus != 256 || c.Processes[0].Exe != "/bin/sh" {
+		t.Fatalf("processes %+v", c.Processes)
+	}
+	if len(c.Connections) != 1 || c.Connections[0].Count != 100 || c.Connections[0].Blocked != 50 {
+		t.Fatalf("connections %+v", c.Connections)
+	}
+	if len(c.Files) != 1 || c.Files[0].Path != "/etc/shadow" {
+		t.Fatalf("files %+v", c.Files)
+	}
+	if ps := r.Pods(); len(ps) != 2 {
+		t.Fatalf("pods %+v", ps)
+	}
+}
+
+func TestBoundsAndTTL(t *testing.T) {
+	r := New(Options{TTL: time.Minute, PerCgroup: 50, MaxEvents: 120, MaxRows: 10})
+	t0 := time.Unix(1700000000, 0)
+	for i := range 1000 {
+		r.Add(ident(1, "storm"), Event{Time: t0.Add(time.Duration(i) * time.Millisecond), Kind: "connect", DPort: uint16(i), Proto: "udp"})
+	}
+	for i := range 60 {
+		r.Add(ident(2, "quiet"), Event{Time: t0, Kind: "exec", PID: uint32(i)})
+		r.Add(ident(3, "other"), Event{Time: t0, Kind: "exec", PID: uint32(i)})
+	}
+	st := r.Stats()
+	if st.Events > 120 {
+		t.Fatalf("total %d > 120", st.Events)
+	}
+	storm, _ := r.Pod("storm")
+	if len(storm[0].Events) > 50 || storm[0].Evicted == 0 || storm[0].Events[len(storm[0].Events)-1].DPort != 999%65536 {
+		t.Fatalf("storm ring: %d events, evicted %d", len(storm[0].Events), storm[0].Evicted)
+	}
+	if len(storm[0].Connections) != 10 || storm[0].Overflowed == 0 {
+		t.Fatalf("connections table unbounded or overflow uncounted: %d, %d", len(storm[0].Connections), storm[0].Overflowed)
+	}
+	quiet, _ := r.Pod("quiet")
+	if len(quiet[0].Events) == 0 {
+		t.Fatal("a storm in one pod erased another pod's history")
+	}
+	r.Sweep(t0.Add(2 * time.Minute))
+	if st := r.Stats(); st.Events != 0 || st.Cgroups != 0 || st.Pods != 0 {
+		t.Fatalf("after TTL: %+v", st)
+	}
+}
