@@ -259,13 +259,11 @@ func TestSlowSink(t *testing.T) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		s := slow
+		got = append(got, r.Header.Get("ce-id")) // in order of arrival
 		mu.Unlock()
 		if s {
 			time.Sleep(300 * time.Millisecond)
 		}
-		mu.Lock()
-		got = append(got, r.Header.Get("ce-id"))
-		mu.Unlock()
 	})}
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	go srv.Serve(l)

@@ -237,7 +237,7 @@ func (k *Kernel) loadHook(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOption
 	}
 	st := HookStatus{Name: h.name, Kind: h.variants[len(h.variants)-1].kind, Reason: strings.Join(reasons, "; ")}
 	k.hooks = append(k.hooks, st)
-	log.Warn().Str("hook", h.name).Str("reason", st.Reason).Msg("hook inactive")
+	log.Debug().Str("hook", h.name).Str("reason", st.Reason).Msg("hook inactive")
 }
 
 // loadPair loads a sys_enter/sys_exit pair of syscall tracepoints.

@@ -1,0 +1,187 @@
+package sensor
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config configures a sensor. DefaultConfig gives every default; the zero
+// value of a field means its default too, so callers may set only what they
+// need.
+type Config struct {
+	// Sink is the CloudEvents endpoint (HTTP, binary mode). Empty reads
+	// K_SINK; with neither, events stay in the flight recorder only.
+	Sink string
+	// Node names this node in events; empty reads NODE_NAME, then the host name.
+	Node string
+	// Kubeconfig for pod metadata; empty reads KUBECONFIG, then the pod's
+	// service account when running in a cluster. Without a cluster, events
+	// carry the pod UID and container id from the cgroup path only.
+	Kubeconfig string
+	// FiltersPath is a SensorFilters file (sensor/filters); empty uses the
+	// built-in default.
+	FiltersPath string
+	// RecorderAddr is where the flight recorder's HTTP API listens; "-"
+	// turns it off.
+	RecorderAddr string
+	// RecorderTTL is how long a cgroup's events are kept.
+	RecorderTTL time.Duration
+	// RecorderMaxEvents bounds the events kept over all cgroups.
+	RecorderMaxEvents int
+	// SpoolDir holds events while the sink is down; "-" keeps no spool.
+	SpoolDir string
+	// SpoolMaxBytes bounds the spool; what does not fit is counted as lost.
+	SpoolMaxBytes int64
+	// SinkTimeout bounds one delivery attempt.
+	SinkTimeout time.Duration
+	// RingBufferSize in bytes (a power of two, at least a page).
+	RingBufferSize int
+	// HealthInterval between dev.parry.sensor.health.v1 events; a loss
+	// sends one at once.
+	HealthInterval time.Duration
+	// CoalesceWindow: identical events (same cgroup, kind and details)
+	// within the window are emitted once; the next one carries the count.
+	// Zero after defaults means 1s; negative turns coalescing off.
+	CoalesceWindow time.Duration
+	// AttributionWait holds an event of a pod the API server has not told
+	// us about yet, up to this long, so it leaves with the pod's name.
+	AttributionWait time.Duration
+	// PollInterval bounds how long a record submitted without a wake-up
+	// waits in the ring buffer.
+	PollInterval time.Duration
+	// BTFPath is a vmlinux BTF file for kernels without built-in BTF.
+	BTFPath string
+	// DisableHooks lists hooks not to load: "exec", "open.openat",
+	// "priv.*", or a variant such as "exec/tp_btf" to force its fallback.
+	DisableHooks []string
+	// CgroupMode is auto, v2 or v1: which hierarchy attributes records.
+	CgroupMode string
+	// Source is the CloudEvents source; empty means parry://sensor/<node>.
+	Source string
+}
+
+// Defaults.
+const (
+	DefaultRecorderAddr = "127.0.0.1:9470"
+	DefaultSpoolDir     = "/var/lib/parry/sensor-spool"
+)
+
+// DefaultConfig returns the defaults, with K_SINK, NODE_NAME and
+// KUBECONFIG read from the environment.
+func DefaultConfig() Config {
+	c := Config{}
+	c.applyDefaults()
+	return c
+}
+
+func (c *Config) applyDefaults() {
+	if c.Sink == "" {
+		c.Sink = os.Getenv("K_SINK")
+	}
+	if c.Node == "" {
+		c.Node = os.Getenv("NODE_NAME")
+	}
+	if c.Node == "" {
+		c.Node, _ = os.Hostname()
+	}
+	if c.Kubeconfig == "" {
+		c.Kubeconfig = os.Getenv("KUBECONFIG")
+	}
+	if c.RecorderAddr == "" {
+		c.RecorderAddr = DefaultRecorderAddr
+	}
+	if c.RecorderTTL == 0 {
+		c.RecorderTTL = 15 * time.Minute
+	}
+	if c.RecorderMaxEvents == 0 {
+		c.RecorderMaxEvents = 32768
+	}
+	if c.SpoolDir == "" {
+		c.SpoolDir = DefaultSpoolDir
+	}
+	if c.SpoolMaxBytes == 0 {
+		c.SpoolMaxBytes = 64 << 20
+	}
+	if c.SinkTimeout == 0 {
+		c.SinkTimeout = 5 * time.Second
+	}
+	if c.RingBufferSize == 0 {
+		c.RingBufferSize = 4 << 20
+	}
+	if c.HealthInterval == 0 {
+		c.HealthInterval = 30 * time.Second
+	}
+	if c.CoalesceWindow == 0 {
+		c.CoalesceWindow = time.Second
+	}
+	if c.AttributionWait == 0 {
+		c.AttributionWait = time.Second
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = 5 * time.Millisecond
+	}
+	if c.CgroupMode == "" {
+		c.CgroupMode = "auto"
+	}
+	if c.Source == "" {
+		c.Source = "parry://sensor/" + c.Node
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	switch c.CgroupMode {
+	case "auto", "v1", "v2":
+	default:
+		errs = append(errs, fmt.Errorf("--cgroup-mode %q: use auto, v2 or v1", c.CgroupMode))
+	}
+	if n := c.RingBufferSize; n < os.Getpagesize() || n&(n-1) != 0 {
+		errs = append(errs, fmt.Errorf("--ring-buffer-size %d: a power of two of at least %d", n, os.Getpagesize()))
+	}
+	if c.Sink != "" && !strings.HasPrefix(c.Sink, "http://") && !strings.HasPrefix(c.Sink, "https://") {
+		errs = append(errs, fmt.Errorf("--sink %q: an http:// or https:// URL", c.Sink))
+	}
+	if c.HealthInterval < time.Second {
+		errs = append(errs, fmt.Errorf("--health-interval %s: at least 1s", c.HealthInterval))
+	}
+	if c.PollInterval < 100*time.Microsecond {
+		errs = append(errs, fmt.Errorf("--poll-interval %s: at least 100µs", c.PollInterval))
+	}
+	return errors.Join(errs...)
+}
+
+// RegisterFlags adds the sensor's flags to fs, with c's current values (or
+// the defaults) as defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	d := *c
+	d.applyDefaults()
+	fs.StringVar(&c.Sink, "sink", d.Sink, "CloudEvents sink URL (HTTP, binary mode); default $K_SINK. Without one, events stay in the flight recorder")
+	fs.StringVar(&c.Node, "node", d.Node, "node name put on every event; default $NODE_NAME or the host name")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", d.Kubeconfig, "kubeconfig for pod names, images and owners; default $KUBECONFIG, or the service account in a cluster")
+	fs.StringVar(&c.FiltersPath, "filters", d.FiltersPath, "SensorFilters YAML (what the kernel passes on); default: built in (see sensor/filters/default.yaml)")
+	fs.StringVar(&c.RecorderAddr, "recorder-listen", d.RecorderAddr, `address of the flight recorder's HTTP API (GET /v1/pods/{uid}); "-" turns it off`)
+	fs.DurationVar(&c.RecorderTTL, "recorder-ttl", d.RecorderTTL, "how long a cgroup's events stay in the flight recorder, also after the pod is gone")
+	fs.IntVar(&c.RecorderMaxEvents, "recorder-max-events", d.RecorderMaxEvents, "events kept in the flight recorder over all cgroups")
+	fs.StringVar(&c.SpoolDir, "spool-dir", d.SpoolDir, `directory for events while the sink is down; "-" keeps no spool`)
+	fs.Int64Var(&c.SpoolMaxBytes, "spool-max-bytes", d.SpoolMaxBytes, "spool size bound; events beyond it are counted as lost")
+	fs.DurationVar(&c.SinkTimeout, "sink-timeout", d.SinkTimeout, "time allowed for one delivery to the sink")
+	fs.IntVar(&c.RingBufferSize, "ring-buffer-size", d.RingBufferSize, "BPF ring buffer size in bytes (power of two)")
+	fs.DurationVar(&c.HealthInterval, "health-interval", d.HealthInterval, "interval of dev.parry.sensor.health.v1 events (one is sent at once on any loss)")
+	fs.DurationVar(&c.CoalesceWindow, "coalesce-window", d.CoalesceWindow, "identical events within this window are emitted once, with a count; negative turns it off")
+	fs.DurationVar(&c.AttributionWait, "attribution-wait", d.AttributionWait, "how long an event may wait for the API server to name its pod")
+	fs.DurationVar(&c.PollInterval, "poll-interval", d.PollInterval, "longest wait for records the kernel submitted without waking the sensor")
+	fs.StringVar(&c.BTFPath, "btf", d.BTFPath, "vmlinux BTF file for kernels without /sys/kernel/btf/vmlinux")
+	fs.Func("disable-hooks", `comma-separated hooks not to load (exec, exit, connect4, connect6, open.openat, priv.ptrace, priv.*, exec/tp_btf, ...)`, func(s string) error {
+		for h := range strings.SplitSeq(s, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				c.DisableHooks = append(c.DisableHooks, h)
+			}
+		}
+		return nil
+	})
+	fs.StringVar(&c.CgroupMode, "cgroup-mode", d.CgroupMode, "cgroup hierarchy that attributes records: auto, v2, or v1 (memory controller)")
+}

@@ -1,0 +1,195 @@
+package sensor
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/sensor/internal/emit"
+	"parry.dev/parry/sensor/internal/kernel"
+	"parry.dev/parry/sensor/internal/recorder"
+	"parry.dev/parry/sensor/internal/wire"
+)
+
+// Health is the data of dev.parry.sensor.health.v1 and of GET /healthz.
+// Counters are cumulative since the sensor started, so a lost health event
+// is made good by the next.
+type Health struct {
+	Node      string              `json:"node"`
+	BootID    string              `json:"bootID"`
+	Started   time.Time           `json:"started"`
+	UptimeSec int64               `json:"uptimeSec"`
+	StartupMs int64               `json:"startupMs"` // New until the first record was read
+	Hooks     []kernel.HookStatus `json:"hooks"`
+	// Kinds: per record kind, the kernel's seen and dropped (no room in
+	// the ring buffer) and the sensor's received. seen = received +
+	// dropped + inFlight, where inFlight is what sits unread in the ring.
+	Kinds map[string]KindCounts `json:"kinds"`
+	// Lost totals every event that did not make it: ring buffer drops,
+	// malformed records, events that could not be built, spool overflow
+	// and sink rejections.
+	Lost       Loss           `json:"lost"`
+	LostTotal  uint64         `json:"lostTotal"`
+	NewLoss    bool           `json:"newLoss"` // lost something since the previous health event
+	Emitted    uint64         `json:"emitted"`
+	Coalesced  uint64         `json:"coalesced"`
+	OutOfScope uint64         `json:"outOfScope,omitempty"`
+	Emitter    *emit.Stats    `json:"emitter,omitempty"`
+	Recorder   recorder.Stats `json:"recorder"`
+	Cgroups    int            `json:"cgroupsAttributed"`
+	RSSBytes   int64          `json:"rssBytes"`
+}
+
+// KindCounts are the counters of one record kind.
+type KindCounts struct {
+	Seen     uint64 `json:"seen"`
+	Dropped  uint64 `json:"dropped"`
+	Received uint64 `json:"received"`
+	InFlight uint64 `json:"inFlight"`
+}
+
+// Loss breaks down lost events by cause.
+type Loss struct {
+	RingBuffer    uint64 `json:"ringBuffer"`
+	Malformed     uint64 `json:"malformed"`
+	Build         uint64 `json:"build"`
+	SpoolOverflow uint64 `json:"spoolOverflow"`
+	Rejected      uint64 `json:"rejected"`
+}
+
+// Health returns the current counters.
+func (s *Sensor) Health() Health {
+	h := Health{
+		Node: s.cfg.Node, BootID: s.bootID, Started: s.start,
+		UptimeSec:  int64(time.Since(s.start).Seconds()),
+		Hooks:      s.k.Hooks(),
+		Kinds:      map[string]KindCounts{},
+		Emitted:    s.emitted.Load(),
+		Coalesced:  s.coalesced.Load(),
+		OutOfScope: s.outScope.Load(),
+		Recorder:   s.rec.Stats(),
+		Cgroups:    s.attr.Len(),
+		RSSBytes:   rss(),
+	}
+	if f := s.firstRec.Load(); f != 0 {
+		h.StartupMs = (f - s.start.UnixNano()) / 1e6
+	}
+	c, err := s.k.Counters()
+	if err != nil {
+		s.log.Error().Err(err).Msg("reading kernel counters")
+	}
+	for k := wire.KindExec; k < wire.NumKinds; k++ {
+		kc := KindCounts{Seen: c.Seen[k], Dropped: c.Dropped[k], Received: s.received[k].Load()}
+		if kc.Seen > kc.Dropped+kc.Received {
+			kc.InFlight = kc.Seen - kc.Dropped - kc.Received
+		}
+		h.Kinds[k.String()] = kc
+		h.Lost.RingBuffer += kc.Dropped
+	}
+	h.Lost.Malformed = s.malformed.Load()
+	h.Lost.Build = s.buildErrs.Load()
+	if s.em != nil {
+		st := s.em.Stats()
+		h.Emitter = &st
+		h.Lost.SpoolOverflow = st.SpoolOverflow
+		h.Lost.Rejected = st.Rejected
+	}
+	h.LostTotal = h.Lost.RingBuffer + h.Lost.Malformed + h.Lost.Build + h.Lost.SpoolOverflow + h.Lost.Rejected
+	return h
+}
+
+// housekeeping runs the periodic work: loss detection (kernel drops are
+// polled every second; userspace losses kick it at once), health events at
+// most once a second on loss and every HealthInterval otherwise, sweeps of
+// the caches, and the scope roots.
+func (s *Sensor) housekeeping(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var lastLoss uint64
+	var lastHealth time.Time
+	lastSweep, lastScope := time.Now(), time.Now()
+	report := func(now time.Time, force bool) {
+		h := s.Health()
+		if h.LostTotal > lastLoss {
+			h.NewLoss = true
+		}
+		if !force && !(h.NewLoss && now.Sub(lastHealth) >= time.Second) && now.Sub(lastHealth) < s.cfg.HealthInterval {
+			return
+		}
+		if h.NewLoss {
+			s.log.Warn().Uint64("lost_total", h.LostTotal).Interface("lost", h.Lost).Msg("events lost")
+		}
+		s.sendHealth(h)
+		lastHealth, lastLoss = now, h.LostTotal
+	}
+	report(time.Now(), true) // the first one says which hooks run
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.lossKick:
+			if now := time.Now(); now.Sub(lastHealth) >= time.Second {
+				report(now, false)
+			} // else the next tick reports it
+			continue
+		case <-t.C:
+		}
+		now := time.Now()
+		report(now, false)
+		s.refreshBootOffset()
+		if now.Sub(lastScope) >= 2*time.Second {
+			s.rescanScope()
+			lastScope = now
+		}
+		if now.Sub(lastSweep) >= 10*time.Second {
+			s.attr.Sweep(now)
+			s.rec.Sweep(now)
+			lastSweep = now
+		}
+	}
+}
+
+func (s *Sensor) sendHealth(h Health) {
+	if s.em == nil {
+		return
+	}
+	seq := s.healthSeq.Add(1)
+	sev := "info"
+	if h.NewLoss {
+		sev = "warning"
+	}
+	ev, err := events.New(events.Spec{
+		Type:    events.TypeSensorHealth,
+		Source:  s.cfg.Source,
+		Subject: "node/" + s.cfg.Node,
+		Key:     s.bootID + "/health/" + strconv.FormatInt(s.start.UnixNano(), 10) + "/" + strconv.FormatUint(seq, 10),
+		Extensions: map[string]string{
+			events.ExtNode:     s.cfg.Node,
+			events.ExtSeverity: sev,
+		},
+		Data: h,
+	})
+	if err != nil {
+		s.log.Error().Err(err).Msg("building health event")
+		return
+	}
+	s.em.Emit(ev)
+}
+
+// rss reads this process's resident set size.
+func rss() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}

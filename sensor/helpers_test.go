@@ -1,0 +1,322 @@
+package sensor_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/rs/zerolog"
+
+	"parry.dev/parry/sensor"
+	"parry.dev/parry/sensor/internal/cgroups"
+)
+
+// TestMain doubles as the workload the tests run inside pod-shaped cgroups
+// (PARRY_SENSOR_HELPER selects it), so the tests need no extra binaries.
+func TestMain(m *testing.M) {
+	if mode := os.Getenv("PARRY_SENSOR_HELPER"); mode != "" {
+		os.Exit(helper(mode, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// requireKernel: these tests need root and the real kernel. Under CI=true
+// they must run, so a missing privilege is a failure there, not a skip.
+func requireKernel(t *testing.T) {
+	t.Helper()
+	if err := sensor.Probe(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true: the sensor tests must run: %v", err)
+		}
+		t.Skipf("needs a privileged process on a BTF kernel: %v", err)
+	}
+}
+
+// testSink is a CloudEvents receiver on loopback.
+type testSink struct {
+	mu     sync.Mutex
+	events []cloudevents.Event
+	addr   string
+	srv    *http.Server
+	notify chan struct{}
+}
+
+func newTestSink(t *testing.T) *testSink {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &testSink{addr: l.Addr().String(), notify: make(chan struct{}, 1)}
+	s.start(l)
+	t.Cleanup(s.stop)
+	return s
+}
+
+// reservedSink returns a sink address with nothing listening yet.
+func reservedSink(t *testing.T) *testSink {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &testSink{addr: l.Addr().String(), notify: make(chan struct{}, 1)}
+	l.Close()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *testSink) start(l net.Listener) {
+	s.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ev, err := cehttp.NewEventFromHTTPRequest(r)
+		if err != nil || r.Header.Get("ce-id") == "" {
+			http.Error(w, "want a binary-mode CloudEvent", http.StatusBadRequest)
+			return
+		}
+		s.mu.Lock()
+		s.events = append(s.events, *ev)
+		s.mu.Unlock()
+		select {
+		case s.notify <- struct{}{}:
+		default:
+		}
+		w.WriteHeader(http.StatusAccepted)
+	})}
+	go s.srv.Serve(l)
+}
+
+func (s *testSink) listen(t *testing.T) {
+	l, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.start(l)
+}
+
+func (s *testSink) stop() {
+	if s.srv != nil {
+		s.srv.Close()
+	}
+}
+
+func (s *testSink) url() string { return "http://" + s.addr + "/" }
+
+func (s *testSink) all() []cloudevents.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]cloudevents.Event(nil), s.events...)
+}
+
+// wait returns the first event matching pred, failing after within.
+func (s *testSink) wait(t *testing.T, within time.Duration, what string, pred func(cloudevents.Event) bool) cloudevents.Event {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		for _, ev := range s.all() {
+			if pred(ev) {
+				return ev
+			}
+		}
+		select {
+		case <-s.notify:
+		case <-time.After(20 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("no %s within %s; got %d events: %s", what, within, len(s.all()), summary(s.all()))
+		}
+	}
+}
+
+func summary(evs []cloudevents.Event) string {
+	var b strings.Builder
+	for i, ev := range evs {
+		if i == 30 {
+			fmt.Fprintf(&b, "\n  ... %d more", len(evs)-30)
+			break
+		}
+		fmt.Fprintf(&b, "\n  %s poduid=%v exe=%v dport=%v path=%v signal=%v", ev.Type(), ext(ev, "poduid"), ext(ev, "exe"), ext(ev, "dport"), ext(ev, "path"), ext(ev, "signal"))
+	}
+	return b.String()
+}
+
+func ext(ev cloudevents.Event, name string) string {
+	v, _ := ev.Extensions()[name].(string)
+	return v
+}
+
+// pod is a pod-shaped cgroup as the kubelet's systemd driver names it.
+type pod struct {
+	uid, cid string
+	dir      string // the container's cgroup directory
+	podDir   string
+	created  []string
+}
+
+func newPod(t *testing.T) *pod {
+	t.Helper()
+	m, err := cgroups.Discover("/proc/self/mountinfo")
+	if err != nil || m.V2 == "" {
+		t.Fatalf("no cgroup2 mount: %v", err)
+	}
+	b := make([]byte, 48)
+	rand.Read(b)
+	h := hex.EncodeToString(b)
+	p := &pod{
+		uid: h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32],
+		cid: hex.EncodeToString(b[16:48]),
+	}
+	dir := m.V2
+	for _, c := range []string{
+		"kubepods.slice", "kubepods-besteffort.slice",
+		"kubepods-besteffort-pod" + strings.ReplaceAll(p.uid, "-", "_") + ".slice",
+		"cri-containerd-" + p.cid + ".scope",
+	} {
+		dir = filepath.Join(dir, c)
+		if err := os.Mkdir(dir, 0o755); err == nil {
+			p.created = append(p.created, dir)
+		} else if !os.IsExist(err) {
+			t.Fatal(err)
+		}
+		if strings.Contains(c, "-pod") {
+			p.podDir = dir
+		}
+	}
+	p.dir = dir
+	t.Cleanup(p.remove)
+	return p
+}
+
+// ensurePodRoot creates kubepods.slice before a sensor starts, so the
+// sensor's scope includes it from the first moment.
+func ensurePodRoot(t *testing.T) {
+	m, _ := cgroups.Discover("/proc/self/mountinfo")
+	os.Mkdir(filepath.Join(m.V2, "kubepods.slice"), 0o755)
+}
+
+func (p *pod) remove() {
+	for i := len(p.created) - 1; i >= 0; i-- {
+		// a cgroup can only go once its processes have exited
+		for range 50 {
+			if err := os.Remove(p.created[i]); err == nil || os.IsNotExist(err) || strings.HasSuffix(p.created[i], "kubepods.slice") {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// run starts a command inside the pod's container cgroup (clone3 with
+// CLONE_INTO_CGROUP: the process is in the cgroup before it execs).
+func (p *pod) run(t *testing.T, name string, args ...string) (string, error) {
+	t.Helper()
+	cmd := p.command(t, name, args...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (p *pod) command(t *testing.T, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	fd, err := syscall.Open(p.dir, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	return cmd
+}
+
+// helperCmd runs this test binary as a workload in the pod.
+func (p *pod) helper(t *testing.T, mode string, args ...string) *exec.Cmd {
+	cmd := p.command(t, os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "PARRY_SENSOR_HELPER="+mode)
+	return cmd
+}
+
+// filtersFile writes a SensorFilters file for the tests: pods scope below
+// kubepods.slice only, so nothing else on the machine crosses.
+func filtersFile(t *testing.T, extra string) string {
+	y := `apiVersion: parry.dev/v1alpha1
+kind: SensorFilters
+scope: pods
+podRoots: [kubepods.slice]
+exec: {all: true, exits: true}
+connect: {all: true}
+files: {prefixes: [/etc/shadow, /etc/gshadow]}
+signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
+` + extra
+	f := filepath.Join(t.TempDir(), "filters.yaml")
+	if err := os.WriteFile(f, []byte(y), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// startSensor runs a sensor until the test ends.
+func startSensor(t *testing.T, cfg sensor.Config) *sensor.Sensor {
+	t.Helper()
+	ensurePodRoot(t)
+	if cfg.RecorderAddr == "" {
+		cfg.RecorderAddr = "127.0.0.1:0"
+	}
+	if cfg.SpoolDir == "" {
+		cfg.SpoolDir = t.TempDir()
+	}
+	if cfg.Node == "" {
+		cfg.Node = "test-node"
+	}
+	if cfg.Kubeconfig == "" {
+		cfg.Kubeconfig = "" // no cluster; KUBECONFIG from the environment would be picked up
+		os.Unsetenv("KUBECONFIG")
+	}
+	log := testLog(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := sensor.New(ctx, cfg, log)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		s.Close()
+	})
+	return s
+}
+
+// testLog logs to t until the test ends (goroutines that outlive a test
+// must not call t.Log).
+func testLog(t *testing.T) zerolog.Logger {
+	w := &tlogWriter{t: t}
+	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
+	return zerolog.New(w).Level(zerolog.InfoLevel).With().Timestamp().Logger()
+}
+
+type tlogWriter struct {
+	mu   sync.Mutex
+	t    *testing.T
+	done bool
+}
+
+func (w *tlogWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimSpace(string(b)))
+	}
+	return len(b), nil
+}

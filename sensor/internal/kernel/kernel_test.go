@@ -1,0 +1,107 @@
+package kernel
+
+import (
+	"os"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"parry.dev/parry/sensor/internal/cgroups"
+)
+
+func TestBuildTrie(t *testing.T) {
+	trie, err := buildTrie([]string{"/etc/shadow", "/etc/ssh", "/root/.ssh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// etc, shadow, ssh, root, .ssh
+	if len(trie) != 5 {
+		t.Fatalf("%d nodes", len(trie))
+	}
+	terminal := 0
+	for _, v := range trie {
+		if v.Terminal == 1 {
+			terminal++
+		}
+	}
+	if terminal != 3 {
+		t.Fatalf("%d terminal nodes, want 3", terminal)
+	}
+	again, _ := buildTrie([]string{"/root/.ssh", "/etc/ssh", "/etc/shadow"})
+	for k, v := range trie {
+		if again[k] != v {
+			t.Fatal("trie depends on the order of the prefixes")
+		}
+	}
+	for _, bad := range []string{"etc", "/", "/etc/../root", "/" + string(make([]byte, 70))} {
+		if _, err := buildTrie([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// TestLoad loads every program on this kernel: the hooks the design relies
+// on must be active, filters and the block list must round-trip, and the
+// verifier's work must stay far below its limit (bpf_loop keeps it small).
+func TestLoad(t *testing.T) {
+	if err := Probe(""); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true: %v", err)
+		}
+		t.Skip(err)
+	}
+	m, _ := cgroups.Discover("/proc/self/mountinfo")
+	k, err := Load(Options{Cgroup2Path: m.V2, RingBufferSize: 1 << 16}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	active := map[string]bool{}
+	for _, h := range k.Hooks() {
+		active[h.Name] = h.Active
+	}
+	for _, want := range []string{"exec", "exit", "connect4", "connect6", "open.openat", "priv.setuid", "priv.ptrace", "priv.memfd_create", "priv.unshare", "priv.setns"} {
+		if !active[want] {
+			t.Errorf("hook %s inactive: %+v", want, k.Hooks())
+		}
+	}
+	for name, p := range k.loaded {
+		info, err := p.Info()
+		if err != nil {
+			continue
+		}
+		if n, ok := info.VerifiedInstructions(); ok && n > 50000 {
+			t.Errorf("%s: the verifier processed %d instructions; loops must go through bpf_loop", name, n)
+		}
+	}
+	if err := k.SetFilter(Filter{Flags: FlagExec | FlagExecAll, Prefixes: []string{"/etc/shadow"}, Ports: []uint16{443}, ExeNames: []string{"nc"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.SetFilter(Filter{ExeNames: []string{"this-name-is-far-too-long-for-the-map"}}); err == nil {
+		t.Error("over-long exe name accepted")
+	}
+	if err := k.Block(42); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := k.Blocked(); len(ids) != 1 || ids[0] != 42 {
+		t.Fatalf("blocked %v", ids)
+	}
+	if err := k.Unblock(42); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := k.Blocked(); len(ids) != 0 {
+		t.Fatalf("blocked after unblock: %v", ids)
+	}
+	if _, err := k.Counters(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRingSizeChecked(t *testing.T) {
+	if err := checkRingSize(3000); err == nil {
+		t.Error("3000 accepted")
+	}
+	if err := checkRingSize(os.Getpagesize() * 4); err != nil {
+		t.Error(err)
+	}
+}

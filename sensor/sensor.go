@@ -1,0 +1,567 @@
+package sensor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"parry.dev/parry/internal/httpclient"
+	"parry.dev/parry/sensor/filters"
+	"parry.dev/parry/sensor/internal/attrib"
+	"parry.dev/parry/sensor/internal/cgroups"
+	"parry.dev/parry/sensor/internal/emit"
+	"parry.dev/parry/sensor/internal/kernel"
+	"parry.dev/parry/sensor/internal/recorder"
+	"parry.dev/parry/sensor/internal/wire"
+)
+
+// Probe reports whether this process can run the sensor: nil when BPF can
+// be loaded (privileged, kernel BTF present); otherwise an error that says
+// why not and what to do. It has no lasting effect.
+func Probe() error { return kernel.Probe("") }
+
+// Run runs a sensor until ctx is done.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	s, err := New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return s.Run(ctx)
+}
+
+// Sensor is a loaded sensor. New loads it, Run reads until the context
+// ends, Close releases the kernel objects. Block and Unblock may be called
+// while it runs.
+type Sensor struct {
+	cfg   Config
+	log   zerolog.Logger
+	start time.Time
+
+	k       *kernel.Kernel
+	reader  *ringbuf.Reader
+	mounts  cgroups.Mounts
+	res     *cgroups.Resolver
+	v1      bool // attribute by the v1 memory cgroup
+	filt    filters.Config
+	attr    *attrib.Attributor
+	inf     *attrib.Informer
+	rec     *recorder.Recorder
+	em      *emit.Emitter
+	emDone  chan struct{}
+	srv     *http.Server
+	srvAddr string
+	bootID  string
+
+	bootOffset atomic.Int64 // wall-clock ns minus CLOCK_BOOTTIME ns
+
+	// reader-goroutine state
+	parser   wire.Parser
+	rec0     wire.Record
+	seed     maphash.Seed
+	coalesce map[coalesceKey]*coalesceEntry
+	exes     map[uint32]string // pid → exe, from exec records, for the other kinds
+	waiting  []waitingEvent
+	waitPods map[string]int
+	lastTick time.Time
+
+	scopeMu  sync.Mutex
+	scopeIDs []uint64
+
+	// counters
+	received  [wire.NumKinds]atomic.Uint64
+	malformed atomic.Uint64
+	coalesced atomic.Uint64
+	outScope  atomic.Uint64
+	buildErrs atomic.Uint64
+	emitted   atomic.Uint64
+	firstRec  atomic.Int64 // unix ns of the first record, for start-up time
+	lossKick  chan struct{}
+	healthSeq atomic.Uint64
+
+	closeOnce sync.Once
+}
+
+// New loads the BPF programs, attaches the hooks this kernel allows,
+// writes the filters into the kernel and prepares attribution, recorder
+// and emitter. Nothing is read until Run.
+func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
+	cfg.applyDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log = log.With().Str("component", "sensor").Logger()
+	s := &Sensor{
+		cfg: cfg, log: log, start: time.Now(),
+		seed:     maphash.MakeSeed(),
+		coalesce: map[coalesceKey]*coalesceEntry{},
+		exes:     map[uint32]string{},
+		waitPods: map[string]int{},
+		lossKick: make(chan struct{}, 1),
+		emDone:   make(chan struct{}),
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+	if err := kernel.Probe(cfg.BTFPath); err != nil {
+		return nil, err
+	}
+	filt, err := filters.Load(cfg.FiltersPath)
+	if err != nil {
+		return nil, err
+	}
+	s.filt = filt
+	s.bootID = readBootID()
+	s.refreshBootOffset()
+	if err := rlimit.RemoveMemlock(); err != nil {
+		log.Warn().Err(err).Msg("could not lift RLIMIT_MEMLOCK; BPF maps may fail to load on kernels before 5.11")
+	}
+	ensureTracefs(log)
+
+	s.mounts, err = cgroups.Discover("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	s.v1 = s.chooseV1()
+	root := s.mounts.V2
+	if s.v1 {
+		root = s.mounts.MemoryV1
+	}
+	if root != "" {
+		if s.res, err = cgroups.NewResolver(root); err != nil {
+			return nil, err
+		}
+	}
+
+	s.k, err = kernel.Load(kernel.Options{
+		RingBufferSize: cfg.RingBufferSize,
+		BTFPath:        cfg.BTFPath,
+		Cgroup2Path:    s.mounts.V2,
+		Disable:        cfg.DisableHooks,
+	}, log)
+	if err != nil {
+		return nil, err
+	}
+	// Parsing kernel BTF for CO-RE allocated tens of MB that are garbage now.
+	debug.FreeOSMemory()
+	if err := s.applyFilters(); err != nil {
+		return nil, err
+	}
+	if s.reader, err = s.k.NewReader(); err != nil {
+		return nil, fmt.Errorf("opening the ring buffer: %w", err)
+	}
+	s.logHooks()
+
+	var pods attrib.PodSource
+	cs, err := attrib.Clientset(cfg.Kubeconfig)
+	switch {
+	case err != nil:
+		log.Warn().Err(err).Msg("no pod metadata: attributing by cgroup path only (pod UID, container id)")
+	case cs == nil:
+		log.Info().Msg("no cluster configured (--kubeconfig, KUBECONFIG or in-cluster): attributing by cgroup path only (pod UID, container id)")
+	default:
+		s.inf = attrib.NewInformer(cs, cfg.Node, cfg.RecorderTTL, log)
+		pods = s.inf
+	}
+	s.attr = attrib.New(resolverOrNil(s.res), pods, cfg.RecorderTTL, 0)
+	s.rec = recorder.New(recorder.Options{TTL: cfg.RecorderTTL, MaxEvents: cfg.RecorderMaxEvents})
+
+	if cfg.Sink != "" {
+		ov, err := emit.ParseOverrides(os.Getenv("K_CE_OVERRIDES"))
+		if err != nil {
+			return nil, err
+		}
+		spool := cfg.SpoolDir
+		if spool == "-" {
+			spool = ""
+		}
+		s.em, err = emit.New(emit.Options{
+			Sink: cfg.Sink, Client: httpclient.New(cfg.SinkTimeout), SpoolDir: spool,
+			SpoolMaxBytes: cfg.SpoolMaxBytes, Overrides: ov, Log: log,
+		})
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		close(s.emDone)
+		log.Warn().Msg("no --sink and no K_SINK: events stay in the flight recorder, none are emitted")
+	}
+
+	if cfg.RecorderAddr != "-" {
+		l, err := net.Listen("tcp", cfg.RecorderAddr)
+		if err != nil {
+			return nil, fmt.Errorf("flight recorder: listening on %s (--recorder-listen): %w", cfg.RecorderAddr, err)
+		}
+		s.srvAddr = l.Addr().String()
+		s.srv = &http.Server{Handler: s.handler(), ReadHeaderTimeout: 5 * time.Second}
+		go s.srv.Serve(l)
+	}
+	ok = true
+	return s, nil
+}
+
+func resolverOrNil(r *cgroups.Resolver) attrib.Resolver {
+	if r == nil {
+		return nil
+	}
+	return r
+}
+
+// RecorderAddr is the address the flight recorder listens on ("" when off).
+func (s *Sensor) RecorderAddr() string { return s.srvAddr }
+
+// Hooks reports which hooks are active and why the others are not.
+func (s *Sensor) Hooks() []kernel.HookStatus { return s.k.Hooks() }
+
+// chooseV1 decides the attribution hierarchy: cgroup v2 unless the kubelet
+// evidently runs on v1 only (pod cgroups under the v1 memory controller and
+// none under cgroup2), or the operator says so.
+func (s *Sensor) chooseV1() bool {
+	switch s.cfg.CgroupMode {
+	case "v1":
+		return s.mounts.MemoryV1 != ""
+	case "v2":
+		return false
+	}
+	if s.mounts.V2 == "" {
+		return s.mounts.MemoryV1 != ""
+	}
+	if s.mounts.MemoryV1 == "" {
+		return false
+	}
+	exists := func(root string) bool {
+		for _, r := range s.filt.PodRoots {
+			if _, err := os.Stat(filepath.Join(root, r)); err == nil {
+				return true
+			}
+		}
+		return false
+	}
+	return !exists(s.mounts.V2) && exists(s.mounts.MemoryV1)
+}
+
+func (s *Sensor) logHooks() {
+	var active, inactive []string
+	for _, h := range s.k.Hooks() {
+		if h.Active && !h.Optional {
+			active = append(active, h.Name+"("+h.Kind+")")
+		} else if !h.Active {
+			ev := s.log.Info()
+			if !h.Optional {
+				ev = s.log.Warn()
+				inactive = append(inactive, h.Name)
+			}
+			ev.Str("hook", h.Name).Str("kind", h.Kind).Str("reason", h.Reason).Msg("hook not active")
+		} else {
+			s.log.Info().Str("hook", h.Name).Str("kind", h.Kind).Msg(h.Reason)
+		}
+	}
+	mode := "v2 " + s.mounts.V2
+	if s.v1 {
+		mode = "v1 memory " + s.mounts.MemoryV1
+	}
+	s.log.Info().Strs("active", active).Strs("inactive", inactive).Str("cgroup", mode).
+		Int("ring_buffer", s.k.RingBufferSize()).Msg("sensor hooks attached")
+}
+
+// applyFilters writes the filter configuration and the current scope roots
+// into the kernel.
+func (s *Sensor) applyFilters() error {
+	f := s.filt
+	kf := kernel.Filter{
+		ExeNames:    f.Exec.Names,
+		Ports:       f.Connect.Ports,
+		Prefixes:    f.Files.Prefixes,
+		WakeupBytes: uint64(s.cfg.RingBufferSize / 8),
+		WakeupNs:    uint64(time.Millisecond),
+	}
+	if f.Exec.All || len(f.Exec.Names) > 0 {
+		kf.Flags |= kernel.FlagExec
+	}
+	if f.Exec.All {
+		kf.Flags |= kernel.FlagExecAll
+	}
+	if f.Exec.Exits {
+		kf.Flags |= kernel.FlagExit
+	}
+	if f.Connect.All || len(f.Connect.Ports) > 0 {
+		kf.Flags |= kernel.FlagConnect
+	}
+	if f.Connect.All {
+		kf.Flags |= kernel.FlagConnectAll
+	}
+	if len(f.Files.Prefixes) > 0 {
+		kf.Flags |= kernel.FlagFiles
+	}
+	if s.v1 {
+		kf.Flags |= kernel.FlagCgroupV1
+	}
+	if f.Scope == "pods" {
+		kf.Flags |= kernel.FlagScope
+		kf.ScopeRoots = s.scanScopeRoots()
+	}
+	for _, name := range f.Signals {
+		if sig, ok := wire.SignalByName(name); ok {
+			kf.Signals |= 1 << sig
+		}
+	}
+	return s.k.SetFilter(kf)
+}
+
+// scanScopeRoots resolves the configured pod roots that exist now.
+func (s *Sensor) scanScopeRoots() []uint64 {
+	var ids []uint64
+	if s.res == nil || s.v1 {
+		return nil
+	}
+	for _, r := range s.filt.PodRoots {
+		if id, err := s.res.ID("/" + r); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	s.scopeMu.Lock()
+	s.scopeIDs = ids
+	s.scopeMu.Unlock()
+	return ids
+}
+
+// rescanScope picks up pod roots created after start-up (the kubelet
+// starting after the sensor).
+func (s *Sensor) rescanScope() {
+	if s.filt.Scope != "pods" || s.v1 || s.res == nil {
+		return
+	}
+	s.scopeMu.Lock()
+	old := s.scopeIDs
+	s.scopeMu.Unlock()
+	var now []uint64
+	for _, r := range s.filt.PodRoots {
+		if id, err := s.res.ID("/" + r); err == nil {
+			now = append(now, id)
+		}
+	}
+	slices.Sort(now)
+	if !slices.Equal(old, now) {
+		if err := s.applyFilters(); err != nil {
+			s.log.Error().Err(err).Msg("updating the scope roots in the kernel")
+		} else {
+			s.log.Info().Int("roots", len(now)).Msg("pod cgroup roots changed; kernel scope updated")
+		}
+	}
+}
+
+// inScopeV1 applies the pods scope in userspace (v1 attribution: the
+// kernel cannot test v1 ancestry cheaply).
+func (s *Sensor) inScopeV1(id *attrib.Identity) bool {
+	if s.filt.Scope != "pods" {
+		return true
+	}
+	for _, r := range s.filt.PodRoots {
+		if p := "/" + r; id.CgroupPath == p || strings.HasPrefix(id.CgroupPath, p+"/") {
+			return true
+		}
+	}
+	return id.InPod()
+}
+
+// Run reads the kernel's records until ctx is done.
+func (s *Sensor) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if s.inf != nil {
+		go s.inf.Run(ctx)
+	}
+	if s.em != nil {
+		go func() {
+			s.em.Run(ctx, 2*time.Second)
+			close(s.emDone)
+		}()
+	}
+	go s.housekeeping(ctx)
+	go func() {
+		<-ctx.Done()
+		s.reader.Close() // interrupts ReadInto
+	}()
+	s.log.Info().Str("node", s.cfg.Node).Str("sink", s.cfg.Sink).Str("recorder", s.srvAddr).
+		Dur("startup", time.Since(s.start)).Msg("sensor running")
+	err := s.readLoop()
+	cancel()
+	<-s.emDone
+	if errors.Is(err, os.ErrClosed) || ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (s *Sensor) readLoop() error {
+	var rec ringbuf.Record
+	s.reader.SetDeadline(time.Now().Add(s.cfg.PollInterval))
+	for {
+		err := s.reader.ReadInto(&rec)
+		if err == nil {
+			s.handle(rec.RawSample)
+			continue
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			now := time.Now()
+			s.reader.SetDeadline(now.Add(s.cfg.PollInterval))
+			s.tick(now)
+			continue
+		}
+		if errors.Is(err, ringbuf.ErrClosed) {
+			return os.ErrClosed
+		}
+		return fmt.Errorf("reading the ring buffer: %w", err)
+	}
+}
+
+// Close detaches the hooks and releases everything New created.
+func (s *Sensor) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		if s.srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			s.srv.Shutdown(ctx)
+			cancel()
+		}
+		if s.reader != nil {
+			s.reader.Close()
+		}
+		if s.k != nil {
+			err = s.k.Close()
+		}
+		if s.res != nil {
+			s.res.Close()
+		}
+	})
+	return err
+}
+
+// Block makes every connect() from the cgroup, and from the cgroups below
+// it, fail with EPERM, in the kernel, until Unblock. The refused attempts
+// are reported as connect events with action "blocked".
+func (s *Sensor) Block(cgroupID uint64) error {
+	if err := s.blockable(); err != nil {
+		return err
+	}
+	return s.k.Block(cgroupID)
+}
+
+// Unblock lifts Block.
+func (s *Sensor) Unblock(cgroupID uint64) error { return s.k.Unblock(cgroupID) }
+
+// Blocked lists the blocked cgroup ids.
+func (s *Sensor) Blocked() ([]uint64, error) { return s.k.Blocked() }
+
+func (s *Sensor) blockable() error {
+	if s.v1 {
+		return errors.New("egress block: this node attributes by cgroup v1, and the connect hooks see only cgroup v2 ids")
+	}
+	for _, h := range s.k.Hooks() {
+		if (h.Name == "connect4" || h.Name == "connect6") && !h.Active {
+			return fmt.Errorf("egress block: hook %s is not active (%s)", h.Name, h.Reason)
+		}
+	}
+	return nil
+}
+
+// BlockPod blocks the egress of every container of the pod, present and
+// future (the pod-level cgroup is blocked). It returns the cgroup id blocked.
+func (s *Sensor) BlockPod(uid string) (uint64, error) {
+	id, err := s.podCgroup(uid)
+	if err != nil {
+		return 0, err
+	}
+	return id, s.Block(id)
+}
+
+// UnblockPod lifts BlockPod.
+func (s *Sensor) UnblockPod(uid string) (uint64, error) {
+	id, err := s.podCgroup(uid)
+	if err != nil {
+		return 0, err
+	}
+	return id, s.Unblock(id)
+}
+
+// podCgroup finds the pod-level cgroup: from the identities seen, else by
+// looking below the pod roots.
+func (s *Sensor) podCgroup(uid string) (uint64, error) {
+	if s.res == nil {
+		return 0, errors.New("no cgroup mount to find pods in")
+	}
+	for _, id := range s.attr.OfPod(uid) {
+		if id.PodPath != "" {
+			if cg, err := s.res.ID(id.PodPath); err == nil {
+				return cg, nil
+			}
+		}
+	}
+	us := strings.ReplaceAll(uid, "-", "_")
+	var found string
+	for _, r := range s.filt.PodRoots {
+		root := filepath.Join(s.res.Root(), r)
+		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err != nil || !d.IsDir() {
+				return nil
+			}
+			if strings.Count(strings.TrimPrefix(p, root), "/") > 3 {
+				return filepath.SkipDir // pods sit at most three levels below a root
+			}
+			if name := d.Name(); name == "pod"+uid || strings.HasSuffix(name, "-pod"+us+".slice") {
+				found = strings.TrimPrefix(p, s.res.Root())
+				return filepath.SkipAll
+			}
+			return nil
+		})
+		if found != "" {
+			break
+		}
+	}
+	if found == "" {
+		return 0, fmt.Errorf("no cgroup of pod %s on this node", uid)
+	}
+	return s.res.ID(found)
+}
+
+func readBootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "unknown-boot"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// refreshBootOffset ties CLOCK_BOOTTIME (record times) to the wall clock;
+// redone periodically so NTP steps are followed.
+func (s *Sensor) refreshBootOffset() {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return
+	}
+	s.bootOffset.Store(time.Now().UnixNano() - ts.Nano())
+}
+
+func (s *Sensor) wall(ktime uint64) time.Time {
+	return time.Unix(0, s.bootOffset.Load()+int64(ktime))
+}

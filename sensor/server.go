@@ -1,0 +1,170 @@
+package sensor
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"parry.dev/parry/sensor/internal/recorder"
+)
+
+// PodHistory is the flight recorder's answer for one pod
+// (GET /v1/pods/{uid}).
+type PodHistory struct {
+	PodUID  string                  `json:"podUID"`
+	Pod     *Pod                    `json:"pod,omitempty"`
+	Node    string                  `json:"node"`
+	Taken   time.Time               `json:"taken"`
+	Cgroups []recorder.CgroupRecord `json:"cgroups"`
+}
+
+// handler serves the flight recorder, health and the egress block.
+//
+//	GET    /v1/pods                 pods with recorded history
+//	GET    /v1/pods/{uid}           a pod's history: processes, connections, files, events
+//	GET    /v1/cgroups/{id}         one cgroup's history
+//	PUT    /v1/pods/{uid}/block     block the pod's egress in the kernel
+//	DELETE /v1/pods/{uid}/block     lift it
+//	GET    /v1/blocked              blocked cgroup ids
+//	GET    /healthz                 hooks and counters (as the health event)
+//	GET    /metrics                 the same counters, Prometheus text format
+func (s *Sensor) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/pods", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.rec.Pods())
+	})
+	mux.HandleFunc("GET /v1/pods/{uid}", func(w http.ResponseWriter, r *http.Request) {
+		h, ok := s.PodHistory(r.PathValue("uid"))
+		if !ok {
+			httpError(w, http.StatusNotFound, "no history of pod %s on node %s (never seen, or older than --recorder-ttl %s)", r.PathValue("uid"), s.cfg.Node, s.cfg.RecorderTTL)
+			return
+		}
+		writeJSON(w, http.StatusOK, h)
+	})
+	mux.HandleFunc("GET /v1/cgroups/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+		if err != nil {
+			httpError(w, http.StatusBadRequest, "cgroup id %q: a decimal number", r.PathValue("id"))
+			return
+		}
+		c, ok := s.rec.Cgroup(id)
+		if !ok {
+			httpError(w, http.StatusNotFound, "no history of cgroup %d", id)
+			return
+		}
+		writeJSON(w, http.StatusOK, c)
+	})
+	block := func(on bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			uid := r.PathValue("uid")
+			var id uint64
+			var err error
+			if on {
+				id, err = s.BlockPod(uid)
+			} else {
+				id, err = s.UnblockPod(uid)
+			}
+			if err != nil {
+				httpError(w, http.StatusConflict, "%v", err)
+				return
+			}
+			s.log.Info().Str("pod_uid", uid).Uint64("cgroup", id).Bool("blocked", on).Msg("egress block changed")
+			writeJSON(w, http.StatusOK, map[string]any{"podUID": uid, "cgroupId": id, "blocked": on})
+		}
+	}
+	mux.HandleFunc("PUT /v1/pods/{uid}/block", block(true))
+	mux.HandleFunc("DELETE /v1/pods/{uid}/block", block(false))
+	mux.HandleFunc("GET /v1/blocked", func(w http.ResponseWriter, r *http.Request) {
+		ids, err := s.Blocked()
+		if err != nil {
+			httpError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		writeJSON(w, http.StatusOK, ids)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.Health())
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		writeMetrics(w, s.Health())
+	})
+	return mux
+}
+
+// PodHistory returns what the flight recorder holds about a pod, with its
+// metadata when the API server knows (or knew) it.
+func (s *Sensor) PodHistory(uid string) (PodHistory, bool) {
+	cgs, ok := s.rec.Pod(uid)
+	if !ok {
+		return PodHistory{}, false
+	}
+	h := PodHistory{PodUID: uid, Node: s.cfg.Node, Taken: time.Now(), Cgroups: cgs, Pod: &Pod{UID: uid}}
+	for _, id := range s.attr.OfPod(uid) {
+		if pm, _, ok := s.attr.Meta(&id); ok {
+			h.Pod.Namespace, h.Pod.Name, h.Pod.Owner, h.Pod.Deleted = pm.Namespace, pm.Name, pm.Owner, pm.Deleted
+			break
+		}
+	}
+	return h, true
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func httpError(w http.ResponseWriter, code int, format string, args ...any) {
+	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
+}
+
+func writeMetrics(w http.ResponseWriter, h Health) {
+	var b strings.Builder
+	metric := func(name, help, typ string) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+	}
+	metric("parry_sensor_records_seen_total", "Records that passed the kernel filters.", "counter")
+	for k, c := range h.Kinds {
+		fmt.Fprintf(&b, "parry_sensor_records_seen_total{kind=%q} %d\n", k, c.Seen)
+	}
+	metric("parry_sensor_records_dropped_total", "Records the ring buffer had no room for.", "counter")
+	for k, c := range h.Kinds {
+		fmt.Fprintf(&b, "parry_sensor_records_dropped_total{kind=%q} %d\n", k, c.Dropped)
+	}
+	metric("parry_sensor_records_received_total", "Records read by the sensor.", "counter")
+	for k, c := range h.Kinds {
+		fmt.Fprintf(&b, "parry_sensor_records_received_total{kind=%q} %d\n", k, c.Received)
+	}
+	metric("parry_sensor_lost_total", "Events lost, by cause.", "counter")
+	for cause, v := range map[string]uint64{
+		"ring_buffer": h.Lost.RingBuffer, "malformed": h.Lost.Malformed, "build": h.Lost.Build,
+		"spool_overflow": h.Lost.SpoolOverflow, "rejected": h.Lost.Rejected,
+	} {
+		fmt.Fprintf(&b, "parry_sensor_lost_total{cause=%q} %d\n", cause, v)
+	}
+	metric("parry_sensor_events_emitted_total", "CloudEvents queued for the sink.", "counter")
+	fmt.Fprintf(&b, "parry_sensor_events_emitted_total %d\n", h.Emitted)
+	metric("parry_sensor_events_coalesced_total", "Identical events not emitted (counted in the next one).", "counter")
+	fmt.Fprintf(&b, "parry_sensor_events_coalesced_total %d\n", h.Coalesced)
+	metric("parry_sensor_hook_active", "Whether a hook is attached.", "gauge")
+	for _, hk := range h.Hooks {
+		v := 0
+		if hk.Active {
+			v = 1
+		}
+		fmt.Fprintf(&b, "parry_sensor_hook_active{hook=%q,kind=%q} %d\n", hk.Name, hk.Kind, v)
+	}
+	metric("parry_sensor_resident_bytes", "Resident set size.", "gauge")
+	fmt.Fprintf(&b, "parry_sensor_resident_bytes %d\n", h.RSSBytes)
+	if h.Emitter != nil {
+		metric("parry_sensor_spool_events", "Events waiting in the on-disk spool.", "gauge")
+		fmt.Fprintf(&b, "parry_sensor_spool_events %d\n", h.Emitter.Spooled)
+	}
+	w.Write([]byte(b.String()))
+}
