@@ -107,6 +107,9 @@ func (j *Journal) init(ctx context.Context) error {
 
 // Close stops the writer after the writes already queued, and closes the file.
 func (j *Journal) Close() error {
+	if j.writes == nil {
+		return j.db.Close()
+	}
 	close(j.writes)
 	j.wg.Wait()
 	j.stmts.close()
@@ -115,8 +118,32 @@ func (j *Journal) Close() error {
 	return err
 }
 
+// OpenReadOnly opens an existing journal for queries only, without taking
+// the lock, so `parry trace` can read while `parry run` writes (WAL mode
+// allows concurrent readers).
+func OpenReadOnly(ctx context.Context, path string) (*Journal, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("journal: %w (parry run writes it; pass --journal with its path)", err)
+	}
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Set("mode", "ro")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("journal: %s: %w", path, err)
+	}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("journal: %s: %w", path, err)
+	}
+	return &Journal{db: db}, nil
+}
+
 // write runs apply in a group-committed transaction and waits for the commit.
 func (j *Journal) write(ctx context.Context, apply func(context.Context, *sql.Tx, *statements) error) error {
+	if j.writes == nil {
+		return errors.New("journal: opened read-only")
+	}
 	req := writeReq{apply: apply, done: make(chan error, 1)}
 	select {
 	case j.writes <- req:
