@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"go.uber.org/zap"
@@ -177,9 +178,20 @@ func (s *Set) addDocument(ctx context.Context, file string, doc *yaml.Node) Erro
 		defaultNamespace(&t.ObjectMeta.Namespace)
 		t.SetDefaults(ctx)
 		name := "Trigger " + t.Namespace + "/" + t.Name
-		errs := checkMaterializes(file, doc, name, "spec.filters", t.Spec.Filters)
+		var errs Errors
+		var reported []string
 		if fe := t.Validate(ctx); fe != nil {
-			errs = append(fieldErrors(file, doc, name, fe), errs...)
+			errs = fieldErrors(file, doc, name, fe)
+			for _, e := range fe.WrappedErrors() {
+				reported = append(reported, e.Paths...)
+			}
+		}
+		// Knative's validation misses some filters its own code cannot
+		// build; report those, but not twice what it already reported.
+		for _, e := range checkMaterializes(file, doc, name, "spec.filters", t.Spec.Filters) {
+			if !slices.ContainsFunc(reported, func(p string) bool { return p != "" && strings.HasPrefix(p, e.path) }) {
+				errs = append(errs, e.Error)
+			}
 		}
 		if len(errs) > 0 {
 			return errs
@@ -225,22 +237,31 @@ func fieldErrors(file string, doc *yaml.Node, object string, fe *apis.FieldError
 	return errs
 }
 
+// filterError is a problem with the filter at path.
+type filterError struct {
+	*Error
+	path string
+}
+
 // checkMaterializes builds every filter with Knative's own code and reports
 // each one it would skip.
-func checkMaterializes(file string, doc *yaml.Node, object, path string, filters []eventingv1.SubscriptionsAPIFilter) Errors {
-	var errs Errors
+func checkMaterializes(file string, doc *yaml.Node, object, path string, filters []eventingv1.SubscriptionsAPIFilter) []filterError {
+	var errs []filterError
 	for i, f := range filters {
 		errs = append(errs, checkFilter(file, doc, object, fmt.Sprintf("%s[%d]", path, i), f)...)
 	}
 	return errs
 }
 
-func checkFilter(file string, doc *yaml.Node, object, at string, f eventingv1.SubscriptionsAPIFilter) Errors {
+func checkFilter(file string, doc *yaml.Node, object, at string, f eventingv1.SubscriptionsAPIFilter) []filterError {
+	problem := func(msg string) []filterError {
+		return []filterError{{Error: &Error{Pos: Locate(file, doc, at), Msg: object + " " + at + ": " + msg}, path: at}}
+	}
 	if dialects := setDialects(f); len(dialects) > 1 {
-		return Errors{{Pos: Locate(file, doc, at), Msg: fmt.Sprintf("%s %s: sets %s: a filter has exactly one dialect; combine them with all or any", object, at, strings.Join(dialects, " and "))}}
+		return problem(fmt.Sprintf("sets %s: a filter has exactly one dialect; combine them with all or any", strings.Join(dialects, " and ")))
 	}
 	if reason := materializes(f); reason != "" {
-		return Errors{{Pos: Locate(file, doc, at), Msg: object + " " + at + ": " + reason}}
+		return problem(reason)
 	}
 	errs := checkMaterializes(file, doc, object, at+".all", f.All)
 	errs = append(errs, checkMaterializes(file, doc, object, at+".any", f.Any)...)

@@ -1,0 +1,276 @@
+package main_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"parry.dev/parry/internal/journal"
+)
+
+// parryBinary builds cmd/parry once per test binary.
+var parryBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "parry-bin")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "parry")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// parryProcess is a running `parry run`.
+type parryProcess struct {
+	cmd    *exec.Cmd
+	url    string
+	stderr *strings.Builder
+	mu     *sync.Mutex
+}
+
+func startParry(t *testing.T, configDir, journalPath, addr string) *parryProcess {
+	t.Helper()
+	bin, err := parryBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--no-sensor", "--config", configDir, "--journal", journalPath, "--listen", addr, "--log-format", "json")
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &parryProcess{cmd: cmd, url: "http://" + addr + "/parry-system/parry", stderr: &strings.Builder{}, mu: &sync.Mutex{}}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			p.mu.Lock()
+			p.stderr.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			if strings.Contains(sc.Text(), "parry is running") {
+				once.Do(func() { close(ready) })
+			}
+		}
+	}()
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	select {
+	case <-ready:
+	case <-time.After(20 * time.Second):
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		t.Fatalf("parry run did not start:\n%s", p.stderr)
+	}
+	return p
+}
+
+func postEvent(t *testing.T, url, id string) int {
+	t.Helper()
+	e := cloudevents.NewEvent()
+	e.SetID(id)
+	e.SetSource("crash-test")
+	e.SetType("dev.parry.test.v1")
+	req, _ := http.NewRequest(http.MethodPost, url, nil)
+	if err := cehttp.WriteRequest(context.Background(), binding.ToMessage(&e), req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestCrashLosesNothingAndRepeatsNoCompletedDelivery kills parry with
+// SIGKILL after it accepted events it had not yet delivered, restarts it on
+// the same journal, and checks that every event reaches the subscriber
+// exactly once as far as completed deliveries go.
+func TestCrashLosesNothingAndRepeatsNoCompletedDelivery(t *testing.T) {
+	const n = 90
+	// Phase 1: ids ≡ 0 (mod 3) are accepted, ≡ 1 answered 503 (retried
+	// later), ≡ 2 hang until parry dies (in flight at the crash).
+	var mu sync.Mutex
+	completed := map[string]int{}
+	phase2 := make(chan struct{})
+	sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("ce-id")
+		var i int
+		fmt.Sscanf(id, "ev-%d", &i)
+		select {
+		case <-phase2:
+		default:
+			switch i % 3 {
+			case 1:
+				http.Error(w, "not now", http.StatusServiceUnavailable)
+				return
+			case 2:
+				// In flight when parry dies: never answered.
+				<-r.Context().Done()
+				return
+			}
+		}
+		mu.Lock()
+		completed[id]++
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer sub.Close()
+
+	dir := t.TempDir()
+	config := filepath.Join(dir, "config")
+	os.Mkdir(config, 0o755)
+	os.WriteFile(filepath.Join(config, "broker.yaml"), []byte(fmt.Sprintf(`apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: parry, namespace: parry-system}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: recorder, namespace: parry-system}
+spec:
+  broker: parry
+  subscriber: {uri: %q}
+  delivery: {retry: 50, backoffPolicy: linear, backoffDelay: PT2S, timeout: PT60S}
+`, sub.URL)), 0o644)
+	journalPath := filepath.Join(dir, "journal.db")
+	addr := freeAddr(t)
+
+	p := startParry(t, config, journalPath, addr)
+	for i := range n {
+		if code := postEvent(t, p.url, fmt.Sprintf("ev-%d", i)); code != http.StatusAccepted {
+			t.Fatalf("event %d: ingress answered %d", i, code)
+		}
+	}
+	// Wait until the journal says the first third is done.
+	j, err := journal.OpenReadOnly(context.Background(), journalPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		done := 0
+		entries, err := j.Last(context.Background(), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			for _, d := range e.Deliveries {
+				if d.State == journal.Done {
+					done++
+				}
+			}
+		}
+		if done == n/3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d deliveries done before the crash", done, n/3)
+		}
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Wait()
+	close(phase2)
+
+	p = startParry(t, config, journalPath, addr)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		got := len(completed)
+		mu.Unlock()
+		if got == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the restart only %d of %d events reached the subscriber", got, n)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // let any wrongful redelivery show up
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range n {
+		id := fmt.Sprintf("ev-%d", i)
+		if completed[id] != 1 {
+			t.Errorf("%s completed %d times, want exactly once", id, completed[id])
+		}
+	}
+}
+
+func TestRunFailsClearly(t *testing.T) {
+	bin, err := parryBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	blocker := filepath.Join(dir, "file")
+	os.WriteFile(blocker, nil, 0o600)
+	badConfig := filepath.Join(dir, "bad")
+	os.Mkdir(badConfig, 0o755)
+	os.WriteFile(filepath.Join(badConfig, "t.yaml"), []byte(`apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: t, namespace: parry-system}
+spec:
+  broker: parry
+  filters: [{cesql: "type = "}]
+  subscriber: {uri: "http://127.0.0.1:9/"}
+`), 0o644)
+	cases := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"port in use", []string{"--listen", busy.Addr().String()}, []string{"already in use", "--listen"}},
+		{"unwritable journal", []string{"--journal", filepath.Join(blocker, "j.db")}, []string{"--journal"}},
+		{"invalid trigger", []string{"--config", badConfig}, []string{"t.yaml:6:21", "spec.filters[0].cesql"}},
+		{"missing config", []string{"--config", filepath.Join(dir, "nope")}, []string{"--config"}},
+		{"bad flag", []string{"--frobnicate"}, []string{"flag provided but not defined", "Usage: parry run"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"run", "--no-sensor", "--config", "../../config", "--journal", filepath.Join(t.TempDir(), "j.db")}, c.args...)
+			out, err := exec.Command(bin, args...).CombinedOutput()
+			if err == nil {
+				t.Fatalf("parry run succeeded:\n%s", out)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("output does not contain %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
