@@ -108,7 +108,7 @@ func findBinaries(opts Options) (binaries, error) {
 	tool(c&Kwok != 0, &b.kwokStages, "kwok-stages.yaml")
 	tool(c&Vault != 0, &b.vault, "vault")
 	if len(missing) > 0 {
-		return b, &MissingError{Missing: missing, Fix: "make tools (builds them from pinned sources; 10-30 minutes cold, seconds when cached)"}
+		return b, &MissingError{Missing: missing, Fix: "make tools (builds them from pinned sources; about 30 minutes cold on two cores, seconds when cached)"}
 	}
 	if c&Postgres != 0 {
 		if err := findPostgres(opts, &b); err != nil {
