@@ -48,14 +48,37 @@ const maxBatch = 512
 type Journal struct {
 	db     *sql.DB
 	lock   *os.File
-	writes chan writeReq
+	writes chan *writeReq
 	wg     sync.WaitGroup
-	stmts  statements
+	// conn is the writer's own connection, so BEGIN and COMMIT frame the
+	// statements of one batch; its statements are prepared once on it
+	// (database/sql's Tx.Stmt would re-prepare them per transaction).
+	conn  *sql.Conn
+	stmts statements
 }
 
+// writeReq is one caller's write: an event to add (with its deliveries), a
+// delivery to finish, or both (a completed delivery and its reply).
 type writeReq struct {
-	apply func(ctx context.Context, tx *sql.Tx, st *statements) error
-	done  chan error
+	rec  *Record
+	fin  *finish
+	now  int64
+	done chan error
+	// out is filled by the writer before done is signalled.
+	out Appended
+}
+
+// finish updates one delivery. With replyFromRec, reply_seq is the seq of
+// the same request's record; with deadLetter, a dead-letter delivery is
+// added.
+type finish struct {
+	key          Key
+	state        State
+	attempts     int
+	code         int
+	reason       string
+	replyFromRec bool
+	deadLetter   bool
 }
 
 // Open opens (creating if needed) the journal at path. Only one process may
@@ -81,13 +104,12 @@ func Open(ctx context.Context, path string) (*Journal, error) {
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "temp_store(MEMORY)"} {
 		q.Add("_pragma", p)
 	}
-	q.Set("_txlock", "immediate")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("journal: %s: %w", path, err)
 	}
-	j := &Journal{db: db, lock: lock, writes: make(chan writeReq, 4*maxBatch)}
+	j := &Journal{db: db, lock: lock, writes: make(chan *writeReq, 4*maxBatch)}
 	if err := j.init(ctx); err != nil {
 		db.Close()
 		lock.Close()
@@ -102,7 +124,12 @@ func (j *Journal) init(ctx context.Context) error {
 	if _, err := j.db.ExecContext(ctx, schema); err != nil {
 		return err
 	}
-	return j.stmts.prepare(ctx, j.db)
+	conn, err := j.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	j.conn = conn
+	return j.stmts.prepare(ctx, conn)
 }
 
 // Close stops the writer after the writes already queued, and closes the file.
@@ -113,6 +140,7 @@ func (j *Journal) Close() error {
 	close(j.writes)
 	j.wg.Wait()
 	j.stmts.close()
+	j.conn.Close()
 	err := j.db.Close()
 	j.lock.Close()
 	return err
@@ -139,25 +167,27 @@ func OpenReadOnly(ctx context.Context, path string) (*Journal, error) {
 	return &Journal{db: db}, nil
 }
 
-// write runs apply in a group-committed transaction and waits for the commit.
-func (j *Journal) write(ctx context.Context, apply func(context.Context, *sql.Tx, *statements) error) error {
+// write queues req for the next group commit and waits for it.
+func (j *Journal) write(ctx context.Context, req *writeReq) (Appended, error) {
 	if j.writes == nil {
-		return errors.New("journal: opened read-only")
+		return Appended{}, errors.New("journal: opened read-only")
 	}
-	req := writeReq{apply: apply, done: make(chan error, 1)}
+	req.now = time.Now().UnixNano()
+	req.done = make(chan error, 1)
 	select {
 	case j.writes <- req:
 	case <-ctx.Done():
-		return ctx.Err()
+		return Appended{}, ctx.Err()
 	}
 	// Once queued the write happens; waiting for it even past ctx keeps the
 	// caller's view (e.g. "202 means journaled") true.
-	return <-req.done
+	err := <-req.done
+	return req.out, err
 }
 
 func (j *Journal) writer() {
 	defer j.wg.Done()
-	batch := make([]writeReq, 0, maxBatch)
+	batch := make([]*writeReq, 0, maxBatch)
 	for first := range j.writes {
 		batch = append(batch[:0], first)
 	drain:
@@ -176,7 +206,7 @@ func (j *Journal) writer() {
 		for _, req := range batch {
 			if err != nil && len(batch) > 1 {
 				// One bad write must not fail its neighbours: retry each alone.
-				req.done <- j.commit([]writeReq{req})
+				req.done <- j.commit([]*writeReq{req})
 				continue
 			}
 			req.done <- err
@@ -184,20 +214,98 @@ func (j *Journal) writer() {
 	}
 }
 
-func (j *Journal) commit(batch []writeReq) error {
+// commit writes a batch in one transaction.
+func (j *Journal) commit(batch []*writeReq) error {
 	ctx := context.Background()
-	tx, err := j.db.BeginTx(ctx, nil)
-	if err != nil {
+	if _, err := j.stmts.begin.ExecContext(ctx); err != nil {
 		return fmt.Errorf("journal: begin: %w", err)
 	}
 	for _, req := range batch {
-		if err := req.apply(ctx, tx, &j.stmts); err != nil {
-			tx.Rollback()
+		if err := j.stmts.apply(ctx, req); err != nil {
+			_, _ = j.stmts.rollback.ExecContext(ctx)
 			return err
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	if _, err := j.stmts.commit.ExecContext(ctx); err != nil {
+		_, _ = j.stmts.rollback.ExecContext(ctx)
 		return fmt.Errorf("journal: commit: %w", err)
+	}
+	return nil
+}
+
+type statements struct {
+	begin, commit, rollback, insertEvent, insertDelivery, finish *sql.Stmt
+}
+
+func (st *statements) prepare(ctx context.Context, conn *sql.Conn) error {
+	var err error
+	prep := func(q string) *sql.Stmt {
+		if err != nil {
+			return nil
+		}
+		var s *sql.Stmt
+		s, err = conn.PrepareContext(ctx, q)
+		return s
+	}
+	st.begin = prep(`BEGIN IMMEDIATE`)
+	st.commit = prep(`COMMIT`)
+	st.rollback = prep(`ROLLBACK`)
+	st.insertEvent = prep(`INSERT INTO events (id, source, type, subject, incident, causation, traceid, broker, received, body)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id, source) DO NOTHING RETURNING seq`)
+	st.insertDelivery = prep(`INSERT OR IGNORE INTO deliveries (event_seq, trigger, target, code, error, updated, state)
+		VALUES (?, ?, ?, ?, ?, ?, 'pending')`)
+	st.finish = prep(`UPDATE deliveries SET state = ?, attempts = ?, code = ?, error = ?, reply_seq = ?, updated = ?
+		WHERE event_seq = ? AND trigger = ? AND target = ?`)
+	return err
+}
+
+func (st *statements) close() {
+	for _, s := range []*sql.Stmt{st.begin, st.commit, st.rollback, st.insertEvent, st.insertDelivery, st.finish} {
+		if s != nil {
+			s.Close()
+		}
+	}
+}
+
+// apply runs one request's statements inside the batch's transaction.
+func (st *statements) apply(ctx context.Context, req *writeReq) error {
+	req.out = Appended{}
+	if r := req.rec; r != nil {
+		e := r.Event
+		err := st.insertEvent.QueryRowContext(ctx, e.ID(), e.Source(), e.Type(), e.Subject(),
+			nullable(events.String(e, events.ExtIncident)), nullable(events.String(e, events.ExtCausation)),
+			events.TraceID(e), r.Broker, req.now, r.body).Scan(&req.out.Seq)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			// Journaled before (same source and id): a redelivery.
+			req.out.Duplicate = true
+		case err != nil:
+			return fmt.Errorf("journal: inserting event %s: %w", e.ID(), err)
+		default:
+			for _, trig := range r.Triggers {
+				if _, err := st.insertDelivery.ExecContext(ctx, req.out.Seq, trig, string(ToSubscriber), 0, "", req.now); err != nil {
+					return fmt.Errorf("journal: inserting delivery of %s to %s: %w", e.ID(), trig, err)
+				}
+			}
+		}
+	}
+	f := req.fin
+	if f == nil {
+		return nil
+	}
+	var replySeq any
+	if f.replyFromRec && !req.out.Duplicate {
+		replySeq = req.out.Seq
+	}
+	if _, err := st.finish.ExecContext(ctx, string(f.state), f.attempts, f.code, f.reason, replySeq, req.now, f.key.Seq, f.key.Trigger, string(f.key.Target)); err != nil {
+		return fmt.Errorf("journal: updating delivery of %d to %s: %w", f.key.Seq, f.key.Trigger, err)
+	}
+	if f.deadLetter && f.key.Target == ToSubscriber {
+		// The dead-letter delivery keeps the subscriber's last answer: it
+		// becomes the knativeerror* attributes of the dead-lettered event.
+		if _, err := st.insertDelivery.ExecContext(ctx, f.key.Seq, f.key.Trigger, string(ToDeadLetter), f.code, f.reason, req.now); err != nil {
+			return fmt.Errorf("journal: adding the dead-letter delivery of %d: %w", f.key.Seq, err)
+		}
 	}
 	return nil
 }
@@ -232,37 +340,7 @@ type Appended struct {
 // Append journals r and one pending delivery per Trigger, durably, before it
 // returns.
 func (j *Journal) Append(ctx context.Context, r Record) (Appended, error) {
-	var out Appended
-	now := time.Now().UnixNano()
-	err := j.write(ctx, func(ctx context.Context, tx *sql.Tx, st *statements) error {
-		var err error
-		out, err = appendTx(ctx, tx, st, r, now)
-		return err
-	})
-	return out, err
-}
-
-func appendTx(ctx context.Context, tx *sql.Tx, st *statements, r Record, now int64) (Appended, error) {
-	e := r.Event
-	var seq int64
-	err := tx.StmtContext(ctx, st.insertEvent).QueryRowContext(ctx,
-		e.ID(), e.Source(), e.Type(), e.Subject(),
-		nullable(events.String(e, events.ExtIncident)), nullable(events.String(e, events.ExtCausation)),
-		events.TraceID(e), r.Broker, now, r.body,
-	).Scan(&seq)
-	if errors.Is(err, sql.ErrNoRows) {
-		return Appended{Duplicate: true}, nil
-	}
-	if err != nil {
-		return Appended{}, fmt.Errorf("journal: inserting event %s: %w", e.ID(), err)
-	}
-	ins := tx.StmtContext(ctx, st.insertDelivery)
-	for _, trig := range r.Triggers {
-		if _, err := ins.ExecContext(ctx, seq, trig, string(ToSubscriber), 0, "", now); err != nil {
-			return Appended{}, fmt.Errorf("journal: inserting delivery of %s to %s: %w", e.ID(), trig, err)
-		}
-	}
-	return Appended{Seq: seq}, nil
+	return j.write(ctx, &writeReq{rec: &r})
 }
 
 // Key names one delivery.
@@ -275,50 +353,20 @@ type Key struct {
 // Complete marks a delivery done and, in the same transaction, journals the
 // subscriber's reply (nil for none) with its own deliveries.
 func (j *Journal) Complete(ctx context.Context, k Key, attempts int, reply *Record) (Appended, error) {
-	var out Appended
-	now := time.Now().UnixNano()
-	err := j.write(ctx, func(ctx context.Context, tx *sql.Tx, st *statements) error {
-		var replySeq any
-		if reply != nil {
-			var err error
-			if out, err = appendTx(ctx, tx, st, *reply, now); err != nil {
-				return err
-			}
-			if !out.Duplicate {
-				replySeq = out.Seq
-			}
-		}
-		_, err := tx.StmtContext(ctx, st.finish).ExecContext(ctx, string(Done), attempts, 0, "", replySeq, now, k.Seq, k.Trigger, string(k.Target))
-		return err
-	})
-	return out, err
+	return j.write(ctx, &writeReq{rec: reply, fin: &finish{key: k, state: Done, attempts: attempts, replyFromRec: reply != nil}})
 }
 
 // Attempted records a failed attempt that will be retried.
 func (j *Journal) Attempted(ctx context.Context, k Key, attempts, code int, reason string) error {
-	now := time.Now().UnixNano()
-	return j.write(ctx, func(ctx context.Context, tx *sql.Tx, st *statements) error {
-		_, err := tx.StmtContext(ctx, st.finish).ExecContext(ctx, string(Pending), attempts, code, reason, nil, now, k.Seq, k.Trigger, string(k.Target))
-		return err
-	})
+	_, err := j.write(ctx, &writeReq{fin: &finish{key: k, state: Pending, attempts: attempts, code: code, reason: reason}})
+	return err
 }
 
 // GiveUp marks a delivery failed; with deadLetter, a pending delivery of the
 // same event to the dead-letter sink is added in the same transaction.
 func (j *Journal) GiveUp(ctx context.Context, k Key, attempts, code int, reason string, deadLetter bool) error {
-	now := time.Now().UnixNano()
-	return j.write(ctx, func(ctx context.Context, tx *sql.Tx, st *statements) error {
-		if _, err := tx.StmtContext(ctx, st.finish).ExecContext(ctx, string(Failed), attempts, code, reason, nil, now, k.Seq, k.Trigger, string(k.Target)); err != nil {
-			return err
-		}
-		if !deadLetter || k.Target == ToDeadLetter {
-			return nil
-		}
-		// The dead-letter delivery keeps the subscriber's last answer: it
-		// becomes the knativeerror* attributes of the dead-lettered event.
-		_, err := tx.StmtContext(ctx, st.insertDelivery).ExecContext(ctx, k.Seq, k.Trigger, string(ToDeadLetter), code, reason, now)
-		return err
-	})
+	_, err := j.write(ctx, &writeReq{fin: &finish{key: k, state: Failed, attempts: attempts, code: code, reason: reason, deadLetter: deadLetter}})
+	return err
 }
 
 func nullable(s string) any {
@@ -326,34 +374,4 @@ func nullable(s string) any {
 		return nil
 	}
 	return s
-}
-
-type statements struct {
-	insertEvent, insertDelivery, finish *sql.Stmt
-}
-
-func (st *statements) prepare(ctx context.Context, db *sql.DB) error {
-	var err error
-	prep := func(q string) *sql.Stmt {
-		if err != nil {
-			return nil
-		}
-		var s *sql.Stmt
-		s, err = db.PrepareContext(ctx, q)
-		return s
-	}
-	st.insertEvent = prep(`INSERT INTO events (id, source, type, subject, incident, causation, traceid, broker, received, body)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING RETURNING seq`)
-	st.insertDelivery = prep(`INSERT OR IGNORE INTO deliveries (event_seq, trigger, target, state, code, error, updated) VALUES (?, ?, ?, 'pending', ?, ?, ?)`)
-	st.finish = prep(`UPDATE deliveries SET state = ?, attempts = ?, code = ?, error = ?, reply_seq = ?, updated = ?
-		WHERE event_seq = ? AND trigger = ? AND target = ?`)
-	return err
-}
-
-func (st *statements) close() {
-	for _, s := range []*sql.Stmt{st.insertEvent, st.insertDelivery, st.finish} {
-		if s != nil {
-			s.Close()
-		}
-	}
 }

@@ -25,7 +25,7 @@ func open(t *testing.T, path string) *journal.Journal {
 	return j
 }
 
-func sensorEvent(t *testing.T, key string) cloudevents.Event {
+func sensorEvent(t testing.TB, key string) cloudevents.Event {
 	t.Helper()
 	e, err := events.New(events.Spec{Type: events.TypeNetworkConnect, Source: "parry://sensor/n1", Key: key,
 		Extensions: map[string]string{events.ExtPodUID: "uid-1"}})
@@ -35,7 +35,7 @@ func sensorEvent(t *testing.T, key string) cloudevents.Event {
 	return e
 }
 
-func record(t *testing.T, e cloudevents.Event, triggers ...string) journal.Record {
+func record(t testing.TB, e cloudevents.Event, triggers ...string) journal.Record {
 	t.Helper()
 	r, err := journal.NewRecord("parry-system/parry", e, triggers)
 	if err != nil {
