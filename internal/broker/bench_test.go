@@ -21,23 +21,26 @@ import (
 	"parry.dev/parry/internal/httpclient"
 )
 
-// benchTriggers returns n Triggers in every dialect, of which exactly one
-// matches the benchmark's events: the broker evaluates all of them per event.
+// benchTriggers returns n Triggers shaped like the ones parry's playbooks
+// compile to — an exact type plus a playbook-specific condition in every
+// dialect — spread over the sensor's event types, of which exactly one
+// matches the benchmark's events. Each event is evaluated with Knative's
+// filter code against every Trigger of its type (about a fifth of them).
 func benchTriggers(n int) string {
 	var b strings.Builder
-	specs := []string{
-		`filters: [{exact: {type: dev.parry.sensor.process.exec.v%d}}]`,
-		`filters: [{prefix: {type: dev.parry.other%d.}}]`,
-		`filters: [{cesql: "type = 'dev.parry.sensor.network.connect.v1' AND dport = '%d'"}]`,
-		`filters: [{all: [{exact: {type: dev.parry.sensor.network.connect.v1}}, {suffix: {exe: /miner%d}}]}]`,
-		`filters: [{any: [{exact: {podns: ns%d}}, {exact: {rule: r%d}}]}]`,
-		`filters: [{not: {prefix: {type: dev.}}}, {exact: {node: n%d}}]`,
-		`filter: {attributes: {type: dev.parry.sensor.file.open.v1, poduid: u%d}}`,
+	types := []string{events.TypeProcessExec, events.TypeNetworkConnect, events.TypeFileOpen, events.TypePrivilege, events.TypeIncidentOpened}
+	conditions := []string{
+		`{exact: {exe: /usr/bin/x%d}}`,
+		`{prefix: {exe: /tmp/%d/}}`,
+		`{cesql: "dport = '%d' OR exe LIKE '%%/miner%d'"}`,
+		`{all: [{exact: {podns: ns%d}}, {suffix: {exe: /sh%d}}]}`,
+		`{any: [{exact: {podns: ns%d}}, {exact: {rule: r%d}}]}`,
+		`{not: {prefix: {exe: /usr/%d/}}}, {exact: {node: n%d}}`,
 	}
 	for i := range n - 1 {
-		spec := specs[i%len(specs)]
-		spec = strings.ReplaceAll(spec, "%d", strconv.Itoa(i+10000))
-		fmt.Fprintf(&b, "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t%d, namespace: parry-system}\nspec:\n  broker: parry\n  %s\n  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sink}}\n", i, spec)
+		cond := strings.ReplaceAll(conditions[i%len(conditions)], "%d", strconv.Itoa(i+10000))
+		fmt.Fprintf(&b, "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t%d, namespace: parry-system}\nspec:\n  broker: parry\n  filters: [{exact: {type: %s}}, %s]\n  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sink}}\n",
+			i, types[i%len(types)], cond)
 	}
 	fmt.Fprintf(&b, "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: match, namespace: parry-system}\nspec:\n  broker: parry\n  filters: [{exact: {type: %s}}, {cesql: \"dport = '3333'\"}]\n  subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: sink}}\n", events.TypeNetworkConnect)
 	return b.String()

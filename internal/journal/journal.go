@@ -44,6 +44,9 @@ const (
 // long enough to stall readers.
 const maxBatch = 512
 
+// lingerFor is how long a busy writer waits to fill a batch.
+const lingerFor = 200 * time.Microsecond
+
 // Journal is an open journal file. It is safe for concurrent use.
 type Journal struct {
 	db     *sql.DB
@@ -188,8 +191,16 @@ func (j *Journal) write(ctx context.Context, req *writeReq) (Appended, error) {
 func (j *Journal) writer() {
 	defer j.wg.Done()
 	batch := make([]*writeReq, 0, maxBatch)
+	linger := time.NewTimer(0)
+	busy := false
 	for first := range j.writes {
 		batch = append(batch[:0], first)
+		// Under load, wait a moment for more writers: a commit costs about
+		// the same for one row as for a hundred, so fewer, larger commits
+		// are what keeps the journal ahead of ingress. Idle, commit at once.
+		if busy {
+			linger.Reset(lingerFor)
+		}
 	drain:
 		for len(batch) < maxBatch {
 			select {
@@ -199,9 +210,27 @@ func (j *Journal) writer() {
 				}
 				batch = append(batch, req)
 			default:
-				break drain
+				if !busy {
+					break drain
+				}
+				select {
+				case req, ok := <-j.writes:
+					if !ok {
+						break drain
+					}
+					batch = append(batch, req)
+				case <-linger.C:
+					break drain
+				}
 			}
 		}
+		if busy && !linger.Stop() {
+			select {
+			case <-linger.C:
+			default:
+			}
+		}
+		busy = len(batch) > 1
 		err := j.commit(batch)
 		for _, req := range batch {
 			if err != nil && len(batch) > 1 {
@@ -251,7 +280,7 @@ func (st *statements) prepare(ctx context.Context, conn *sql.Conn) error {
 	st.commit = prep(`COMMIT`)
 	st.rollback = prep(`ROLLBACK`)
 	st.insertEvent = prep(`INSERT INTO events (id, source, type, subject, incident, causation, traceid, broker, received, body)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id, source) DO NOTHING RETURNING seq`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id, source) DO NOTHING`)
 	st.insertDelivery = prep(`INSERT OR IGNORE INTO deliveries (event_seq, trigger, target, code, error, updated, state)
 		VALUES (?, ?, ?, ?, ?, ?, 'pending')`)
 	st.finish = prep(`UPDATE deliveries SET state = ?, attempts = ?, code = ?, error = ?, reply_seq = ?, updated = ?
@@ -272,16 +301,17 @@ func (st *statements) apply(ctx context.Context, req *writeReq) error {
 	req.out = Appended{}
 	if r := req.rec; r != nil {
 		e := r.Event
-		err := st.insertEvent.QueryRowContext(ctx, e.ID(), e.Source(), e.Type(), e.Subject(),
+		res, err := st.insertEvent.ExecContext(ctx, e.ID(), e.Source(), e.Type(), e.Subject(),
 			nullable(events.String(e, events.ExtIncident)), nullable(events.String(e, events.ExtCausation)),
-			events.TraceID(e), r.Broker, req.now, r.body).Scan(&req.out.Seq)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
+			events.TraceID(e), r.Broker, req.now, r.body)
+		if err != nil {
+			return fmt.Errorf("journal: inserting event %s: %w", e.ID(), err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
 			// Journaled before (same source and id): a redelivery.
 			req.out.Duplicate = true
-		case err != nil:
-			return fmt.Errorf("journal: inserting event %s: %w", e.ID(), err)
-		default:
+		} else {
+			req.out.Seq, _ = res.LastInsertId()
 			for _, trig := range r.Triggers {
 				if _, err := st.insertDelivery.ExecContext(ctx, req.out.Seq, trig, string(ToSubscriber), 0, "", req.now); err != nil {
 					return fmt.Errorf("journal: inserting delivery of %s to %s: %w", e.ID(), trig, err)
