@@ -4,7 +4,7 @@ export CGO_ENABLED ?= 0
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X parry.dev/parry/internal/buildinfo.Version=$(VERSION)
 
-.PHONY: all build run test vet fmt-check unit
+.PHONY: all build run test vet fmt-check unit bench-broker
 
 all: build
 
@@ -20,10 +20,21 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
+# Tests that need root, the kernel or the local servers run for real; under
+# CI=true they fail instead of skipping when something is missing.
 unit:
-	$(GO) test ./...
+	$(GO) test -count=1 ./...
 
-test: fmt-check vet unit
+# Everything: formatting, vet, generated BPF code up to date, the pinned
+# servers built (cached), then every test.
+test: fmt-check vet generate-check tools unit
 
-# The local environment (issue 4) adds its targets here.
--include tools/tools.mk
+# The embedded default's hot path: ingress → 50 Triggers → journal → handler.
+bench-broker:
+	$(GO) test -run '^$$' -bench IngressToHandler -benchtime 30000x -count 5 ./internal/broker/
+	$(GO) test -run '^$$' -bench AppendComplete -benchtime 30000x -count 5 ./internal/journal/
+
+# The local environment: make tools, devenv, devenv-down (tests/devenv).
+include tools/tools.mk
+# BPF code generation and the sensor benchmark (bpf/, sensor/).
+include bpf/bpf.mk

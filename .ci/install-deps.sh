@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a fresh machine lacks for `make tools` and
-# `make test`: PostgreSQL (for Vault's database secrets engine in the test
+# `make test`: clang-19/llvm-19 for the BPF code check, PostgreSQL (for Vault's database secrets engine in the test
 # environment; its server must run as the postgres user the package creates)
 # and flock (util-linux) for the tools build lock. Idempotent: a machine that
 # has them skips apt entirely.
@@ -11,6 +11,10 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && id postgres >/dev/null 
 command -v pg_isready >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_isready >/dev/null 2>&1 || need+=(postgresql-client)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
 command -v git >/dev/null 2>&1 || need+=(git)
+# clang-19 and llvm-19 (llvm-strip) prove that the committed BPF objects match
+# bpf/ (make generate-check).
+command -v clang-19 >/dev/null 2>&1 || need+=(clang-19)
+command -v llvm-strip-19 >/dev/null 2>&1 || need+=(llvm-19)
 
 if [ ${#need[@]} -eq 0 ]; then
 	echo "install-deps: nothing to install"
