@@ -27,7 +27,9 @@ func (s *Sensor) handle(raw []byte) {
 		s.kickLoss()
 		return
 	}
-	s.firstRec.CompareAndSwap(0, time.Now().UnixNano())
+	if s.firstRec.Load() == 0 {
+		s.firstRec.Store(time.Now().UnixNano())
+	}
 	s.received[r.Kind].Add(1)
 	cg := r.CgroupID
 	if s.v1 {

@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -55,7 +54,7 @@ type Sensor struct {
 	start time.Time
 
 	k       *kernel.Kernel
-	reader  *ringbuf.Reader
+	ring    *kernel.Ring
 	mounts  cgroups.Mounts
 	res     *cgroups.Resolver
 	v1      bool // attribute by the v1 memory cgroup
@@ -166,8 +165,8 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	if err := s.applyFilters(); err != nil {
 		return nil, err
 	}
-	if s.reader, err = s.k.NewReader(); err != nil {
-		return nil, fmt.Errorf("opening the ring buffer: %w", err)
+	if s.ring, err = s.k.NewRing(); err != nil {
+		return nil, err
 	}
 	s.logHooks()
 
@@ -292,7 +291,7 @@ func (s *Sensor) applyFilters() error {
 		Ports:       f.Connect.Ports,
 		Prefixes:    f.Files.Prefixes,
 		WakeupBytes: uint64(s.cfg.RingBufferSize / 8),
-		WakeupNs:    uint64(time.Millisecond),
+		WakeupNs:    uint64(s.cfg.WakeupInterval),
 	}
 	if f.Exec.All || len(f.Exec.Names) > 0 {
 		kf.Flags |= kernel.FlagExec
@@ -400,38 +399,53 @@ func (s *Sensor) Run(ctx context.Context) error {
 	go s.housekeeping(ctx)
 	go func() {
 		<-ctx.Done()
-		s.reader.Close() // interrupts ReadInto
+		s.ring.Close() // interrupts Wait
 	}()
 	s.log.Info().Str("node", s.cfg.Node).Str("sink", s.cfg.Sink).Str("recorder", s.srvAddr).
 		Dur("startup", time.Since(s.start)).Msg("sensor running")
 	err := s.readLoop()
 	cancel()
 	<-s.emDone
-	if errors.Is(err, os.ErrClosed) || ctx.Err() != nil {
+	if ctx.Err() != nil {
 		return nil
 	}
 	return err
 }
 
+// readLoop reads records until the ring is closed. It drains the ring
+// without system calls and waits in the netpoller (see kernel.Ring); it
+// polls every PollInterval only while records flow, to collect those the
+// kernel submitted without a wake-up. When a poll finds nothing it waits for
+// the kernel, which wakes it for the first record after a quiet spell
+// (wakeup_flag in bpf/sensor.bpf.c): an idle sensor costs nothing.
 func (s *Sensor) readLoop() error {
-	var rec ringbuf.Record
-	s.reader.SetDeadline(time.Now().Add(s.cfg.PollInterval))
+	polling, read := true, 0
+	nextTick := time.Now().Add(s.cfg.PollInterval)
 	for {
-		err := s.reader.ReadInto(&rec)
-		if err == nil {
-			s.handle(rec.RawSample)
-			continue
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			now := time.Now()
-			s.reader.SetDeadline(now.Add(s.cfg.PollInterval))
+		read += s.ring.Drain(s.handle)
+		now := time.Now()
+		if !polling || !now.Before(nextTick) {
 			s.tick(now)
-			continue
+			polling = read > 0 || len(s.waiting) > 0
+			read = 0
+			nextTick = now.Add(s.cfg.PollInterval)
 		}
-		if errors.Is(err, ringbuf.ErrClosed) {
-			return os.ErrClosed
+		deadline := time.Time{}
+		if polling {
+			deadline = nextTick
 		}
-		return fmt.Errorf("reading the ring buffer: %w", err)
+		switch err := s.ring.Wait(deadline); {
+		case err == nil:
+			if !polling { // records flow again
+				polling = true
+				nextTick = time.Now().Add(s.cfg.PollInterval)
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, kernel.ErrRingClosed):
+			return nil
+		default:
+			return fmt.Errorf("waiting for the ring buffer: %w", err)
+		}
 	}
 }
 
@@ -444,8 +458,9 @@ func (s *Sensor) Close() error {
 			s.srv.Shutdown(ctx)
 			cancel()
 		}
-		if s.reader != nil {
-			s.reader.Close()
+		if s.ring != nil {
+			s.ring.Close()
+			s.ring.Unmap()
 		}
 		if s.k != nil {
 			err = s.k.Close()

@@ -132,6 +132,7 @@ type cgroupLog struct {
 	last       time.Time
 	evicted    uint64
 	procs      map[uint32]*Process
+	exited     []uint32 // pids of exited processes, oldest first, for O(1) eviction
 	conns      map[connKey]*Conn
 	files      map[string]*File
 	overflowed uint64 // summary rows not kept because a table was full
@@ -250,9 +251,13 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 			c.overflowed++
 		}
 	case "exit":
-		if p, ok := c.procs[ev.PID]; ok && ev.Exit != nil {
+		if p, ok := c.procs[ev.PID]; ok && ev.Exit != nil && p.ExitTime == nil {
 			t, s := ev.Time, ev.Exit.Status
 			p.ExitTime, p.ExitStatus = &t, &s
+			c.exited = append(c.exited, ev.PID)
+			if len(c.exited) > 2*r.o.MaxRows {
+				c.compactExited() // reused pids left stale entries
+			}
 		}
 	case "connect":
 		k := connKey{ev.DAddr, ev.DPort, ev.Proto}
@@ -285,19 +290,30 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 	}
 }
 
-// evictExited frees one row of the process table, the earliest exited.
+// evictExited frees one row of the process table, the earliest exited
+// (a pid reused since is skipped: its row belongs to the new process).
 func (c *cgroupLog) evictExited() bool {
-	var victim *Process
-	for _, p := range c.procs {
-		if p.ExitTime != nil && (victim == nil || p.ExitTime.Before(*victim.ExitTime)) {
-			victim = p
+	for len(c.exited) > 0 {
+		pid := c.exited[0]
+		c.exited = c.exited[1:]
+		if p, ok := c.procs[pid]; ok && p.ExitTime != nil {
+			delete(c.procs, pid)
+			return true
 		}
 	}
-	if victim == nil {
-		return false
+	return false
+}
+
+func (c *cgroupLog) compactExited() {
+	seen := make(map[uint32]bool, len(c.exited))
+	kept := c.exited[:0]
+	for _, pid := range c.exited {
+		if p, ok := c.procs[pid]; ok && p.ExitTime != nil && !seen[pid] {
+			seen[pid] = true
+			kept = append(kept, pid)
+		}
 	}
-	delete(c.procs, victim.PID)
-	return true
+	c.exited = kept
 }
 
 // Sweep forgets events older than the TTL, and cgroups with nothing left.

@@ -1,0 +1,669 @@
+// Command bench measures the sensor (make bench-sensor): userspace CPU per
+// event and drops during an exec storm and a connect storm, side by side
+// with bpftrace tracing the same events in the same run; the sensor's
+// resident memory; and the wall-time overhead of a build with the sensor
+// running.
+//
+// Every party runs in its own process, so each one's CPU is its own: this
+// binary re-executes itself as the sensor, the sink and the load
+// generators (PARRY_BENCH_ROLE), and reads their CPU time and memory from
+// /proc. The load runs inside a pod-shaped cgroup; the sensor watches pods
+// only, bpftrace filters on the same cgroup id.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"parry.dev/parry/sensor"
+	"parry.dev/parry/sensor/internal/cgroups"
+)
+
+func main() {
+	switch os.Getenv("PARRY_BENCH_ROLE") {
+	case "sensor":
+		os.Exit(runSensor(os.Args[1:]))
+	case "sink":
+		os.Exit(runSink())
+	case "exec-storm":
+		os.Exit(execStorm(os.Args[1:]))
+	case "connect-storm":
+		os.Exit(connectStorm(os.Args[1:]))
+	}
+	if err := orchestrate(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-sensor:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	duration    time.Duration
+	connectRate int
+	build       string
+	buildRuns   int
+	skipBuild   bool
+	bpftrace    string
+	storms      string
+	variants    string
+}
+
+func orchestrate() error {
+	var o options
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each storm")
+	flag.IntVar(&o.connectRate, "connect-rate", 50000, "connects per second in the paced connect storm")
+	flag.StringVar(&o.build, "build", "go build -a -o /dev/null ./internal/... ./sensor/...", "build workload for the overhead measurement (run from the module root)")
+	flag.IntVar(&o.buildRuns, "build-runs", 2, "runs of the build per configuration (interleaved)")
+	flag.BoolVar(&o.skipBuild, "skip-build", false, "skip the build overhead measurement")
+	flag.StringVar(&o.bpftrace, "bpftrace", "bpftrace", "bpftrace binary for the baseline (\"\" skips it)")
+	flag.StringVar(&o.storms, "storms", "exec,connect,connect-max", "storms to run")
+	flag.StringVar(&o.variants, "variants", "default,every-event", "sensor configurations: default (coalescing), every-event (coalescing off)")
+	flag.Parse()
+	if err := sensor.Probe(); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	pod, err := newPod()
+	if err != nil {
+		return err
+	}
+	defer pod.remove()
+	fmt.Printf("parry sensor benchmark — %s, %d CPUs, kernel %s\n", time.Now().Format(time.RFC3339), numCPU(), kernelRelease())
+	fmt.Printf("load runs in %s (cgroup id %d)\n\n", strings.TrimPrefix(pod.dir, pod.root), pod.id)
+
+	sink, sinkURL, err := startRole(self, "sink", nil, nil)
+	if err != nil {
+		return err
+	}
+	defer stop(sink)
+
+	var rows []row
+	for _, variant := range []struct {
+		key      string
+		name     string
+		coalesce string
+		rate     int
+	}{
+		{"default", "sensor (default: coalescing 1s)", "1s", o.connectRate},
+		{"every-event", "sensor (coalescing off: every event a CloudEvent)", "-1ns", 5000},
+	} {
+		if !strings.Contains(o.variants, variant.key) {
+			continue
+		}
+		r, err := measure(self, pod, sinkURL, variant.coalesce, variant.rate, o, variant.name)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, r...)
+		o.bpftrace = "" // bpftrace once is enough
+	}
+	printRows(rows)
+
+	if !o.skipBuild {
+		if err := buildOverhead(self, sinkURL, o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type row struct {
+	who, storm   string
+	events       uint64
+	rate         float64
+	dropped      uint64
+	cpuPerEvent  time.Duration
+	cpuTotal     time.Duration
+	rssPeakBytes int64
+	note         string
+}
+
+func measure(self string, pod *pod, sinkURL, coalesce string, connectRate int, o options, name string) ([]row, error) {
+	filters := filepath.Join(os.TempDir(), "parry-bench-filters.yaml")
+	y := `apiVersion: parry.dev/v1alpha1
+kind: SensorFilters
+scope: pods
+podRoots: [kubepods.slice]
+exec: {all: true, exits: true}
+connect: {all: true}
+files: {prefixes: [/etc/shadow]}
+signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
+`
+	if err := os.WriteFile(filters, []byte(y), 0o644); err != nil {
+		return nil, err
+	}
+	spool, _ := os.MkdirTemp("", "parry-bench-spool-")
+	defer os.RemoveAll(spool)
+	sens, rec, err := startRole(self, "sensor", []string{
+		"-sink", sinkURL, "-filters", filters, "-recorder-listen", "127.0.0.1:0", "-spool-dir", spool,
+		"-coalesce-window", coalesce, "-node", "bench", "-health-interval", "1h",
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer stop(sens)
+
+	var bt *bpftrace
+	if o.bpftrace != "" {
+		if bt, err = startBpftrace(o.bpftrace, pod.id); err != nil {
+			fmt.Fprintf(os.Stderr, "bpftrace baseline skipped: %v\n", err)
+			bt = nil
+		} else {
+			defer bt.stop()
+		}
+	}
+
+	// idle cost: the sensor's periodic work with nothing to read
+	c0 := procCPU(sens.Process.Pid)
+	time.Sleep(2 * time.Second)
+	idle := procCPU(sens.Process.Pid) - c0
+	fmt.Printf("%s: idle CPU %.2f%% of a core\n", name, 100*idle.Seconds()/2)
+
+	var rows []row
+	storms := []struct {
+		key  string
+		name string
+		role string
+		kind string
+		args []string
+	}{
+		{"exec", "exec storm (max rate)", "exec-storm", "exec", []string{o.duration.String()}},
+		{"connect", fmt.Sprintf("connect storm (%d/s)", connectRate), "connect-storm", "connect", []string{o.duration.String(), strconv.Itoa(connectRate)}},
+		{"connect-max", "connect storm (max rate)", "connect-storm", "connect", []string{o.duration.String(), "0"}},
+	}
+	for _, st := range storms {
+		if !slices.Contains(strings.Split(o.storms, ","), st.key) || (st.key == "connect-max" && coalesce == "-1ns") {
+			continue
+		}
+		h0, err := health(rec)
+		if err != nil {
+			return nil, err
+		}
+		s0 := procCPU(sens.Process.Pid)
+		var b0 time.Duration
+		var bl0 uint64
+		if bt != nil {
+			b0 = procCPU(bt.cmd.Process.Pid)
+			bl0 = bt.lines.Load()
+		}
+		start := time.Now()
+		out, err := pod.run(self, st.role, st.args...)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v: %s", st.role, err, out)
+		}
+		n, _ := strconv.ParseUint(strings.TrimSpace(out), 10, 64)
+		elapsed := time.Since(start)
+		// let both drain what is in flight
+		time.Sleep(500 * time.Millisecond)
+		h1, err := health(rec)
+		if err != nil {
+			return nil, err
+		}
+		got := h1.Kinds[st.kind].Received - h0.Kinds[st.kind].Received
+		drop := h1.Kinds[st.kind].Dropped - h0.Kinds[st.kind].Dropped
+		// The sensor also saw the generator's own exec/exit; count what
+		// it read of every kind, and subtract its idle cost.
+		all := uint64(0)
+		for k, c := range h1.Kinds {
+			all += c.Received - h0.Kinds[k].Received
+		}
+		cpu := procCPU(sens.Process.Pid) - s0 - time.Duration(float64(idle)*(elapsed+500*time.Millisecond).Seconds()/2)
+		rows = append(rows, row{
+			who: "parry sensor", storm: st.name + " — " + name, events: got, rate: float64(n) / elapsed.Seconds(),
+			dropped: drop, cpuTotal: cpu, cpuPerEvent: perEvent(cpu, all), rssPeakBytes: procHWM(sens.Process.Pid),
+			note: fmt.Sprintf("generator made %d; emitted %d, coalesced %d", n, h1.Emitted-h0.Emitted, h1.Coalesced-h0.Coalesced),
+		})
+		if bt != nil {
+			lines := bt.lines.Load() - bl0
+			bcpu := procCPU(bt.cmd.Process.Pid) - b0
+			var lost uint64
+			if n > lines {
+				lost = n - lines
+			}
+			rows = append(rows, row{
+				who: "bpftrace", storm: st.name, events: lines, rate: float64(n) / elapsed.Seconds(), dropped: lost,
+				cpuTotal: bcpu, cpuPerEvent: perEvent(bcpu, lines), rssPeakBytes: procHWM(bt.cmd.Process.Pid),
+				note: "printf per event to a pipe",
+			})
+		}
+	}
+	return rows, nil
+}
+
+func perEvent(cpu time.Duration, n uint64) time.Duration {
+	if n == 0 {
+		return 0
+	}
+	return cpu / time.Duration(n)
+}
+
+func printRows(rows []row) {
+	fmt.Printf("\n%-14s %-62s %10s %10s %9s %12s %10s\n", "who", "storm", "events", "rate/s", "dropped", "CPU/event", "peak RSS")
+	for _, r := range rows {
+		fmt.Printf("%-14s %-62s %10d %10.0f %9d %12s %9.1fM\n", r.who, r.storm, r.events, r.rate, r.dropped,
+			r.cpuPerEvent.Round(10*time.Nanosecond), float64(r.rssPeakBytes)/(1<<20))
+		fmt.Printf("%-14s   %s; CPU %s\n", "", r.note, r.cpuTotal.Round(time.Millisecond))
+	}
+}
+
+// buildOverhead times the build without a sensor, with a sensor watching
+// pods (the node's own build is outside them) and with a sensor watching
+// every process, interleaved to share the machine's noise.
+func buildOverhead(self, sinkURL string, o options) error {
+	fmt.Printf("\nbuild overhead: %q, %d runs per configuration, interleaved\n", o.build, o.buildRuns)
+	filters := filepath.Join(os.TempDir(), "parry-bench-filters-all.yaml")
+	all := "apiVersion: parry.dev/v1alpha1\nkind: SensorFilters\nscope: all\nexec: {all: true, exits: true}\nconnect: {all: true}\nfiles: {prefixes: [/etc/shadow, /root/.ssh]}\nsignals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]\n"
+	if err := os.WriteFile(filters, []byte(all), 0o644); err != nil {
+		return err
+	}
+	configs := []struct {
+		name string
+		args []string
+	}{
+		{"no sensor", nil},
+		{"sensor, scope pods", []string{"-sink", sinkURL, "-spool-dir", "-", "-recorder-listen", "-"}},
+		{"sensor, scope all", []string{"-sink", sinkURL, "-spool-dir", "-", "-recorder-listen", "-", "-filters", filters}},
+	}
+	times := make([][]time.Duration, len(configs))
+	var rss []int64
+	for run := range o.buildRuns {
+		for i, c := range configs {
+			var sens *exec.Cmd
+			if c.args != nil {
+				var err error
+				sens, _, err = startRole(self, "sensor", append(c.args, "-node", "bench"), nil)
+				if err != nil {
+					return err
+				}
+			}
+			d, err := timeBuild(o.build)
+			if sens != nil {
+				rss = append(rss, procHWM(sens.Process.Pid))
+				stop(sens)
+			}
+			if err != nil {
+				return err
+			}
+			times[i] = append(times[i], d)
+			fmt.Printf("  run %d %-20s %s\n", run+1, c.name, d.Round(10*time.Millisecond))
+		}
+	}
+	base := median(times[0])
+	for i, c := range configs {
+		m := median(times[i])
+		fmt.Printf("  %-20s median %s  overhead %+.1f%%\n", c.name, m.Round(10*time.Millisecond), 100*(m.Seconds()/base.Seconds()-1))
+	}
+	if len(rss) > 0 {
+		fmt.Printf("  sensor peak RSS during builds: %.1fM\n", float64(slices.Max(rss))/(1<<20))
+	}
+	return nil
+}
+
+func timeBuild(cmdline string) (time.Duration, error) {
+	cache, _ := os.MkdirTemp("", "parry-bench-gocache-")
+	defer os.RemoveAll(cache)
+	cmd := exec.Command("sh", "-c", cmdline)
+	cmd.Env = append(os.Environ(), "GOCACHE="+cache, "GOFLAGS=-buildvcs=false")
+	cmd.Stderr = os.Stderr
+	start := time.Now()
+	err := cmd.Run()
+	return time.Since(start), err
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// ---- roles ----
+
+// startRole runs this binary in a role; the role prints one READY line
+// with its address.
+func startRole(self, role string, args []string, extraEnv []string) (*exec.Cmd, string, error) {
+	cmd := exec.Command(self, args...)
+	cmd.Env = append(append(os.Environ(), "PARRY_BENCH_ROLE="+role), extraEnv...)
+	cmd.Stderr = io.Discard
+	if os.Getenv("PARRY_BENCH_DEBUG") != "" {
+		cmd.Stderr = os.Stderr
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "READY "); ok {
+				ready <- a
+			}
+		}
+		close(ready)
+	}()
+	select {
+	case a, ok := <-ready:
+		if !ok {
+			cmd.Wait()
+			return nil, "", fmt.Errorf("%s exited before it was ready (PARRY_BENCH_DEBUG=1 shows why)", role)
+		}
+		return cmd, a, nil
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		return nil, "", fmt.Errorf("%s not ready within 30s", role)
+	}
+}
+
+func stop(cmd *exec.Cmd) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+func runSensor(args []string) int {
+	fs := flag.NewFlagSet("sensor", flag.ExitOnError)
+	var cfg sensor.Config
+	cfg.RegisterFlags(fs)
+	fs.Parse(args)
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer cancel()
+	log := zerolog.New(os.Stderr).Level(zerolog.WarnLevel)
+	s, err := sensor.New(ctx, cfg, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer s.Close()
+	if f := os.Getenv("PARRY_BENCH_CPUPROFILE"); f != "" {
+		out, err := os.Create(fmt.Sprintf("%s.%d", f, os.Getpid()))
+		if err == nil {
+			pprof.StartCPUProfile(out)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	fmt.Fprintf(os.Stderr, "after load: %s\n", memLine())
+	fmt.Println("READY", s.RecorderAddr())
+	if err := s.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// runSink accepts CloudEvents and counts them, as cheaply as it can.
+func runSink() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 1
+	}
+	var n atomic.Uint64
+	fmt.Println("READY http://" + l.Addr().String() + "/")
+	http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		n.Add(1)
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	return 0
+}
+
+func execStorm(args []string) int {
+	d, _ := time.ParseDuration(args[0])
+	n := 0
+	attr := &syscall.ProcAttr{Files: []uintptr{0, 1, 2}}
+	for end := time.Now().Add(d); time.Now().Before(end); n++ {
+		pid, err := syscall.ForkExec("/usr/bin/true", []string{"true"}, attr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, 0, nil)
+	}
+	fmt.Println(n)
+	return 0
+}
+
+// connectStorm connects one UDP socket to 127.0.0.1:9 again and again, at
+// rate per second (paced per millisecond), or as fast as it can with 0.
+func connectStorm(args []string) int {
+	d, _ := time.ParseDuration(args[0])
+	rate, _ := strconv.Atoi(args[1])
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		return 1
+	}
+	sa := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: 9}
+	n := 0
+	start := time.Now()
+	end := start.Add(d)
+	for now := start; now.Before(end); now = time.Now() {
+		target := n + 1000
+		if rate > 0 {
+			target = int(now.Sub(start).Seconds() * float64(rate))
+		}
+		for n < target {
+			if err := unix.Connect(fd, sa); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			n++
+		}
+		if rate > 0 {
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	fmt.Println(n)
+	return 0
+}
+
+// ---- bpftrace baseline ----
+
+type bpftrace struct {
+	cmd   *exec.Cmd
+	lines atomic.Uint64
+}
+
+const bpftraceScript = `
+tracepoint:sched:sched_process_exec /cgroup == $1/ { printf("exec %d %d %s %s\n", pid, uid, comm, str(args->filename)); }
+tracepoint:syscalls:sys_enter_connect /cgroup == $1/ { $sa = (struct sockaddr_in *)args->uservaddr; printf("connect %d %d %s %d %d\n", pid, uid, comm, $sa->sin_addr.s_addr, $sa->sin_port); }
+`
+
+func startBpftrace(bin string, cgroupID uint64) (*bpftrace, error) {
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return nil, fmt.Errorf("%s not found (apt-get install bpftrace)", bin)
+	}
+	b := &bpftrace{cmd: exec.Command(path, "-e", bpftraceScript, strconv.FormatUint(cgroupID, 10))}
+	out, err := b.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	b.cmd.Stderr = io.Discard
+	if err := b.cmd.Start(); err != nil {
+		return nil, err
+	}
+	attached := make(chan struct{})
+	go func() {
+		br := bufio.NewReaderSize(out, 1<<20)
+		once := false
+		for {
+			line, err := br.ReadSlice('\n')
+			if err != nil && err != bufio.ErrBufferFull {
+				return
+			}
+			if !once && strings.HasPrefix(string(line), "Attaching") {
+				once = true
+				close(attached)
+				continue
+			}
+			if len(line) > 0 && (line[0] == 'e' || line[0] == 'c') {
+				b.lines.Add(1)
+			}
+		}
+	}()
+	select {
+	case <-attached:
+		time.Sleep(500 * time.Millisecond) // probes attach after the message
+		return b, nil
+	case <-time.After(30 * time.Second):
+		b.cmd.Process.Kill()
+		return nil, fmt.Errorf("bpftrace did not attach within 30s")
+	}
+}
+
+func (b *bpftrace) stop() { stop(b.cmd) }
+
+// ---- pod cgroup and /proc ----
+
+type pod struct {
+	root, dir string
+	id        uint64
+	created   []string
+}
+
+func newPod() (*pod, error) {
+	m, err := cgroups.Discover("/proc/self/mountinfo")
+	if err != nil || m.V2 == "" {
+		return nil, fmt.Errorf("no cgroup2 mount: %v", err)
+	}
+	b := make([]byte, 48)
+	rand.Read(b)
+	h := hex.EncodeToString(b)
+	uid := h[0:8] + "_" + h[8:12] + "_" + h[12:16] + "_" + h[16:20] + "_" + h[20:32]
+	p := &pod{root: m.V2}
+	dir := m.V2
+	for _, c := range []string{"kubepods.slice", "kubepods-besteffort.slice", "kubepods-besteffort-pod" + uid + ".slice", "cri-containerd-" + hex.EncodeToString(b[16:]) + ".scope"} {
+		dir = filepath.Join(dir, c)
+		if err := os.Mkdir(dir, 0o755); err == nil {
+			p.created = append(p.created, dir)
+		} else if !os.IsExist(err) {
+			return nil, err
+		}
+	}
+	p.dir = dir
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return nil, err
+	}
+	p.id = st.Ino
+	return p, nil
+}
+
+func (p *pod) remove() {
+	for i := len(p.created) - 1; i >= 0; i-- {
+		if !strings.HasSuffix(p.created[i], "kubepods.slice") {
+			os.Remove(p.created[i])
+		}
+	}
+}
+
+func (p *pod) run(self, role string, args ...string) (string, error) {
+	fd, err := unix.Open(p.dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	cmd := exec.Command(self, args...)
+	cmd.Env = append(os.Environ(), "PARRY_BENCH_ROLE="+role)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	out, err := cmd.Output()
+	return string(out), err
+}
+
+// procCPU is a process's user+system CPU time.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / time.Duration(clkTck)
+}
+
+const clkTck = 100 // USER_HZ on Linux
+
+// procHWM is a process's peak resident set size.
+func procHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func health(addr string) (sensor.Health, error) {
+	var h sensor.Health
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err != nil {
+		return h, err
+	}
+	defer resp.Body.Close()
+	return h, json.NewDecoder(resp.Body).Decode(&h)
+}
+
+func numCPU() int {
+	var set unix.CPUSet
+	if unix.SchedGetaffinity(0, &set) == nil {
+		return set.Count()
+	}
+	return 0
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	unix.Uname(&u)
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func memLine() string {
+	b, _ := os.ReadFile("/proc/self/status")
+	var out []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM") || strings.HasPrefix(line, "VmRSS") || strings.HasPrefix(line, "RssAnon") || strings.HasPrefix(line, "RssFile") || strings.HasPrefix(line, "RssShmem") {
+			out = append(out, strings.Join(strings.Fields(line), " "))
+		}
+	}
+	return strings.Join(out, ", ")
+}
