@@ -25,6 +25,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"run", "run the embedded default: broker, journal, functions and sensor in one process", runCommand},
+		{"sensor", "run the eBPF sensor alone, sending to --sink or $K_SINK (the DaemonSet's command)", sensorCommand},
 		{"trace", "show an incident's causal chain from the first syscall to the last step", traceCommand},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, buildinfo.String())

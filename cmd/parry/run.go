@@ -2,19 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"syscall"
-	"time"
 
 	"parry.dev/parry/internal/broker"
-	"parry.dev/parry/internal/httpclient"
-	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/logging"
-	"parry.dev/parry/internal/manifest"
+	"parry.dev/parry/internal/stack"
+	"parry.dev/parry/sensor"
 )
 
 func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -26,6 +20,8 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	maxEvent := fs.Int64("max-event-bytes", 1<<20, "largest event the ingress accepts; larger ones get 413")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", logging.DefaultFormat(), "console or json")
+	sensorCfg := sensor.DefaultConfig()
+	sensorCfg.RegisterFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -37,69 +33,57 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-
-	set, err := manifest.LoadDir(ctx, *configDir)
-	if err != nil {
-		return fmt.Errorf("invalid manifests in %s:\n%w", *configDir, err)
+	opts := stack.Options{
+		ConfigDir: *configDir, JournalPath: *journalPath, Listen: *listen, MaxEventBytes: *maxEvent, Log: log,
+		// Functions register here as they are built; in a cluster each runs
+		// as the Knative Service of the same name.
+		Functions: func(*stack.Stack) (map[string]broker.Handler, error) { return map[string]broker.Handler{}, nil },
 	}
-	j, err := journal.Open(ctx, *journalPath)
-	if err != nil {
-		return err
-	}
-	defer j.Close()
-
-	// Functions register here as they are built; in a cluster each runs as
-	// the Knative Service of the same name.
-	fns := map[string]broker.Handler{}
-	b, err := broker.New(broker.Options{
-		Manifests: set, Journal: j, Functions: fns, Client: httpclient.New(0),
-		Log: log, MaxEventBytes: *maxEvent,
-	})
-	if err != nil {
-		return err
-	}
-
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return fmt.Errorf("%s is already in use (another parry run?): pass --listen with a free address, e.g. --listen 127.0.0.1:0", *listen)
-		}
-		return fmt.Errorf("listening on %s: %w", *listen, err)
-	}
-	workCtx, stopWork := context.WithCancel(context.Background())
-	if err := b.Start(workCtx); err != nil {
-		stopWork()
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.Handle("/", b)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-
-	brokers := make([]string, len(set.Brokers))
-	for i, br := range set.Brokers {
-		brokers[i] = "http://" + ln.Addr().String() + "/" + br.Key()
-	}
-	log.Info().Strs("brokers", brokers).Int("triggers", len(set.Triggers)).Str("journal", *journalPath).
-		Str("config", *configDir).Msg("parry is running; send CloudEvents to a broker URL")
 	if !*noSensor {
-		log.Warn().Msg("sensor: not part of this build yet; running broker and functions only")
+		opts.Sensor = &sensorCfg
+	}
+	s, err := stack.Start(ctx, opts)
+	if err != nil {
+		return err
+	}
+	brokers := make([]string, len(s.Manifests.Brokers))
+	for i, br := range s.Manifests.Brokers {
+		brokers[i] = s.BrokerURL(br.Key())
+	}
+	log.Info().Strs("brokers", brokers).Int("triggers", len(s.Manifests.Triggers)).Str("journal", *journalPath).
+		Str("config", *configDir).Msg("parry is running; send CloudEvents to a broker URL")
+	switch {
+	case *noSensor:
+		log.Info().Msg("sensor: off (--no-sensor)")
+	case s.SensorDisabled != nil:
+		log.Warn().Err(s.SensorDisabled).Msg("sensor: not started; running the broker and functions without it")
 	}
 
 	select {
 	case <-ctx.Done():
 		log.Info().Msg("stopping: finishing requests in flight; pending deliveries stay in the journal")
-	case err := <-serveErr:
-		stopWork()
-		b.Wait()
-		return fmt.Errorf("serving %s: %w", *listen, err)
+		return s.Stop()
+	case err := <-s.Done():
+		s.Stop()
+		return err
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err = srv.Shutdown(shutdownCtx)
-	stopWork()
-	b.Wait()
-	return err
+}
+
+func sensorCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := newFlagSet("sensor", "[flags]", stderr)
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", logging.DefaultFormat(), "console or json")
+	cfg := sensor.DefaultConfig()
+	cfg.RegisterFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := logging.New(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	if err := sensor.Probe(); err != nil {
+		return err
+	}
+	return sensor.Run(ctx, cfg, log)
 }

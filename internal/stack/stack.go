@@ -1,0 +1,179 @@
+// Package stack assembles the embedded default — journal, broker, the
+// in-process functions and the sensor — as `parry run` runs it, so that
+// tests and the demo start exactly what users run.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"parry.dev/parry/internal/broker"
+	"parry.dev/parry/internal/httpclient"
+	"parry.dev/parry/internal/journal"
+	"parry.dev/parry/internal/manifest"
+	"parry.dev/parry/sensor"
+)
+
+// DefaultBroker is the Broker config/ ships; the sensor sends to it.
+const DefaultBroker = "parry-system/parry"
+
+// Options configure a stack.
+type Options struct {
+	ConfigDir     string
+	JournalPath   string
+	Listen        string
+	MaxEventBytes int64
+	// Sensor runs the eBPF sensor in-process when set and this process may
+	// load BPF; its Sink is set to the embedded broker when empty.
+	Sensor *sensor.Config
+	// Functions builds the in-process functions once the sensor (if any)
+	// runs, so that a function can be handed the sensor it acts through.
+	Functions func(s *Stack) (map[string]broker.Handler, error)
+	Log       zerolog.Logger
+}
+
+// Stack is a running embedded default.
+type Stack struct {
+	// Addr is the ingress address (host:port).
+	Addr    string
+	Journal *journal.Journal
+	// Sensor is nil when it was not asked for or could not start (see
+	// SensorDisabled).
+	Sensor         *sensor.Sensor
+	SensorDisabled error
+	Manifests      *manifest.Set
+
+	log      zerolog.Logger
+	srv      *http.Server
+	broker   *broker.Broker
+	stopWork context.CancelFunc
+	// sensorStopped is closed when the sensor's read loop has returned.
+	sensorStopped chan struct{}
+	done          chan error
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// BrokerURL is the ingress URL of the Broker with key "namespace/name".
+func (s *Stack) BrokerURL(key string) string { return "http://" + s.Addr + "/" + key }
+
+// Start loads and validates the manifests, opens the journal, listens,
+// starts the sensor and the functions, and redelivers what was pending.
+func Start(ctx context.Context, opts Options) (*Stack, error) {
+	set, err := manifest.LoadDir(ctx, opts.ConfigDir)
+	if err != nil {
+		return nil, fmt.Errorf("invalid manifests in %s:\n%w", opts.ConfigDir, err)
+	}
+	if _, ok := set.Broker(DefaultBroker); !ok && opts.Sensor != nil {
+		return nil, fmt.Errorf("%s defines no Broker %s, which the sensor sends to", opts.ConfigDir, DefaultBroker)
+	}
+	ln, err := net.Listen("tcp", opts.Listen)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("%s is already in use (another parry run?): pass --listen with a free address, e.g. --listen 127.0.0.1:0", opts.Listen)
+		}
+		return nil, fmt.Errorf("listening on %s: %w", opts.Listen, err)
+	}
+	j, err := journal.Open(ctx, opts.JournalPath)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s := &Stack{Addr: ln.Addr().String(), Journal: j, Manifests: set, log: opts.Log, done: make(chan error, 1)}
+	fail := func(err error) (*Stack, error) {
+		ln.Close()
+		if s.Sensor != nil {
+			s.Sensor.Close()
+		}
+		j.Close()
+		return nil, err
+	}
+
+	var sensorCtx context.Context
+	workCtx, stopWork := context.WithCancel(context.Background())
+	s.stopWork = stopWork
+	if opts.Sensor != nil {
+		sensorCtx = workCtx
+		if s.SensorDisabled = sensor.Probe(); s.SensorDisabled == nil {
+			cfg := *opts.Sensor
+			if cfg.Sink == "" {
+				cfg.Sink = s.BrokerURL(DefaultBroker)
+			}
+			if s.Sensor, err = sensor.New(ctx, cfg, opts.Log); err != nil {
+				stopWork()
+				return fail(fmt.Errorf("starting the sensor: %w (or pass --no-sensor)", err))
+			}
+		}
+	}
+	fns := map[string]broker.Handler{}
+	if opts.Functions != nil {
+		if fns, err = opts.Functions(s); err != nil {
+			stopWork()
+			return fail(err)
+		}
+	}
+	b, err := broker.New(broker.Options{
+		Manifests: set, Journal: j, Functions: fns, Client: httpclient.New(0),
+		Log: opts.Log, MaxEventBytes: opts.MaxEventBytes,
+	})
+	if err != nil {
+		stopWork()
+		return fail(err)
+	}
+	if err := b.Start(workCtx); err != nil {
+		stopWork()
+		return fail(err)
+	}
+	s.broker = b
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.Handle("/", b)
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			s.done <- fmt.Errorf("serving %s: %w", s.Addr, err)
+		}
+	}()
+	s.sensorStopped = make(chan struct{})
+	if s.Sensor == nil {
+		close(s.sensorStopped)
+	} else {
+		go func() {
+			defer close(s.sensorStopped)
+			if err := s.Sensor.Run(sensorCtx); err != nil && sensorCtx.Err() == nil {
+				s.done <- fmt.Errorf("sensor: %w", err)
+			}
+		}()
+	}
+	return s, nil
+}
+
+// Done reports a failure that stops the stack (the listener or the sensor
+// failing); it never fires on Stop.
+func (s *Stack) Done() <-chan error { return s.done }
+
+// Stop finishes requests in flight, stops deliveries (pending ones stay in
+// the journal), the sensor, and closes the journal.
+func (s *Stack) Stop() error {
+	s.stopOnce.Do(func() {
+		shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err := s.srv.Shutdown(shutdown)
+		s.stopWork()
+		s.broker.Wait()
+		<-s.sensorStopped
+		if s.Sensor != nil {
+			err = errors.Join(err, s.Sensor.Close())
+		}
+		s.stopErr = errors.Join(err, s.Journal.Close())
+	})
+	return s.stopErr
+}
