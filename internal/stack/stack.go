@@ -58,8 +58,8 @@ type Stack struct {
 	// sensorStopped is closed when the sensor's read loop has returned.
 	sensorStopped chan struct{}
 	done          chan error
-	stopOnce sync.Once
-	stopErr  error
+	stopOnce      sync.Once
+	stopErr       error
 }
 
 // BrokerURL is the ingress URL of the Broker with key "namespace/name".
