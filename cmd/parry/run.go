@@ -35,9 +35,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	opts := stack.Options{
 		ConfigDir: *configDir, JournalPath: *journalPath, Listen: *listen, MaxEventBytes: *maxEvent, Log: log,
-		// Functions register here as they are built; in a cluster each runs
-		// as the Knative Service of the same name.
-		Functions: func(*stack.Stack) (map[string]broker.Handler, error) { return map[string]broker.Handler{}, nil },
+		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) { return functions(s, log) },
 	}
 	if !*noSensor {
 		opts.Sensor = &sensorCfg
