@@ -16,6 +16,8 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/rs/zerolog"
 	rbacv1 "k8s.io/api/rbac/v1"
+
+	"parry.dev/parry/internal/guard"
 )
 
 // Handler handles one event and replies with one event or none. An error is
@@ -217,4 +219,19 @@ func Serve(ctx context.Context, addr string, h Handler, log zerolog.Logger) erro
 		return err
 	}
 	return nil
+}
+
+// StepConfig is what one playbook asks of one step: its parameters, whether
+// to only record the intended change, and its guardrails.
+type StepConfig struct {
+	Params Params
+	DryRun bool
+	Guard  guard.Rules
+}
+
+// Playbooks finds what a playbook asks of a step. The compiled playbooks
+// implement it (from config/ under parry run, from a mounted ConfigMap in a
+// cluster).
+type Playbooks interface {
+	StepConfig(playbook, step string) (StepConfig, error)
 }

@@ -1,0 +1,216 @@
+package isolate_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/rs/zerolog"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"parry.dev/parry/functions/isolate"
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/guard"
+	"parry.dev/parry/tests/devenv"
+)
+
+func TestMain(m *testing.M) { devenv.Main(m) }
+
+// playbooks is a fixed configuration: which playbook asks what of isolate.
+type playbooks map[string]function.StepConfig
+
+func (p playbooks) StepConfig(playbook, step string) (function.StepConfig, error) {
+	c, ok := p[playbook]
+	if !ok {
+		return c, fmt.Errorf("no playbook %q", playbook)
+	}
+	params, err := isolate.Spec().Validate(map[string]any{"allowEgress": []any{"dns", "10.0.0.5/32:443"}, "kernelBlock": false})
+	c.Params = params
+	return c, err
+}
+
+var config = playbooks{
+	"miner":   {},
+	"dry":     {DryRun: true},
+	"limited": {Guard: guard.Rules{RateLimit: 2, RatePer: time.Minute}},
+}
+
+func makePod(t *testing.T, cs kubernetes.Interface, ns, name string) *corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	// The ServiceAccount admission plugin needs the namespace's default
+	// ServiceAccount, which the controller-manager creates moments later.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no default ServiceAccount in %s: %v", ns, err)
+		}
+	}
+	pod, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "web"}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example/app:1"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pod
+}
+
+func incident(pod *corev1.Pod, playbook, id string) cloudevents.Event {
+	e, err := events.New(events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: id,
+		Extensions: map[string]string{events.ExtPodNamespace: pod.Namespace, events.ExtPodName: pod.Name, events.ExtPodUID: string(pod.UID),
+			events.ExtIncident: id, events.ExtPlaybook: playbook}})
+	if err != nil {
+		panic(err)
+	}
+	return e
+}
+
+func result(t *testing.T, reply *cloudevents.Event, wantType string) isolate.Result {
+	t.Helper()
+	if reply == nil || reply.Type() != wantType {
+		t.Fatalf("reply %v, want type %s", reply, wantType)
+	}
+	var r isolate.Result
+	if err := json.Unmarshal(reply.Data(), &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestIsolateLabelsAndStoresPolicyIdempotently(t *testing.T) {
+	env := devenv.Require(t)
+	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := context.Background()
+	pod := makePod(t, cs, "shop", "web-1")
+	sibling := makePod(t, cs, "shop", "web-2")
+	step := isolate.New(cs, nil, config, zerolog.Nop())
+
+	ev := incident(pod, "miner", "inc-42")
+	reply, err := step.Handle(ctx, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := result(t, reply, events.StepDone(isolate.Name))
+	got, _ := cs.CoreV1().Pods("shop").Get(ctx, "web-1", metav1.GetOptions{})
+	if got.Labels[isolate.QuarantineLabel] != "inc-42" || got.Annotations[isolate.IncidentAnnot] != "inc-42" {
+		t.Fatalf("pod not labelled: %v %v", got.Labels, got.Annotations)
+	}
+	if s, _ := cs.CoreV1().Pods("shop").Get(ctx, "web-2", metav1.GetOptions{}); s.Labels[isolate.QuarantineLabel] != "" {
+		t.Fatalf("sibling %s was quarantined too", sibling.Name)
+	}
+	np, err := cs.NetworkingV1().NetworkPolicies("shop").Get(ctx, res.NetworkPolicy, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("NetworkPolicy %s not stored: %v", res.NetworkPolicy, err)
+	}
+	if np.Spec.PodSelector.MatchLabels[isolate.QuarantineLabel] != "inc-42" || len(np.Spec.Ingress) != 0 || len(np.Spec.Egress) != 2 || len(np.Spec.PolicyTypes) != 2 {
+		t.Fatalf("policy does not deny all but the allow-list: %+v", np.Spec)
+	}
+	if res.KernelBlock == "applied" {
+		t.Fatal("kernel block reported without a sensor")
+	}
+
+	again, err := step.Handle(ctx, ev)
+	if err != nil {
+		t.Fatalf("redelivery failed: %v", err)
+	}
+	if again.ID() != reply.ID() || again.Type() != reply.Type() {
+		t.Fatalf("redelivery replied differently: %s %s vs %s %s", again.ID(), again.Type(), reply.ID(), reply.Type())
+	}
+}
+
+func TestDryRunWritesNothing(t *testing.T) {
+	env := devenv.Require(t)
+	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := context.Background()
+	pod := makePod(t, cs, "dry", "web-1")
+	reply, err := isolate.New(cs, nil, config, zerolog.Nop()).Handle(ctx, incident(pod, "dry", "inc-dry"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := result(t, reply, events.StepDone(isolate.Name))
+	if !res.DryRun || len(res.Intended) != 2 {
+		t.Fatalf("dry run did not record the intended change: %+v", res)
+	}
+	if got, _ := cs.CoreV1().Pods("dry").Get(ctx, "web-1", metav1.GetOptions{}); got.Labels[isolate.QuarantineLabel] != "" {
+		t.Fatal("dry run labelled the pod")
+	}
+	if _, err := cs.NetworkingV1().NetworkPolicies("dry").Get(ctx, res.NetworkPolicy, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("dry run stored a NetworkPolicy: %v", err)
+	}
+}
+
+func TestGuardrails(t *testing.T) {
+	env := devenv.Require(t)
+	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := context.Background()
+	step := isolate.New(cs, nil, config, zerolog.Nop())
+
+	system := makePod(t, cs, "kube-system", "miner")
+	reply, err := step.Handle(ctx, incident(system, "miner", "inc-sys"))
+	if err != nil || reply.Type() != events.StepFailed(isolate.Name) || !strings.Contains(string(reply.Data()), "kube-system is protected") {
+		t.Fatalf("protected namespace: %v %v", reply, err)
+	}
+	if got, _ := cs.CoreV1().Pods("kube-system").Get(ctx, "miner", metav1.GetOptions{}); got.Labels[isolate.QuarantineLabel] != "" {
+		t.Fatal("a pod in kube-system was touched")
+	}
+
+	var refused int
+	for i := range 5 {
+		pod := makePod(t, cs, "burst", fmt.Sprint("p", i))
+		reply, err := step.Handle(ctx, incident(pod, "limited", fmt.Sprint("inc-burst-", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reply.Type() == events.StepFailed(isolate.Name) && strings.Contains(string(reply.Data()), "circuit breaker") {
+			refused++
+		}
+	}
+	if refused != 3 {
+		t.Fatalf("rate limit 2: %d of 5 incidents refused, want 3", refused)
+	}
+}
+
+func TestForbiddenNamesTheMissingVerb(t *testing.T) {
+	env := devenv.Require(t)
+	admin := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := context.Background()
+	pod := makePod(t, admin, "rbac", "web-1")
+	// The step's ServiceAccount with its declared rules minus patch on pods.
+	sa := "isolate-without-patch"
+	admin.CoreV1().ServiceAccounts("rbac").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
+	rules := isolate.Spec().ClusterRules
+	rules[0].Verbs = []string{"get"}
+	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: sa}, Rules: rules}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: sa},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: sa},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: "rbac"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := rest.CopyConfig(env.RESTConfig())
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:rbac:" + sa}
+	limited := kubernetes.NewForConfigOrDie(cfg)
+	reply, err := isolate.New(limited, nil, config, zerolog.Nop()).Handle(ctx, incident(pod, "miner", "inc-rbac"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reply.Type() != events.StepFailed(isolate.Name) || !strings.Contains(string(reply.Data()), `cannot patch resource \"pods\"`) {
+		t.Fatalf("forbidden patch: %s %s", reply.Type(), reply.Data())
+	}
+}

@@ -1,0 +1,87 @@
+// Package client talks to a node's sensor over its HTTP API: the in-kernel
+// egress block and the flight recorder. Response steps use it in a cluster,
+// where the sensor of the pod's node is another process, and under
+// `parry run` alike, where it is the in-process sensor's address.
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"parry.dev/parry/sensor"
+)
+
+// ErrNoHistory is returned when the sensor holds no history of a pod.
+var ErrNoHistory = errors.New("sensor has no history of the pod")
+
+// Client is one sensor's API.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// New returns a client of the sensor at base (e.g. http://10.0.0.7:9470).
+func New(base string, hc *http.Client) *Client {
+	return &Client{base: strings.TrimSuffix(base, "/"), http: hc}
+}
+
+// BlockPod makes the kernel refuse every connect() from the pod's cgroups.
+func (c *Client) BlockPod(ctx context.Context, podUID string) error {
+	_, err := c.do(ctx, http.MethodPut, "/v1/pods/"+url.PathEscape(podUID)+"/block")
+	return err
+}
+
+// PodHistory returns the flight recorder's history of a pod.
+func (c *Client) PodHistory(ctx context.Context, podUID string) (sensor.PodHistory, []byte, error) {
+	body, err := c.do(ctx, http.MethodGet, "/v1/pods/"+url.PathEscape(podUID))
+	if err != nil {
+		return sensor.PodHistory{}, nil, err
+	}
+	var h sensor.PodHistory
+	if err := json.Unmarshal(body, &h); err != nil {
+		return h, nil, fmt.Errorf("sensor %s: malformed pod history: %w", c.base, err)
+	}
+	return h, body, nil
+}
+
+// Health returns the sensor's counters, as in its health events.
+func (c *Client) Health(ctx context.Context) (sensor.Health, error) {
+	body, err := c.do(ctx, http.MethodGet, "/healthz")
+	if err != nil {
+		return sensor.Health{}, err
+	}
+	var h sensor.Health
+	if err := json.Unmarshal(body, &h); err != nil {
+		return h, fmt.Errorf("sensor %s: malformed health: %w", c.base, err)
+	}
+	return h, nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("sensor %s unreachable: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("sensor %s: reading %s: %w", c.base, path, err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusNotFound && method == http.MethodGet:
+		return nil, fmt.Errorf("%w: %s", ErrNoHistory, strings.TrimSpace(string(body)))
+	case resp.StatusCode/100 != 2:
+		return nil, fmt.Errorf("sensor %s: %s %s answered %d: %s", c.base, method, path, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}
