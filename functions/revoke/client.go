@@ -1,0 +1,66 @@
+package revoke
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"parry.dev/parry/internal/httpclient"
+)
+
+// NewVaultClient builds a Vault client from the standard environment
+// (VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT, ...) on parry's HTTP client. The
+// broker retries a failed delivery, so the client itself does not: one
+// attempt per call keeps a delivery's time bounded.
+func NewVaultClient() (*vaultapi.Client, error) {
+	cfg := vaultapi.DefaultConfig()
+	if cfg.Error != nil {
+		return nil, fmt.Errorf("vault client configuration: %w", cfg.Error)
+	}
+	// DefaultConfig's transport carries the TLS settings from VAULT_CACERT
+	// and friends; keep it and take parry's timeout.
+	transport := cfg.HttpClient.Transport
+	cfg.HttpClient = httpclient.New(30 * time.Second)
+	if transport != nil {
+		cfg.HttpClient.Transport = transport
+	}
+	if err := cfg.ReadEnvironment(); err != nil {
+		return nil, fmt.Errorf("vault environment: %w", err)
+	}
+	cfg.MaxRetries = 0
+	c, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("vault client for %s: %w", cfg.Address, err)
+	}
+	return c, nil
+}
+
+// LoginKubernetes logs client in through Vault's kubernetes auth method with
+// the pod's own service-account token (jwtPath, default the projected
+// token's path), as the step does in a cluster.
+func LoginKubernetes(ctx context.Context, client *vaultapi.Client, mount, role, jwtPath string) error {
+	if mount == "" {
+		mount = "kubernetes"
+	}
+	if jwtPath == "" {
+		jwtPath = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	}
+	jwt, err := os.ReadFile(jwtPath)
+	if err != nil {
+		return fmt.Errorf("reading the service-account token for Vault login: %w", err)
+	}
+	path := "auth/" + strings.Trim(mount, "/") + "/login"
+	s, err := client.Logical().WriteWithContext(ctx, path, map[string]any{"role": role, "jwt": strings.TrimSpace(string(jwt))})
+	if err != nil {
+		return fmt.Errorf("vault login at %s as role %q: %w", path, role, err)
+	}
+	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
+		return fmt.Errorf("vault login at %s as role %q returned no token", path, role)
+	}
+	client.SetToken(s.Auth.ClientToken)
+	return nil
+}
