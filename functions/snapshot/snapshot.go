@@ -1,0 +1,377 @@
+package snapshot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/rs/zerolog"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/guard"
+	"parry.dev/parry/sensor/client"
+)
+
+// Name is the step's name.
+const Name = "snapshot"
+
+// ManifestFile lists every file of a bundle with its SHA-256 digest.
+const ManifestFile = "manifest.json"
+
+// Spec declares the step.
+func Spec() function.Spec {
+	return function.Spec{
+		Name:        Name,
+		Description: "Save an evidence bundle (pod spec/status, owners, events, logs, the sensor's flight recorder, binary hashes) with a SHA-256 manifest.",
+		Params: []function.Param{
+			{Name: "logLines", Type: function.Int, Default: "2000", Description: "container log lines to keep per container"},
+		},
+		ClusterRules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods", "events"}, Verbs: []string{"get", "list"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/log"}, Verbs: []string{"get"}},
+			{APIGroups: []string{"apps"}, Resources: []string{"replicasets", "deployments", "statefulsets", "daemonsets"}, Verbs: []string{"get"}},
+			{APIGroups: []string{"batch"}, Resources: []string{"jobs", "cronjobs"}, Verbs: []string{"get"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
+		},
+		Example: `- name: snapshot
+  function: snapshot
+  after: [isolate]`,
+	}
+}
+
+// SensorLocator returns the API of the sensor on a node.
+type SensorLocator func(ctx context.Context, node string) (*client.Client, error)
+
+// Snapshotter is the snapshot step with its clients and evidence store.
+type Snapshotter struct {
+	kube      kubernetes.Interface
+	meta      metadata.Interface
+	sensors   SensorLocator
+	playbooks function.Playbooks
+	store     string
+	guard     *guard.Guard
+	log       zerolog.Logger
+}
+
+// New returns the step writing bundles below store (a directory). meta reads
+// the owner chain, whatever kind each owner is.
+func New(kube kubernetes.Interface, meta metadata.Interface, sensors SensorLocator, playbooks function.Playbooks, store string, log zerolog.Logger) *Snapshotter {
+	return &Snapshotter{kube: kube, meta: meta, sensors: sensors, playbooks: playbooks, store: store, guard: guard.New(), log: log.With().Str("component", Name).Logger()}
+}
+
+// Result is the reply's data.
+type Result struct {
+	Bundle         string            `json:"bundle"`
+	ManifestSHA256 string            `json:"manifestSHA256"`
+	Files          int               `json:"files"`
+	PodGone        bool              `json:"podGone,omitempty"`
+	Unavailable    map[string]string `json:"unavailable,omitempty"`
+	DryRun         bool              `json:"dryRun,omitempty"`
+}
+
+var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]`)
+
+// Handle saves the bundle of the pod an incident names.
+func (s *Snapshotter) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
+	ns, name, uid := events.String(e, events.ExtPodNamespace), events.String(e, events.ExtPodName), events.String(e, events.ExtPodUID)
+	incident, playbook := events.String(e, events.ExtIncident), events.String(e, events.ExtPlaybook)
+	if uid == "" || incident == "" {
+		return s.reply(e, events.StepFailed(Name), map[string]string{"reason": "the event names no pod UID (poduid) or no incident: nothing to snapshot"})
+	}
+	cfg, err := s.playbooks.StepConfig(playbook, Name)
+	if err != nil {
+		return s.reply(e, events.StepFailed(Name), map[string]string{"reason": fmt.Sprintf("playbook %q: %v", playbook, err)})
+	}
+	if r := s.guard.Admit(guard.Target{Playbook: playbook, Incident: incident, Namespace: ns}, cfg.Guard); r != nil {
+		return s.reply(e, events.StepFailed(Name), map[string]string{"reason": r.Reason})
+	}
+	dir := filepath.Join(s.store, unsafeChars.ReplaceAllString(incident, "_"), unsafeChars.ReplaceAllString(uid, "_"))
+	res := Result{Bundle: dir, Unavailable: map[string]string{}, DryRun: cfg.DryRun}
+	if m, err := Verify(dir); err == nil {
+		// Redelivery: the bundle is complete; reply as the first time.
+		res.ManifestSHA256, res.Files = m, countFiles(dir)
+		return s.reply(e, events.StepDone(Name), res)
+	}
+	if cfg.DryRun {
+		return s.reply(e, events.StepDone(Name), res)
+	}
+
+	b := &bundle{files: map[string][]byte{}}
+	pod, err := s.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err) || (err == nil && string(pod.UID) != uid):
+		res.PodGone = true
+		res.Unavailable["pod.json"] = "the pod no longer exists; the flight recorder holds what happened in it"
+		pod = nil
+	case apierrors.IsForbidden(err):
+		return s.reply(e, events.StepFailed(Name), map[string]string{"reason": "RBAC: " + err.Error()})
+	case err != nil:
+		return nil, fmt.Errorf("reading pod %s/%s: %w (retried per the Trigger's delivery spec)", ns, name, err)
+	default:
+		b.json("pod.json", pod)
+		b.json("owners.json", s.owners(ctx, pod, res.Unavailable))
+		s.logs(ctx, pod, int64(cfg.Params.Int("logLines")), b, res.Unavailable)
+	}
+	if evs, err := s.kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("involvedObject.uid", uid).String()}); err == nil {
+		b.json("events.json", evs.Items)
+	} else {
+		res.Unavailable["events.json"] = err.Error()
+	}
+	node := events.String(e, events.ExtNode)
+	if node == "" && pod != nil {
+		node = pod.Spec.NodeName
+	}
+	s.flightRecorder(ctx, node, uid, b, res.Unavailable)
+
+	m, err := b.write(dir, res.Unavailable)
+	if err != nil {
+		return nil, fmt.Errorf("writing the bundle to %s: %w", dir, err)
+	}
+	res.ManifestSHA256, res.Files = m, len(b.files)+1
+	if len(res.Unavailable) == 0 {
+		res.Unavailable = nil
+	}
+	return s.reply(e, events.StepDone(Name), res)
+}
+
+// ownerResource maps the owner kinds a pod can have to their resources.
+func ownerResource(kind string) (schema.GroupVersionResource, bool) {
+	switch kind {
+	case "ReplicaSet", "Deployment", "StatefulSet", "DaemonSet":
+		return schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: strings.ToLower(kind) + "s"}, true
+	case "Job", "CronJob":
+		return schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: strings.ToLower(kind) + "s"}, true
+	}
+	return schema.GroupVersionResource{}, false
+}
+
+// owners follows the controller owner references up to the top (Pod →
+// ReplicaSet → Deployment, Pod → Job → CronJob, ...).
+func (s *Snapshotter) owners(ctx context.Context, pod *corev1.Pod, unavailable map[string]string) []metav1.PartialObjectMetadata {
+	var chain []metav1.PartialObjectMetadata
+	refs := pod.OwnerReferences
+	for depth := 0; len(refs) > 0 && depth < 5; depth++ {
+		ref := refs[0]
+		gvr, known := ownerResource(ref.Kind)
+		if !known {
+			chain = append(chain, metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: ref.APIVersion, Kind: ref.Kind}, ObjectMeta: metav1.ObjectMeta{Name: ref.Name, UID: ref.UID}})
+			return chain
+		}
+		o, err := s.meta.Resource(gvr).Namespace(pod.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+		if err != nil {
+			unavailable["owners.json"] = fmt.Sprintf("%s %s: %v", ref.Kind, ref.Name, err)
+			return chain
+		}
+		o.ManagedFields = nil
+		// The metadata client leaves TypeMeta empty; the bundle says what
+		// each owner is.
+		o.TypeMeta = metav1.TypeMeta{APIVersion: ref.APIVersion, Kind: ref.Kind}
+		chain = append(chain, *o)
+		refs = o.OwnerReferences
+	}
+	return chain
+}
+
+// logs saves each container's log through the API server; where the
+// kubelet cannot serve them (or the node is fake), the reason is recorded.
+func (s *Snapshotter) logs(ctx context.Context, pod *corev1.Pod, lines int64, b *bundle, unavailable map[string]string) {
+	for _, c := range pod.Spec.Containers {
+		name := "logs/" + c.Name + ".log"
+		logCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		stream, err := s.kube.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: c.Name, TailLines: &lines}).Stream(logCtx)
+		if err != nil {
+			cancel()
+			unavailable[name] = "the API server could not get the log from the kubelet: " + err.Error()
+			continue
+		}
+		data, err := io.ReadAll(io.LimitReader(stream, 64<<20))
+		stream.Close()
+		cancel()
+		if err != nil {
+			unavailable[name] = err.Error()
+			continue
+		}
+		b.files[name] = data
+	}
+}
+
+// flightRecorder saves the sensor's history of the pod and hashes the
+// binaries it executed, where this process can read them.
+func (s *Snapshotter) flightRecorder(ctx context.Context, node, uid string, b *bundle, unavailable map[string]string) {
+	if s.sensors == nil {
+		unavailable["flight-recorder.json"] = "no sensor is configured"
+		return
+	}
+	c, err := s.sensors(ctx, node)
+	if err != nil {
+		unavailable["flight-recorder.json"] = err.Error()
+		return
+	}
+	h, raw, err := c.PodHistory(ctx, uid)
+	if err != nil {
+		unavailable["flight-recorder.json"] = err.Error()
+		return
+	}
+	b.files["flight-recorder.json"] = raw
+	hashes := map[string]string{}
+	for _, cg := range h.Cgroups {
+		for _, p := range cg.Processes {
+			if _, done := hashes[p.Exe]; done || p.Exe == "" {
+				continue
+			}
+			hashes[p.Exe] = hashBinary(p.PID, p.Exe)
+		}
+	}
+	b.json("binaries.json", hashes)
+}
+
+// hashBinary hashes the executable of a live process (which survives the
+// file's deletion) or else the path; the result says which, or why neither.
+func hashBinary(pid uint32, exe string) string {
+	for _, path := range []string{"/proc/" + strconv.Itoa(int(pid)) + "/exe", exe} {
+		f, err := os.Open(path)
+		if err != nil {
+			continue
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err == nil {
+			return "sha256:" + hex.EncodeToString(h.Sum(nil)) + " (" + path + ")"
+		}
+	}
+	return "unreadable: the process has exited and " + exe + " is not readable from here"
+}
+
+func (s *Snapshotter) reply(cause cloudevents.Event, typ string, data any) (*cloudevents.Event, error) {
+	r, err := events.Reply(cause, events.Spec{Type: typ, Source: "parry://function/" + Name, Key: Name,
+		Extensions: map[string]string{events.ExtStep: Name}, Data: data})
+	return &r, err
+}
+
+type bundle struct{ files map[string][]byte }
+
+func (b *bundle) json(name string, v any) {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		data = []byte(fmt.Sprintf("{\"error\": %q}", err.Error()))
+	}
+	b.files[name] = data
+}
+
+// Manifest is manifest.json.
+type Manifest struct {
+	Files       map[string]string `json:"files"` // path → hex SHA-256
+	Unavailable map[string]string `json:"unavailable,omitempty"`
+	Written     time.Time         `json:"written"`
+}
+
+// write stores the files, then the manifest last, each via a temporary
+// file and rename, so a crash leaves no bundle that verifies but is partial.
+func (b *bundle) write(dir string, unavailable map[string]string) (string, error) {
+	m := Manifest{Files: map[string]string{}, Unavailable: unavailable, Written: time.Now().UTC()}
+	names := make([]string, 0, len(b.files))
+	for n := range b.files {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		sum := sha256.Sum256(b.files[n])
+		m.Files[n] = hex.EncodeToString(sum[:])
+		if err := writeFile(filepath.Join(dir, n), b.files[n]); err != nil {
+			return "", err
+		}
+	}
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	if err := writeFile(filepath.Join(dir, ManifestFile), data); err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+func writeFile(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o400)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Verify checks every file of the bundle in dir against its manifest and
+// returns the manifest's own SHA-256 (compare it with the one in the
+// snapshot step's reply).
+func Verify(dir string) (string, error) {
+	data, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return "", err
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return "", fmt.Errorf("%s: malformed manifest: %w", dir, err)
+	}
+	var errs []error
+	for name, want := range m.Files {
+		content, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		sum := sha256.Sum256(content)
+		if got := hex.EncodeToString(sum[:]); got != want {
+			errs = append(errs, fmt.Errorf("%s: SHA-256 %s, the manifest says %s: the file was changed", name, got, want))
+		}
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:]), errors.Join(errs...)
+}
+
+func countFiles(dir string) int {
+	n := 0
+	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			n++
+		}
+		return nil
+	})
+	return n
+}
