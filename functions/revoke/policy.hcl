@@ -18,13 +18,14 @@ path "auth/token/revoke-accessor" {
   capabilities = ["update"]
 }
 
-# Watch the revoked tokens' leases disappear: list them (sudo required) and
-# look one up (expiry only; the lease's secret is never returned).
+# Watch the revoked tokens' leases disappear: list them (sudo required; the
+# bare path lists the top level, which the default lease scope starts from)
+# and look one up (expiry only; the lease's secret is never returned).
 path "sys/leases/lookup/*" {
   capabilities = ["list", "sudo"]
 }
 path "sys/leases/lookup" {
-  capabilities = ["update"]
+  capabilities = ["update", "list", "sudo"]
 }
 
 # prefix mode: revoke every lease under a path. Narrow this to the secrets
