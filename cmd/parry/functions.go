@@ -1,8 +1,11 @@
 package main
 
 import (
+	"os"
+
 	"github.com/rs/zerolog"
 
+	"parry.dev/parry/functions/revoke"
 	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/stack"
 )
@@ -10,7 +13,22 @@ import (
 // functions builds the response steps that run in-process under parry run,
 // each with its clients injected, keyed by the Knative Service name that
 // runs it in a cluster (the name Trigger subscribers reference).
-func functions(_ *stack.Stack, _ zerolog.Logger) (map[string]broker.Handler, error) {
+func functions(_ *stack.Stack, log zerolog.Logger) (map[string]broker.Handler, error) {
 	fns := map[string]broker.Handler{}
+	if os.Getenv("VAULT_ADDR") == "" {
+		log.Info().Str("function", revoke.Name).Msg("not registered: VAULT_ADDR is unset (set VAULT_ADDR and VAULT_TOKEN, a token of functions/revoke/policy.hcl, to revoke Vault credentials)")
+	} else {
+		vault, err := revoke.NewVaultClient()
+		if err != nil {
+			return nil, err
+		}
+		// No Kubernetes client yet: pod mode works from the event's poduid;
+		// the modes that read the pod reply failed with that reason.
+		r, err := revoke.New(vault, revoke.Options{}, log)
+		if err != nil {
+			return nil, err
+		}
+		fns[revoke.Name] = r.Handle
+	}
 	return fns, nil
 }
