@@ -1,0 +1,135 @@
+package respawn_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/rs/zerolog"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"parry.dev/parry/functions/respawn"
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/function"
+	"parry.dev/parry/tests/devenv"
+)
+
+func TestMain(m *testing.M) { devenv.Main(m) }
+
+type playbooks struct{}
+
+func (playbooks) StepConfig(_, _ string) (function.StepConfig, error) {
+	p, err := respawn.Spec().Validate(map[string]any{"readyTimeout": "30s"})
+	return function.StepConfig{Params: p}, err
+}
+
+func deployment(t *testing.T, cs kubernetes.Interface, ns string, replicas int32) []corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	labels := map[string]string{"app": "web"}
+	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example/web:1"}}}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return waitAvailable(t, cs, ns, replicas)
+}
+
+func waitAvailable(t *testing.T, cs kubernetes.Interface, ns string, replicas int32) []corev1.Pod {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		d, err := cs.AppsV1().Deployments(ns).Get(context.Background(), "web", metav1.GetOptions{})
+		if err == nil && d.Status.AvailableReplicas == replicas {
+			pods, _ := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=web"})
+			return pods.Items
+		}
+	}
+	t.Fatalf("Deployment %s/web never had %d available replicas", ns, replicas)
+	return nil
+}
+
+func cause(pod corev1.Pod, typ, id string) cloudevents.Event {
+	e, _ := events.New(events.Spec{Type: typ, Source: "parry://function/test", Key: id + typ,
+		Extensions: map[string]string{events.ExtPodNamespace: pod.Namespace, events.ExtPodName: pod.Name, events.ExtPodUID: string(pod.UID),
+			events.ExtIncident: id, events.ExtPlaybook: "miner"}})
+	return e
+}
+
+func TestOrphanReplaceThenDeleteAfterSnapshot(t *testing.T) {
+	env := devenv.Require(t)
+	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := context.Background()
+	pods := deployment(t, cs, "respawn", 2)
+	victim := pods[0]
+	step := respawn.New(cs, playbooks{}, zerolog.Nop())
+
+	started := time.Now()
+	reply, err := step.Handle(ctx, cause(victim, events.StepDone("isolate"), "inc-r"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res respawn.Result
+	json.Unmarshal(reply.Data(), &res)
+	if reply.Type() != events.StepDone(respawn.Name) || !res.Orphaned || res.Replacement == "" || res.Deleted {
+		t.Fatalf("reply %s %s", reply.Type(), reply.Data())
+	}
+	t.Logf("orphan → replacement Ready: %s", res.ReadyAt.Sub(started))
+	waitAvailable(t, cs, "respawn", 2)
+	kept, err := cs.CoreV1().Pods("respawn").Get(ctx, victim.Name, metav1.GetOptions{})
+	if err != nil || metav1.GetControllerOf(kept) != nil || kept.Labels["app"] != "" || !strings.Contains(kept.Annotations[respawn.OriginalLabelsAnnot], `"app":"web"`) {
+		t.Fatalf("quarantined pod not kept as an orphan: %v %+v", err, kept.ObjectMeta)
+	}
+
+	reply, err = step.Handle(ctx, cause(victim, events.StepDone("snapshot"), "inc-r"))
+	if err != nil || reply.Type() != events.StepDone(respawn.Name) {
+		t.Fatalf("after snapshot: %v %v", reply, err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := cs.CoreV1().Pods("respawn").Get(ctx, victim.Name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("quarantined pod not deleted after the snapshot: %v", err)
+		}
+	}
+	waitAvailable(t, cs, "respawn", 2)
+}
+
+func TestBarePodAndProtectedNamespaceAreRefused(t *testing.T) {
+	env := devenv.Require(t)
+	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := context.Background()
+	step := respawn.New(cs, playbooks{}, zerolog.Nop())
+	for _, ns := range []string{"bare", "kube-system"} {
+		cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		var pod *corev1.Pod
+		var err error
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			pod, err = cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "lonely"},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "x"}}}}, metav1.CreateOptions{})
+			if err == nil {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		reply, err := step.Handle(ctx, cause(*pod, events.StepDone("snapshot"), "inc-"+ns))
+		if err != nil || reply.Type() != events.StepFailed(respawn.Name) {
+			t.Fatalf("%s: %v %v", ns, reply, err)
+		}
+		if _, err := cs.CoreV1().Pods(ns).Get(ctx, "lonely", metav1.GetOptions{}); err != nil {
+			t.Fatalf("%s: refused pod was touched: %v", ns, err)
+		}
+	}
+}
