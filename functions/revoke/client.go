@@ -8,6 +8,7 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/rs/zerolog"
 
 	"parry.dev/parry/internal/httpclient"
 )
@@ -41,8 +42,9 @@ func NewVaultClient() (*vaultapi.Client, error) {
 
 // LoginKubernetes logs client in through Vault's kubernetes auth method with
 // the pod's own service-account token (jwtPath, default the projected
-// token's path), as the step does in a cluster.
-func LoginKubernetes(ctx context.Context, client *vaultapi.Client, mount, role, jwtPath string) error {
+// token's path), as the step does in a cluster. It returns the token's TTL:
+// log in again before it passes (KeepLoggedIn does).
+func LoginKubernetes(ctx context.Context, client *vaultapi.Client, mount, role, jwtPath string) (time.Duration, error) {
 	if mount == "" {
 		mount = "kubernetes"
 	}
@@ -51,16 +53,36 @@ func LoginKubernetes(ctx context.Context, client *vaultapi.Client, mount, role, 
 	}
 	jwt, err := os.ReadFile(jwtPath)
 	if err != nil {
-		return fmt.Errorf("reading the service-account token for Vault login: %w", err)
+		return 0, fmt.Errorf("reading the service-account token for Vault login: %w", err)
 	}
 	path := "auth/" + strings.Trim(mount, "/") + "/login"
 	s, err := client.Logical().WriteWithContext(ctx, path, map[string]any{"role": role, "jwt": strings.TrimSpace(string(jwt))})
 	if err != nil {
-		return fmt.Errorf("vault login at %s as role %q: %w", path, role, err)
+		return 0, fmt.Errorf("vault login at %s as role %q: %w", path, role, err)
 	}
 	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
-		return fmt.Errorf("vault login at %s as role %q returned no token", path, role)
+		return 0, fmt.Errorf("vault login at %s as role %q returned no token", path, role)
 	}
 	client.SetToken(s.Auth.ClientToken)
-	return nil
+	return time.Duration(s.Auth.LeaseDuration) * time.Second, nil
+}
+
+// KeepLoggedIn logs in again at half of each token's TTL until ctx ends (the
+// projected service-account token file is rotated by the kubelet, so each
+// login reads it afresh). A failed login is retried after 10 s; meanwhile the
+// old token serves until it expires.
+func KeepLoggedIn(ctx context.Context, client *vaultapi.Client, mount, role string, ttl time.Duration, log zerolog.Logger) {
+	for {
+		next := ttl / 2
+		if ttl <= 0 {
+			next = 10 * time.Second
+		}
+		if sleep(ctx, next) != nil {
+			return
+		}
+		var err error
+		if ttl, err = LoginKubernetes(ctx, client, mount, role, ""); err != nil {
+			log.Error().Err(err).Msg("renewing the step's own Vault login; retrying in 10s")
+		}
+	}
 }

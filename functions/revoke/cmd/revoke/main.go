@@ -41,9 +41,12 @@ func run(ctx context.Context) error {
 		return err
 	}
 	if role := os.Getenv("VAULT_K8S_ROLE"); role != "" {
-		if err := revoke.LoginKubernetes(ctx, vault, os.Getenv("VAULT_K8S_MOUNT"), role, ""); err != nil {
+		mount := os.Getenv("VAULT_K8S_MOUNT")
+		ttl, err := revoke.LoginKubernetes(ctx, vault, mount, role, "")
+		if err != nil {
 			return err
 		}
+		go revoke.KeepLoggedIn(ctx, vault, mount, role, ttl, log)
 	}
 	params := map[string]any{}
 	if raw := os.Getenv("REVOKE_PARAMS"); raw != "" {
