@@ -76,7 +76,9 @@ spec:
 	s, err := stack.Start(context.Background(), stack.Options{ConfigDir: dir, JournalPath: filepath.Join(dir, "j.db"), Listen: "127.0.0.1:0", Log: zerolog.Nop(),
 		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) {
 			return map[string]broker.Handler{
-				"flaky":      func(context.Context, cloudevents.Event) (*cloudevents.Event, error) { return nil, errors.New("the API server is unavailable") },
+				"flaky": func(context.Context, cloudevents.Event) (*cloudevents.Event, error) {
+					return nil, errors.New("the API server is unavailable")
+				},
 				failed.Name: failed.New(failed.HTTPPublisher(s.BrokerURL(stack.DefaultBroker), http.DefaultClient)).Handle,
 			}, nil
 		}})
