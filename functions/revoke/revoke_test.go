@@ -149,6 +149,35 @@ func TestPodModeRevokesOnlyThatPod(t *testing.T) {
 	}
 }
 
+// The pod is gone (deleted, or replaced under the same name) but its tokens
+// are not: pod mode revokes by the event's pod UID.
+func TestPodModeAfterThePodIsGone(t *testing.T) {
+	in := setup(t)
+	ctx := t.Context()
+	w := newWorkload(t, in, "a")
+	a := w.pods["a"]
+	zero := int64(0)
+	if err := in.kube.CoreV1().Pods(w.ns).Delete(ctx, a.name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "pod a deleted", func() error {
+		if _, err := in.kube.CoreV1().Pods(w.ns).Get(ctx, a.name, metav1.GetOptions{}); err == nil {
+			return fmt.Errorf("still there")
+		}
+		return nil
+	})
+	reply, err := newRevoker(t, in, map[string]any{"leases": []any{"database/"}}).Handle(ctx, sensorEvent(t, w, a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := result(t, reply, events.StepDone(revoke.Name)); len(res.Accessors) != 1 {
+		t.Errorf("result %+v: want the gone pod's token revoked", res)
+	}
+	if login, session := alive(ctx, in.env, a); login || session {
+		t.Errorf("gone pod's credential: login=%v session=%v; want both dead", login, session)
+	}
+}
+
 func TestServiceAccountModeRevokesEveryPodOfTheAccount(t *testing.T) {
 	in := setup(t)
 	ctx := t.Context()

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/rs/zerolog"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -29,13 +30,12 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx); err != nil {
+	if err := run(ctx, log); err != nil {
 		log.Fatal().Err(err).Msg("revoke")
 	}
 }
 
-func run(ctx context.Context) error {
-	log, _ := logging.New(os.Stderr, os.Getenv("LOG_LEVEL"), os.Getenv("LOG_FORMAT"))
+func run(ctx context.Context, log zerolog.Logger) error {
 	vault, err := revoke.NewVaultClient()
 	if err != nil {
 		return err
