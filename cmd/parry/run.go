@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
 
 	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/logging"
+	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
 	"parry.dev/parry/sensor"
 )
@@ -33,9 +35,21 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	dirs := runDirs{Config: *configDir, State: filepath.Dir(*journalPath)}
+	if sensorCfg.FiltersPath == "" {
+		// The sensor watches what the playbooks need: the compiled
+		// ConfigMap in config/, as the DaemonSet mounts it in a cluster.
+		path, ok, err := playbook.SensorFiltersFromConfig(*configDir, dirs.State)
+		if err != nil {
+			return err
+		}
+		if ok {
+			sensorCfg.FiltersPath = path
+		}
+	}
 	opts := stack.Options{
 		ConfigDir: *configDir, JournalPath: *journalPath, Listen: *listen, MaxEventBytes: *maxEvent, Log: log,
-		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) { return functions(s, log) },
+		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) { return functions(s, log, dirs) },
 	}
 	if !*noSensor {
 		opts.Sensor = &sensorCfg

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"parry.dev/parry/functions/classify"
+	"parry.dev/parry/functions/isolate"
+	"parry.dev/parry/functions/revoke"
+	"parry.dev/parry/functions/snapshot"
+	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/manifest"
+	"parry.dev/parry/internal/playbook"
+)
+
+// stepSpecs are the steps playbooks may use, with their parameters.
+func stepSpecs() playbook.Registry {
+	reg := playbook.Registry{}
+	for _, s := range []func() function.Spec{classify.Spec, isolate.Spec, snapshot.Spec, revoke.Spec} {
+		spec := s()
+		reg[spec.Name] = spec
+	}
+	return reg
+}
+
+func playbookCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, playbookUsage)
+		return errUsage
+	}
+	switch args[0] {
+	case "validate":
+		fs := newFlagSet("playbook validate", "FILE|DIR...", stderr)
+		if err := parseFlags(fs, args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			fmt.Fprint(stderr, playbookUsage)
+			return errUsage
+		}
+		srcs, err := playbook.Load(fs.Args()...)
+		if err != nil {
+			return positioned(err, stderr)
+		}
+		if errs := playbook.Validate(srcs, stepSpecs()); len(errs) > 0 {
+			return positioned(errs, stderr)
+		}
+		fmt.Fprintf(stdout, "%d playbooks valid\n", len(srcs))
+		return nil
+	case "compile":
+		fs := newFlagSet("playbook compile", "[--out config/] FILE|DIR...", stderr)
+		out := fs.String("out", "config", "directory the Triggers, the sensor filters and the playbook bundle are written to")
+		if err := parseFlags(fs, args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			fmt.Fprint(stderr, playbookUsage)
+			return errUsage
+		}
+		srcs, err := playbook.Load(fs.Args()...)
+		if err != nil {
+			return positioned(err, stderr)
+		}
+		files, err := playbook.Compile(ctx, srcs, stepSpecs())
+		if err != nil {
+			return positioned(err, stderr)
+		}
+		if err := files.Write(*out); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "compiled %d playbooks into %d files in %s\n", len(srcs), len(files), *out)
+		return nil
+	}
+	fmt.Fprint(stderr, playbookUsage)
+	return errUsage
+}
+
+const playbookUsage = `Usage:
+  parry playbook validate FILE|DIR...             check playbooks; errors as file:line:col
+  parry playbook compile [--out config/] DIR...   write Triggers, sensor filters and the bundle
+`
+
+// errReported: the errors are printed one per line already.
+var errReported = errors.New("invalid playbooks")
+
+// positioned prints file:line:col errors one per line, as compilers do.
+func positioned(err error, stderr io.Writer) error {
+	var errs manifest.Errors
+	if errors.As(err, &errs) {
+		for _, e := range errs {
+			fmt.Fprintln(stderr, e.Error())
+		}
+		return fmt.Errorf("%w: %d errors", errReported, len(errs))
+	}
+	return err
+}

@@ -1,0 +1,451 @@
+package classify
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/rs/zerolog"
+	"go.uber.org/zap"
+	"knative.dev/eventing/pkg/eventfilter"
+	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
+
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/playbook"
+)
+
+// Name is the step's name: its Knative Service and reply types.
+const Name = playbook.RootFunction
+
+// Reply types besides events.TypeIncidentOpened.
+const (
+	TypeIncidentJoined     = "dev.parry.incident.joined.v1"
+	TypeIncidentSuppressed = "dev.parry.incident.suppressed.v1"
+	// ExtScore carries the score (0-100) on incident events.
+	ExtScore = "score"
+)
+
+// Spec declares classify's parameters.
+func Spec() function.Spec {
+	return function.Spec{
+		Name:        Name,
+		Description: "opens an incident for a playbook's matching events (or joins the open one), scores it against the workload's baseline, and applies the guardrails",
+		Params: []function.Param{
+			{Name: "threshold", Type: function.Int, Default: "40", Description: "score (0-100) at which an incident opens; below it the event is recorded as suppressed"},
+			{Name: "dedupWindow", Type: function.Duration, Default: "10m", Description: "events of the same pod and playbook within this time of the incident's last event join it"},
+		},
+		Example: "- function: classify\n  params: {threshold: 40, dedupWindow: 10m}\n",
+	}
+}
+
+// Options configure a Classifier.
+type Options struct {
+	Bundle *playbook.Bundle
+	// StorePath is the JSON file baselines, open incidents and circuit
+	// breakers persist in.
+	StorePath string
+	// LearningWindow is how long after a workload's first event its
+	// baseline keeps learning; anomalies count only after it.
+	LearningWindow time.Duration
+	// SensorLossWindow: a loss reported this recently makes the sensor
+	// unhealthy for playbooks with requireHealthySensor.
+	SensorLossWindow time.Duration
+	Now              func() time.Time
+	Log              zerolog.Logger
+}
+
+// Classifier is the classify step. It is safe for concurrent use.
+type Classifier struct {
+	opts     Options
+	matchers []matcher
+	mu       sync.Mutex
+	st       *state
+}
+
+type matcher struct {
+	pb     playbook.Compiled
+	filter eventfilter.Filter
+}
+
+// New loads the store and builds the playbooks' filters.
+func New(opts Options) (*Classifier, error) {
+	if opts.Bundle == nil {
+		return nil, fmt.Errorf("classify: no playbook bundle (compile the playbooks with `parry playbook compile`)")
+	}
+	if opts.LearningWindow == 0 {
+		opts.LearningWindow = 10 * time.Minute
+	}
+	if opts.SensorLossWindow == 0 {
+		opts.SensorLossWindow = time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	st, err := loadState(opts.StorePath)
+	if err != nil {
+		return nil, err
+	}
+	c := &Classifier{opts: opts, st: st}
+	pbs := slices.Clone(opts.Bundle.Playbooks)
+	// Most severe first, then by name: the playbook an event gets is
+	// deterministic when several match.
+	slices.SortStableFunc(pbs, func(a, b playbook.Compiled) int {
+		if d := severityRank(b.Severity) - severityRank(a.Severity); d != 0 {
+			return d
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	for _, pb := range pbs {
+		f := subscriptionsapi.CreateSubscriptionsAPIFilters(zap.NewNop(), playbook.Knative(pb.Match))
+		c.matchers = append(c.matchers, matcher{pb: pb, filter: f})
+	}
+	return c, nil
+}
+
+// Handle classifies one event.
+func (c *Classifier) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
+	now := c.opts.Now()
+	if e.Type() == events.TypeSensorHealth {
+		if events.String(e, events.ExtSeverity) == "warning" {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			c.st.Loss[events.String(e, events.ExtNode)] = now
+			return nil, c.st.save(c.opts.StorePath)
+		}
+		return nil, nil
+	}
+	var pb *playbook.Compiled
+	for i := range c.matchers {
+		if c.matchers[i].filter.Filter(ctx, e) == eventfilter.PassFilter {
+			pb = &c.matchers[i].pb
+			break
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	obs := observe(e)
+	wl := workload(e)
+	reasons, anomaly := c.anomaly(wl, obs, now)
+	changed := c.learn(wl, obs, now)
+	if pb == nil {
+		if changed {
+			return nil, c.st.save(c.opts.StorePath)
+		}
+		return nil, nil
+	}
+	reply, err := c.classify(e, *pb, wl, reasons, anomaly, now)
+	if err != nil {
+		return nil, err
+	}
+	return reply, c.st.save(c.opts.StorePath)
+}
+
+// observation is what an event tells about its workload's behaviour.
+type observation struct {
+	exe, dest, port string
+	hosts           []string
+}
+
+func observe(e cloudevents.Event) observation {
+	o := observation{exe: events.String(e, events.ExtExe), port: events.String(e, events.ExtDestPort)}
+	if a := events.String(e, events.ExtDestAddr); a != "" {
+		o.dest = a + ":" + o.port
+	}
+	if e.Type() == events.TypeProcessExec {
+		var d struct {
+			Args []string `json:"args"`
+		}
+		if json.Unmarshal(e.Data(), &d) == nil {
+			o.hosts = hostNames(d.Args)
+		}
+	}
+	return o
+}
+
+// workload is the baseline's key: the pod's controller when known, so all
+// replicas share one baseline, else the pod, else the node.
+func workload(e cloudevents.Event) string {
+	ns := events.String(e, events.ExtPodNamespace)
+	if owner := events.String(e, events.ExtOwner); owner != "" {
+		return ns + "/" + owner
+	}
+	if uid := events.String(e, events.ExtPodUID); uid != "" {
+		return "pod/" + uid
+	}
+	return "node/" + events.String(e, events.ExtNode)
+}
+
+// pod is the dedup key's pod part.
+func pod(e cloudevents.Event) string {
+	if uid := events.String(e, events.ExtPodUID); uid != "" {
+		return uid
+	}
+	return "node/" + events.String(e, events.ExtNode)
+}
+
+// Points of the anomaly score, each with its reason.
+const (
+	pointsNewExe     = 15
+	pointsNewDest    = 10
+	pointsNewPort    = 10
+	pointsHighEntopy = 15
+	entropyThreshold = 3.5 // bits per character of a host name's longest label
+)
+
+func (c *Classifier) anomaly(wl string, o observation, now time.Time) ([]string, int) {
+	var reasons []string
+	score := 0
+	for _, h := range o.hosts {
+		if ent := hostEntropy(h); ent >= entropyThreshold {
+			score += pointsHighEntopy
+			reasons = append(reasons, fmt.Sprintf("+%d: host name %s has a high-entropy label (%.2f bits/char ≥ %.1f), typical of generated mining-pool and C2 domains", pointsHighEntopy, h, ent, entropyThreshold))
+			break
+		}
+	}
+	b := c.st.Workloads[wl]
+	if b == nil || now.Sub(b.Since) < c.opts.LearningWindow {
+		since := now
+		if b != nil {
+			since = b.Since
+		}
+		reasons = append(reasons, fmt.Sprintf("+0: workload %s is still learning its baseline (until %s); no baseline anomaly points", wl, since.Add(c.opts.LearningWindow).UTC().Format(time.RFC3339)))
+		return reasons, score
+	}
+	if o.exe != "" && !b.Exes[o.exe] {
+		score += pointsNewExe
+		reasons = append(reasons, fmt.Sprintf("+%d: executable %s is not in workload %s's baseline (%d executables)", pointsNewExe, o.exe, wl, len(b.Exes)))
+	}
+	if o.dest != "" && !b.Dests[o.dest] {
+		score += pointsNewDest
+		reasons = append(reasons, fmt.Sprintf("+%d: destination %s is not in workload %s's baseline (%d destinations)", pointsNewDest, o.dest, wl, len(b.Dests)))
+	}
+	if o.port != "" && !b.Ports[o.port] {
+		score += pointsNewPort
+		reasons = append(reasons, fmt.Sprintf("+%d: port %s is not in workload %s's baseline (%d ports)", pointsNewPort, o.port, wl, len(b.Ports)))
+	}
+	return reasons, score
+}
+
+// learn adds o to the workload's baseline while it is learning.
+func (c *Classifier) learn(wl string, o observation, now time.Time) bool {
+	b := c.st.Workloads[wl]
+	if b == nil {
+		b = &baseline{Since: now, Exes: set{}, Dests: set{}, Ports: set{}}
+		c.st.Workloads[wl] = b
+	}
+	if now.Sub(b.Since) >= c.opts.LearningWindow {
+		return false
+	}
+	changed := b.Since.Equal(now)
+	for s, v := range map[*set]string{&b.Exes: o.exe, &b.Dests: o.dest, &b.Ports: o.port} {
+		if v != "" && !(*s)[v] {
+			(*s)[v] = true
+			changed = true
+		}
+	}
+	return changed
+}
+
+func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl string, anomalyReasons []string, anomaly int, now time.Time) (*cloudevents.Event, error) {
+	params, ok := c.opts.Bundle.Step(pb.Name, Name)
+	if !ok {
+		return nil, fmt.Errorf("playbook %s has no classify step in the bundle (recompile the playbooks)", pb.Name)
+	}
+	threshold := params.Int("threshold")
+	window := params.Duration("dedupWindow")
+	key := pod(e) + "|" + pb.Name
+	if inc := c.st.Incidents[key]; inc != nil && (inc.First == e.ID() || now.Sub(inc.Last) <= window) {
+		if inc.First == e.ID() {
+			// The same event again (another Trigger, or a redelivery):
+			// the same reply, with the same id.
+			return c.reply(e, events.TypeIncidentOpened, pb, inc.ID, inc.Score, inc.Response, inc.Reasons)
+		}
+		inc.Last = now
+		inc.Events++
+		c.opts.Log.Debug().Str("incident", inc.ID).Str("playbook", pb.Name).Str("event_id", e.ID()).Msg("joined the open incident")
+		return c.reply(e, TypeIncidentJoined, pb, inc.ID, inc.Score, inc.Response,
+			[]string{fmt.Sprintf("joined incident %s (%d events): same pod and playbook within %s of its last event", inc.ID, inc.Events, window)})
+	}
+	base := severityPoints(pb.Severity)
+	score := min(base+anomaly, 100)
+	reasons := append([]string{fmt.Sprintf("+%d: playbook %s (%s): %s", base, pb.Name, pb.Severity, pb.Description)}, anomalyReasons...)
+	if score < threshold {
+		reasons = append(reasons, fmt.Sprintf("score %d is below the threshold %d: recorded, not acted on", score, threshold))
+		return c.reply(e, TypeIncidentSuppressed, pb, "", score, "", reasons)
+	}
+	response, why := c.guard(e, pb, now)
+	reasons = append(reasons, why)
+	inc := &incident{ID: incidentID(e, pb.Name), Playbook: pb.Name, Pod: pod(e), Workload: wl, First: e.ID(),
+		Opened: now, Last: now, Events: 1, Score: score, Response: response, Reasons: reasons}
+	c.st.Incidents[key] = inc
+	c.st.expire(now)
+	c.opts.Log.Info().Str("incident", inc.ID).Str("playbook", pb.Name).Int("score", score).Str("response", response).
+		Str("pod", inc.Pod).Msg("incident opened")
+	return c.reply(e, events.TypeIncidentOpened, pb, inc.ID, score, response, reasons)
+}
+
+// guard applies the guardrails to a new incident.
+func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, now time.Time) (string, string) {
+	g := pb.Guardrails
+	if ns := events.String(e, events.ExtPodNamespace); slices.Contains(g.ProtectedNamespaces, ns) {
+		return playbook.ResponseEscalate, fmt.Sprintf("escalated: namespace %s is protected; parry never acts there", ns)
+	}
+	br := c.st.Breakers[pb.Name]
+	if br == nil {
+		br = &breaker{}
+		c.st.Breakers[pb.Name] = br
+	}
+	per := g.Per()
+	br.Opened = slices.DeleteFunc(br.Opened, func(t time.Time) bool { return now.Sub(t) > per })
+	br.Opened = append(br.Opened, now)
+	if now.Before(br.TrippedUntil) {
+		return playbook.ResponseEscalate, fmt.Sprintf("escalated: playbook %s's circuit breaker is open until %s", pb.Name, br.TrippedUntil.UTC().Format(time.RFC3339))
+	}
+	if len(br.Opened) > g.RateIncidents {
+		br.TrippedUntil = now.Add(per)
+		return playbook.ResponseEscalate, fmt.Sprintf("escalated: playbook %s opened %d incidents within %s (limit %d); circuit breaker open until %s",
+			pb.Name, len(br.Opened), per, g.RateIncidents, br.TrippedUntil.UTC().Format(time.RFC3339))
+	}
+	if g.RequireHealthySensor {
+		node := events.String(e, events.ExtNode)
+		if t, ok := c.st.Loss[node]; ok && now.Sub(t) < c.opts.SensorLossWindow {
+			return playbook.ResponseEscalate, fmt.Sprintf("escalated: the sensor on %s reported lost events at %s; this playbook requires a healthy sensor", node, t.UTC().Format(time.RFC3339))
+		}
+	}
+	if g.DryRun {
+		return playbook.ResponseDryRun, "dry run: steps report what they would do and change nothing"
+	}
+	return playbook.ResponseAct, "act: guardrails passed"
+}
+
+// Data is the data of classify's replies.
+type Data struct {
+	Incident    string   `json:"incident,omitempty"`
+	Playbook    string   `json:"playbook"`
+	Description string   `json:"description"`
+	Score       int      `json:"score"`
+	Severity    string   `json:"severity"`
+	Response    string   `json:"response,omitempty"`
+	Reasons     []string `json:"reasons"`
+}
+
+func (c *Classifier) reply(e cloudevents.Event, typ string, pb playbook.Compiled, inc string, score int, response string, reasons []string) (*cloudevents.Event, error) {
+	sev := scoreSeverity(score)
+	r, err := events.Reply(e, events.Spec{
+		Type: typ, Source: "parry://classify", Key: pb.Name,
+		Extensions: map[string]string{
+			events.ExtIncident: inc, events.ExtPlaybook: pb.Name, events.ExtSeverity: sev,
+			events.ExtRule: pb.Name, playbook.ExtResponse: response, ExtScore: strconv.Itoa(score),
+		},
+		Data: Data{Incident: inc, Playbook: pb.Name, Description: pb.Description, Score: score, Severity: sev, Response: response, Reasons: reasons},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// incidentID derives from the first event and the playbook, so a
+// redelivered first event names the same incident.
+func incidentID(e cloudevents.Event, playbook string) string {
+	h := sha256.Sum256([]byte(e.Source() + "\x00" + e.ID() + "\x00" + playbook))
+	return "inc-" + hex.EncodeToString(h[:10])
+}
+
+func severityRank(s string) int { return slices.Index(playbook.Severities, s) }
+
+// severityPoints are the base points of a playbook's severity: medium and
+// above open at the default threshold on their own; low needs anomalies.
+func severityPoints(s string) int {
+	switch s {
+	case "critical":
+		return 90
+	case "high":
+		return 70
+	case "medium":
+		return 40
+	}
+	return 20
+}
+
+func scoreSeverity(score int) string {
+	switch {
+	case score >= 90:
+		return "critical"
+	case score >= 70:
+		return "high"
+	case score >= 40:
+		return "medium"
+	}
+	return "low"
+}
+
+var hostRE = regexp.MustCompile(`^(?:[a-zA-Z0-9-]{1,63}\.)+[a-zA-Z]{2,63}$`)
+
+// hostNames finds host names in a command line: URLs' hosts and bare
+// host[:port] arguments.
+func hostNames(args []string) []string {
+	var out []string
+	for _, a := range args {
+		for _, tok := range strings.FieldsFunc(a, func(r rune) bool { return r == ' ' || r == '=' || r == '@' }) {
+			h := tok
+			if u, err := url.Parse(tok); err == nil && u.Host != "" {
+				h = u.Hostname()
+			} else if host, _, ok := strings.Cut(tok, ":"); ok {
+				h = host
+			}
+			if hostRE.MatchString(h) {
+				out = append(out, strings.ToLower(h))
+			}
+		}
+	}
+	return out
+}
+
+// hostEntropy is the Shannon entropy (bits per character) of the longest
+// label below the registered domain, where generated names put their
+// randomness.
+func hostEntropy(host string) float64 {
+	labels := strings.Split(host, ".")
+	if len(labels) > 2 {
+		labels = labels[:len(labels)-2]
+	} else {
+		labels = labels[:1]
+	}
+	longest := ""
+	for _, l := range labels {
+		if len(l) > len(longest) {
+			longest = l
+		}
+	}
+	return entropy(longest)
+}
+
+func entropy(s string) float64 {
+	if s == "" {
+		return 0
+	}
+	counts := map[rune]int{}
+	for _, r := range s {
+		counts[r]++
+	}
+	n := float64(len([]rune(s)))
+	h := 0.0
+	for _, c := range counts {
+		p := float64(c) / n
+		h -= p * math.Log2(p)
+	}
+	return h
+}

@@ -1,0 +1,314 @@
+package playbook
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/manifest"
+	"parry.dev/parry/sensor/filters"
+)
+
+// Where compiled output goes and what it is called. The Broker is the one
+// config/200-broker.yaml ships.
+const (
+	Namespace  = "parry-system"
+	BrokerName = "parry"
+
+	SensorFiltersFile      = "300-sensor-filters.yaml"
+	SensorFiltersConfigMap = "parry-sensor-filters"
+	SensorFiltersKey       = "filters.yaml"
+	BundleFile             = "310-playbooks.yaml"
+	BundleConfigMap        = "parry-playbooks"
+	BundleKey              = "playbooks.yaml"
+	// TriggerFilePrefix starts every per-playbook Trigger file; compile
+	// owns the files with this prefix and removes stale ones.
+	TriggerFilePrefix = "400-playbook-"
+	BaselineFile      = "390-classify-baseline.yaml"
+
+	// ExtResponse is set by classify on incident.opened: act, dryrun or
+	// escalate. Steps after classify do not run for escalate.
+	ExtResponse      = "response"
+	ResponseAct      = "act"
+	ResponseDryRun   = "dryrun"
+	ResponseEscalate = "escalate"
+)
+
+// BaselineTypes are the sensor events classify learns workload baselines
+// from (and the health events it tracks loss with); one Trigger sends them
+// all to classify.
+var BaselineTypes = []string{events.TypeProcessExec, events.TypeNetworkConnect, events.TypeSensorHealth}
+
+// Output is what compile writes: file name (relative to the output
+// directory) to content.
+type Output map[string][]byte
+
+// Compile validates and compiles srcs. On any error it returns no output,
+// so a bad playbook never leaves half-written config behind. Every Trigger
+// is checked with Knative's own validation (manifest.Parse).
+func Compile(ctx context.Context, srcs []*Source, reg Registry) (Output, error) {
+	if errs := Validate(srcs, reg); len(errs) > 0 {
+		return nil, errs
+	}
+	srcs = slices.Clone(srcs)
+	slices.SortFunc(srcs, func(a, b *Source) int { return strings.Compare(a.Metadata.Name, b.Metadata.Name) })
+	out := Output{}
+	var errs manifest.Errors
+	bundle := Bundle{APIVersion: APIVersion, Kind: "PlaybookBundle"}
+	sf := baseSensorFilters()
+	for _, s := range srcs {
+		c, err := compileOne(s, reg)
+		if err != nil {
+			errs = append(errs, s.errorf("", "%v", err))
+			continue
+		}
+		bundle.Playbooks = append(bundle.Playbooks, c)
+		sf = filters.Merge(sf, sensorFilters(s.Sensor))
+		y, err := triggersYAML(s, c)
+		if err != nil {
+			errs = append(errs, s.errorf("", "%v", err))
+			continue
+		}
+		// Knative's validation of exactly what we write; an error here is
+		// reported at the playbook's match, where it came from.
+		file := TriggerFilePrefix + s.Metadata.Name + ".yaml"
+		if _, err := manifest.Parse(ctx, file, append(brokerYAML(), y...)); err != nil {
+			errs = append(errs, s.errorf("match", "the compiled Triggers fail Knative's validation: %v", err))
+			continue
+		}
+		out[file] = y
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	out[BaselineFile] = baselineTriggerYAML(bundle.Playbooks)
+	sfYAML, err := filters.Marshal(sf)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := filters.Parse(sfYAML, "compiled sensor filters"); err != nil {
+		return nil, fmt.Errorf("the merged sensor filters are invalid: %w", err)
+	}
+	out[SensorFiltersFile] = configMapYAML(SensorFiltersConfigMap, SensorFiltersKey,
+		"What the sensor passes from the kernel: the union of what the playbooks need.\n# The sensor DaemonSet mounts it and passes --filters; parry run reads it from config/.", sfYAML)
+	by, err := yaml.Marshal(bundle)
+	if err != nil {
+		return nil, err
+	}
+	out[BundleFile] = configMapYAML(BundleConfigMap, BundleKey,
+		"The compiled playbooks: match, guardrails and every step's validated parameters.\n# Functions mount it and look a playbook up by the event's playbook extension;\n# parry run reads it from config/.", by)
+	return out, nil
+}
+
+// baseSensorFilters is what the sensor watches whatever the playbooks say:
+// pods only, below the kubelet's roots, with exits for the flight recorder.
+func baseSensorFilters() filters.Config {
+	d := filters.Default()
+	return filters.Config{
+		APIVersion: filters.APIVersion, Kind: filters.Kind, Scope: "pods", PodRoots: d.PodRoots,
+		Exec: filters.Exec{Exits: true}, Signals: []string{},
+	}
+}
+
+func compileOne(s *Source, reg Registry) (Compiled, error) {
+	c := Compiled{
+		Name: s.Metadata.Name, Description: strings.TrimSpace(s.Description), Severity: s.Severity,
+		Match: s.Match,
+		Guardrails: CompiledGuardrails{
+			ProtectedNamespaces:  protected(s.Guardrails.ProtectedNamespaces),
+			RateIncidents:        DefaultRateIncidents,
+			RatePer:              DefaultRatePer.String(),
+			DryRun:               s.Guardrails.DryRun,
+			RequireHealthySensor: s.Guardrails.RequireHealthySensor,
+		},
+	}
+	if r := s.Guardrails.RateLimit; r != nil {
+		d, _ := time.ParseDuration(r.Per)
+		c.Guardrails.RateIncidents, c.Guardrails.RatePer = r.Incidents, d.String()
+	}
+	for _, st := range s.Steps {
+		params, err := reg[st.Function].Validate(st.Params)
+		if err != nil {
+			return c, err
+		}
+		when, after := st.When, ""
+		if st.After != "" {
+			if when == "" {
+				when = WhenSucceeded
+			}
+			for _, prev := range s.Steps {
+				if prev.ID() == st.After {
+					after = prev.Function
+				}
+			}
+		}
+		c.Steps = append(c.Steps, CompiledStep{Name: st.ID(), Function: st.Function, After: after, When: when, Params: params})
+	}
+	return c, nil
+}
+
+func protected(extra []string) []string {
+	out := slices.Concat(ProtectedNamespaces, extra)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// The Trigger manifests are written from these small types rather than
+// Knative's, whose JSON shape carries status and empty metadata fields.
+type triggerDoc struct {
+	APIVersion string      `yaml:"apiVersion"`
+	Kind       string      `yaml:"kind"`
+	Metadata   triggerMeta `yaml:"metadata"`
+	Spec       triggerSpec `yaml:"spec"`
+}
+
+type triggerMeta struct {
+	Name        string            `yaml:"name"`
+	Namespace   string            `yaml:"namespace"`
+	Labels      map[string]string `yaml:"labels"`
+	Annotations map[string]string `yaml:"annotations,omitempty"`
+}
+
+type triggerSpec struct {
+	Broker     string     `yaml:"broker"`
+	Filters    []Filter   `yaml:"filters"`
+	Subscriber subscriber `yaml:"subscriber"`
+}
+
+type subscriber struct {
+	Ref ref `yaml:"ref"`
+}
+
+type ref struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Name       string `yaml:"name"`
+}
+
+func serviceRef(fn string) subscriber {
+	return subscriber{Ref: ref{APIVersion: "serving.knative.dev/v1", Kind: "Service", Name: fn}}
+}
+
+// StepFilters are the Trigger filters of a step: the playbook's match for
+// the root, else the reply type of the step it runs after, the playbook
+// extension, and (after classify) not an escalated incident.
+func StepFilters(c Compiled, st CompiledStep) []Filter {
+	if st.After == "" {
+		return c.Match
+	}
+	if st.After == RootFunction {
+		return []Filter{
+			{Exact: map[string]string{"type": events.TypeIncidentOpened, events.ExtPlaybook: c.Name}},
+			{Not: &Filter{Exact: map[string]string{ExtResponse: ResponseEscalate}}},
+		}
+	}
+	switch st.When {
+	case WhenFailed:
+		return []Filter{{Exact: map[string]string{"type": events.StepFailed(st.After), events.ExtPlaybook: c.Name}}}
+	case WhenAlways:
+		return []Filter{
+			{Exact: map[string]string{events.ExtPlaybook: c.Name}},
+			{Any: []Filter{
+				{Exact: map[string]string{"type": events.StepDone(st.After)}},
+				{Exact: map[string]string{"type": events.StepFailed(st.After)}},
+			}},
+		}
+	default:
+		return []Filter{{Exact: map[string]string{"type": events.StepDone(st.After), events.ExtPlaybook: c.Name}}}
+	}
+}
+
+func triggersYAML(s *Source, c Compiled) ([]byte, error) {
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "# Generated by `parry playbook compile` from %s. DO NOT EDIT.\n", baseName(s.File))
+	for i, st := range c.Steps {
+		if i > 0 {
+			buf.WriteString("---\n")
+		}
+		d := triggerDoc{
+			APIVersion: "eventing.knative.dev/v1", Kind: "Trigger",
+			Metadata: triggerMeta{
+				Name: c.Name + "-" + st.Function, Namespace: Namespace,
+				Labels: map[string]string{"app.kubernetes.io/part-of": "parry", "parry.dev/playbook": c.Name, "parry.dev/step": st.Function},
+			},
+			Spec: triggerSpec{Broker: BrokerName, Filters: StepFilters(c, st), Subscriber: serviceRef(st.Function)},
+		}
+		if st.After != "" {
+			d.Metadata.Annotations = map[string]string{"parry.dev/after": st.After, "parry.dev/when": st.When}
+		}
+		if err := encode(&buf, d); err != nil {
+			return nil, err
+		}
+	}
+	return buf.Bytes(), nil
+}
+
+func baselineTriggerYAML(pbs []Compiled) []byte {
+	var buf bytes.Buffer
+	buf.WriteString("# Generated by `parry playbook compile`. DO NOT EDIT.\n" +
+		"# classify learns each workload's baseline (executables, destinations, ports)\n" +
+		"# from every exec and connect, and tracks sensor loss from health events.\n" +
+		"# Events a playbook matches reach classify through that playbook's Trigger.\n")
+	var anyOf []Filter
+	for _, t := range BaselineTypes {
+		anyOf = append(anyOf, Filter{Exact: map[string]string{"type": t}})
+	}
+	d := triggerDoc{
+		APIVersion: "eventing.knative.dev/v1", Kind: "Trigger",
+		Metadata: triggerMeta{Name: "classify-baseline", Namespace: Namespace,
+			Labels: map[string]string{"app.kubernetes.io/part-of": "parry", "parry.dev/step": RootFunction}},
+		Spec: triggerSpec{Broker: BrokerName, Filters: []Filter{{Any: anyOf}}, Subscriber: serviceRef(RootFunction)},
+	}
+	var matched []Filter
+	for _, p := range pbs {
+		matched = append(matched, Filter{All: p.Match})
+	}
+	if len(matched) > 0 {
+		d.Spec.Filters = append(d.Spec.Filters, Filter{Not: &Filter{Any: matched}})
+	}
+	if err := encode(&buf, d); err != nil {
+		panic(err) // static shape; cannot fail
+	}
+	return buf.Bytes()
+}
+
+func configMapYAML(name, key, comment string, data []byte) []byte {
+	doc := map[string]any{
+		"apiVersion": "v1", "kind": "ConfigMap",
+		"metadata": map[string]any{"name": name, "namespace": Namespace, "labels": map[string]string{"app.kubernetes.io/part-of": "parry"}},
+		"data":     map[string]string{key: string(data)},
+	}
+	var buf bytes.Buffer
+	buf.WriteString("# Generated by `parry playbook compile`. DO NOT EDIT.\n# " + comment + "\n")
+	if err := encode(&buf, doc); err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
+}
+
+func encode(buf *bytes.Buffer, v any) error {
+	enc := yaml.NewEncoder(buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	return enc.Close()
+}
+
+// brokerYAML lets manifest.Parse resolve the Triggers' Broker.
+func brokerYAML() []byte {
+	return []byte("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: " + BrokerName + ", namespace: " + Namespace + "}\n---\n")
+}
+
+func baseName(p string) string {
+	if i := strings.LastIndex(p, "/"); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
