@@ -40,6 +40,10 @@ vmlinux:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/include/vmlinux.h
 
 # Userspace CPU per event, drops, RSS and build overhead, side by side with
-# bpftrace (see sensor/bench). Needs root, bpftrace and a few minutes.
+# bpftrace (see sensor/bench): first the Go benchmarks of the record path,
+# then the load generator against the real kernel. Needs root, bpftrace
+# (apt-get install bpftrace) and about ten minutes; BENCH_FLAGS=-skip-build
+# leaves out the build-overhead runs.
 bench-sensor:
+	$(GO) test -run '^$$' -bench . -benchmem ./sensor/ ./sensor/internal/wire
 	$(GO) run ./sensor/bench $(BENCH_FLAGS)

@@ -20,6 +20,7 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/sensor"
+	"parry.dev/parry/sensor/internal/cgroups"
 )
 
 func probeUnprivileged() int {
@@ -269,8 +270,14 @@ func TestDropCounterExact(t *testing.T) {
 	p := newPod(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Scope: this pod only, so other workloads cannot touch the counts.
+	m, _ := cgroups.Discover("/proc/self/mountinfo")
+	own := filtersFile(t, "")
+	y, _ := os.ReadFile(own)
+	y = []byte(strings.Replace(string(y), "podRoots: [kubepods.slice]", "podRoots: ["+strings.TrimPrefix(p.podDir, m.V2+"/")+"]", 1))
+	os.WriteFile(own, y, 0o644)
 	cfg := sensor.Config{
-		Sink: sink.url(), FiltersPath: filtersFile(t, ""), RingBufferSize: os.Getpagesize(),
+		Sink: sink.url(), FiltersPath: own, RingBufferSize: os.Getpagesize(),
 		RecorderAddr: "-", SpoolDir: t.TempDir(), Node: "test-node", HealthInterval: time.Hour,
 	}
 	s, err := sensor.New(ctx, cfg, testLog(t))
@@ -442,5 +449,48 @@ func TestBadBTF(t *testing.T) {
 	_, err = sensor.New(context.Background(), sensor.Config{BTFPath: "/nonexistent/vmlinux", RecorderAddr: "-", SpoolDir: "-"}, testLog(t))
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing --btf file: %v", err)
+	}
+}
+
+// TestShortLivedPod: a pod whose container ran for a moment and whose
+// cgroups are gone before the sensor reads its records is still
+// attributed (the exec record carries the cgroup names), and its history
+// stays in the flight recorder.
+func TestShortLivedPod(t *testing.T) {
+	requireKernel(t)
+	sink := newTestSink(t)
+	ensurePodRoot(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := sensor.Config{Sink: sink.url(), FiltersPath: filtersFile(t, ""), RecorderAddr: "127.0.0.1:0", SpoolDir: t.TempDir(), Node: "test-node"}
+	s, err := sensor.New(ctx, cfg, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p := newPod(t)
+	if out, err := p.run(t, "/usr/bin/cat", "/etc/shadow"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	p.remove() // the pod is gone before anything is read
+	if _, err := os.Stat(p.dir); !os.IsNotExist(err) {
+		t.Fatalf("cgroup still there: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	ev := sink.wait(t, 5*time.Second, "exec event of the gone pod", func(ev cloudevents.Event) bool {
+		return ev.Type() == events.TypeProcessExec && ext(ev, events.ExtExe) == "/usr/bin/cat" && ext(ev, events.ExtPodUID) == p.uid
+	})
+	if ext(ev, events.ExtContainerID) != p.cid {
+		t.Errorf("containerid %q", ext(ev, events.ExtContainerID))
+	}
+	// the open happened in the same cgroup: attributed from the cache
+	sink.wait(t, 5*time.Second, "file event of the gone pod", func(ev cloudevents.Event) bool {
+		return ev.Type() == events.TypeFileOpen && ext(ev, events.ExtPodUID) == p.uid
+	})
+	h, ok := s.PodHistory(p.uid)
+	if !ok || len(h.Cgroups) != 1 || len(h.Cgroups[0].Files) != 1 {
+		t.Fatalf("flight recorder lost the pod: %v %+v", ok, h)
 	}
 }

@@ -11,16 +11,22 @@ import (
 // syscall tracepoints are found through it. It must run before the first
 // tracepoint is attached (cilium/ebpf looks the mount up once). Without it
 // the tracepoint hooks are reported inactive and the rest still runs.
-func ensureTracefs(log zerolog.Logger) {
-	if tracefsAt("/sys/kernel/tracing") || tracefsAt("/sys/kernel/debug/tracing") {
-		return
+func ensureTracefs(log zerolog.Logger, dirs ...string) bool {
+	if len(dirs) == 0 {
+		dirs = []string{"/sys/kernel/tracing", "/sys/kernel/debug/tracing"}
 	}
-	err := unix.Mount("nodev", "/sys/kernel/tracing", "tracefs", 0, "")
-	if err == nil {
-		log.Info().Str("path", "/sys/kernel/tracing").Msg("mounted tracefs (it was not mounted; syscall tracepoints need it)")
-		return
+	for _, d := range dirs {
+		if tracefsAt(d) {
+			return true
+		}
 	}
-	log.Warn().Err(err).Msg("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: syscall tracepoint hooks (opens, privilege signals) will be inactive; mount it (mount -t tracefs nodev /sys/kernel/tracing) or give the sensor CAP_SYS_ADMIN")
+	err := unix.Mount("nodev", dirs[0], "tracefs", 0, "")
+	if err == nil && tracefsAt(dirs[0]) {
+		log.Info().Str("path", dirs[0]).Msg("mounted tracefs (it was not mounted; syscall tracepoints need it)")
+		return true
+	}
+	log.Warn().AnErr("error", err).Str("path", dirs[0]).Msg("tracefs is not mounted and mounting it failed: syscall tracepoint hooks (opens, privilege signals) will be inactive; mount it (mount -t tracefs nodev /sys/kernel/tracing) or give the sensor CAP_SYS_ADMIN")
+	return false
 }
 
 func tracefsAt(dir string) bool {
