@@ -18,6 +18,7 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/guard"
 )
 
 // Name is the step's name: the Knative Service and the <name> in its reply
@@ -91,14 +92,20 @@ type Options struct {
 	// the pod (serviceaccount, prefix by annotation, an expected service
 	// account) fail with a reason saying so.
 	Kube kubernetes.Interface
+	// Playbooks, when set, gives each event the parameters and guardrails
+	// of its playbook (the event's playbook extension); Params is then only
+	// the fallback for events of no playbook.
+	Playbooks function.Playbooks
 }
 
 // Revoker is the revoke step with its clients.
 type Revoker struct {
-	vault  *vaultapi.Client
-	kube   kubernetes.Interface
-	params function.Params
-	log    zerolog.Logger
+	vault     *vaultapi.Client
+	kube      kubernetes.Interface
+	params    function.Params
+	playbooks function.Playbooks
+	guard     *guard.Guard
+	log       zerolog.Logger
 }
 
 // New builds the step. client carries the step's own Vault token (see
@@ -111,12 +118,27 @@ func New(client *vaultapi.Client, opts Options, log zerolog.Logger) (*Revoker, e
 	if err != nil {
 		return nil, err
 	}
-	return &Revoker{vault: client, kube: opts.Kube, params: p, log: log.With().Str("component", "function/"+Name).Logger()}, nil
+	return &Revoker{vault: client, kube: opts.Kube, params: p, playbooks: opts.Playbooks, guard: guard.New(),
+		log: log.With().Str("component", "function/"+Name).Logger()}, nil
 }
 
-// Handle revokes with the parameters the Revoker was built with.
+// Handle revokes with the parameters of the event's playbook, after its
+// guardrails; without Options.Playbooks, with those the Revoker was built
+// with.
 func (r *Revoker) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
-	return r.HandleParams(ctx, e, r.params)
+	playbook := events.String(e, events.ExtPlaybook)
+	if r.playbooks == nil || playbook == "" {
+		return r.HandleParams(ctx, e, r.params)
+	}
+	cfg, err := r.playbooks.StepConfig(playbook, Name)
+	if err != nil {
+		return r.reply(e, events.StepFailed(Name), "", Result{Reason: fmt.Sprintf("playbook %q: %v", playbook, err)})
+	}
+	target := guard.Target{Playbook: playbook, Incident: events.String(e, events.ExtIncident), Namespace: events.String(e, events.ExtPodNamespace)}
+	if refusal := r.guard.Admit(target, cfg.Guard); refusal != nil {
+		return r.reply(e, events.StepFailed(Name), "", Result{Reason: refusal.Reason})
+	}
+	return r.HandleParams(ctx, e, cfg.Params)
 }
 
 // Result is the data of dev.parry.step.revoke.done.v1 (and, with Reason, of
