@@ -4,7 +4,7 @@ export CGO_ENABLED ?= 0
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X parry.dev/parry/internal/buildinfo.Version=$(VERSION)
 
-.PHONY: all build run test vet fmt-check unit bench-broker
+.PHONY: all build run test vet fmt-check unit bench-broker playbooks-check
 
 all: build
 
@@ -27,7 +27,14 @@ unit:
 
 # Everything: formatting, vet, generated BPF code up to date, the pinned
 # servers built (cached), then every test.
-test: fmt-check vet generate-check tools unit
+test: fmt-check vet generate-check playbooks-check tools unit
+
+# The compiled playbooks in config/ are what playbooks/ compiles to.
+playbooks-check:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	$(GO) run ./cmd/parry playbook compile --out $$tmp playbooks/ >/dev/null && \
+	for f in $$tmp/*; do cmp -s $$f config/$$(basename $$f) || { echo "config/$$(basename $$f) is stale: run 'go run ./cmd/parry playbook compile --out config/ playbooks/'"; exit 1; }; done && \
+	for f in config/300-sensor-filters.yaml config/310-playbooks.yaml config/390-classify-baseline.yaml config/400-playbook-*.yaml; do [ -e $$tmp/$$(basename $$f) ] || { echo "$$f is no longer generated: remove it or recompile"; exit 1; }; done
 
 # The embedded default's hot path: ingress → 50 Triggers → journal → handler.
 bench-broker:
