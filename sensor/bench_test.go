@@ -23,6 +23,7 @@ func (p pathRes) Path(id uint64) (string, error) { return p[id], nil }
 func benchSensor(b *testing.B, coalesce time.Duration) *Sensor {
 	cfg := Config{Node: "bench", CoalesceWindow: coalesce, RecorderAddr: "-", SpoolDir: "-"}
 	cfg.applyDefaults()
+	cfg.derive()
 	em, err := emit.New(emit.Options{Sink: "http://127.0.0.1:1/", QueueLen: 1 << 30, Log: zerolog.Nop()})
 	if err != nil {
 		b.Fatal(err)

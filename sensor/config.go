@@ -132,11 +132,18 @@ func (c *Config) applyDefaults() {
 		// first record after a quiet spell still wakes it at once.
 		c.WakeupInterval = 10 * time.Millisecond
 	}
-	if c.PollInterval == 0 {
-		c.PollInterval = 2 * c.WakeupInterval
-	}
+
 	if c.CgroupMode == "" {
 		c.CgroupMode = "auto"
+	}
+}
+
+// derive fills the defaults that depend on other fields, once the flags
+// have been parsed (DefaultConfig leaves them zero so --node and
+// --wakeup-interval still move them).
+func (c *Config) derive() {
+	if c.PollInterval == 0 {
+		c.PollInterval = 2 * c.WakeupInterval
 	}
 	if c.Source == "" {
 		c.Source = "parry://sensor/" + c.Node

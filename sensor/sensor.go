@@ -102,6 +102,7 @@ type Sensor struct {
 // and emitter. Nothing is read until Run.
 func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	cfg.applyDefaults()
+	cfg.derive()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}

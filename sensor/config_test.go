@@ -1,0 +1,37 @@
+package sensor
+
+import (
+	"flag"
+	"testing"
+	"time"
+)
+
+// TestFlagsMoveDerivedDefaults: --node and --wakeup-interval given on the
+// command line still move the source and the poll interval.
+func TestFlagsMoveDerivedDefaults(t *testing.T) {
+	t.Setenv("K_SINK", "http://sink.example/")
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse([]string{"--node", "node-7", "--wakeup-interval", "50ms", "--disable-hooks", "exec/tp_btf,priv.*"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.applyDefaults()
+	cfg.derive()
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Source != "parry://sensor/node-7" || cfg.PollInterval != 100*time.Millisecond || cfg.Sink != "http://sink.example/" {
+		t.Fatalf("%+v", cfg)
+	}
+	if len(cfg.DisableHooks) != 2 {
+		t.Fatalf("disable-hooks %v", cfg.DisableHooks)
+	}
+	bad := DefaultConfig()
+	bad.RingBufferSize = 3000
+	bad.CgroupMode = "v3"
+	bad.derive()
+	if err := bad.validate(); err == nil {
+		t.Fatal("bad config accepted")
+	}
+}
