@@ -171,6 +171,9 @@ func malformed(format string, args ...any) error {
 // concurrent use.
 type Parser struct {
 	intern map[string]string
+	// argv repeats too (probes, health checks, storms): split once. The
+	// cached slices are shared; callers must not modify Record.Args.
+	args map[string][]string
 }
 
 // maxInterned bounds the intern table; it is reset, not grown, beyond.
@@ -189,6 +192,22 @@ func (p *Parser) str(b []byte) string {
 	s := string(b)
 	p.intern[s] = s
 	return s
+}
+
+func (p *Parser) argv(b []byte) []string {
+	if p != nil {
+		if a, ok := p.args[string(b)]; ok { // no allocation for the lookup
+			return a
+		}
+	}
+	a := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	if p != nil {
+		if p.args == nil || len(p.args) >= maxInterned/2 {
+			p.args = make(map[string][]string, 256)
+		}
+		p.args[string(b)] = a
+	}
+	return a
 }
 
 var le = binary.LittleEndian
@@ -291,8 +310,7 @@ func (p *Parser) exec(b []byte, r *Record) error {
 	data := b[ExecFixedSize:]
 	r.Exe = p.str(data[:exeLen])
 	if args := data[exeLen : exeLen+argsLen]; len(args) > 0 {
-		s := strings.TrimRight(string(args), "\x00")
-		r.Args = strings.Split(s, "\x00")
+		r.Args = p.argv(args)
 	}
 	cg := data[exeLen+argsLen:]
 	leaf := cstr(cg)
