@@ -41,7 +41,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 		// ConfigMap in config/, as the DaemonSet mounts it in a cluster.
 		path, ok, err := playbook.SensorFiltersFromConfig(*configDir, dirs.State)
 		if err != nil {
-			return err
+			return fmt.Errorf("writing the sensor's filters beside the journal: %w (pass --journal with a writable path)", err)
 		}
 		if ok {
 			sensorCfg.FiltersPath = path

@@ -59,6 +59,10 @@ func Spec() function.Spec {
 	}
 }
 
+// noCluster is why Kubernetes writes were skipped under parry run without
+// a cluster; the in-kernel block still applies.
+const noCluster = "skipped: no Kubernetes cluster (KUBECONFIG is unset); only the in-kernel block applies"
+
 // SensorLocator returns the API of the sensor on a node.
 type SensorLocator func(ctx context.Context, node string) (*client.Client, error)
 
@@ -73,7 +77,8 @@ type Isolator struct {
 }
 
 // New returns the step. sensors may be nil where no sensor runs; the kernel
-// block is then reported as not applied.
+// block is then reported as not applied. kube may be nil without a cluster;
+// the label and policy are then reported as skipped.
 func New(kube kubernetes.Interface, sensors SensorLocator, playbooks function.Playbooks, log zerolog.Logger) *Isolator {
 	return &Isolator{kube: kube, sensors: sensors, playbooks: playbooks, guard: guard.New(), log: log.With().Str("component", Name).Logger(), now: time.Now}
 }
@@ -91,6 +96,8 @@ type Result struct {
 	NetworkPolicy string    `json:"networkPolicy"`
 	PolicyAt      time.Time `json:"networkPolicyAt,omitzero"`
 	PodGone       bool      `json:"podGone,omitempty"`
+	// Kubernetes says why the label and policy were skipped, if they were.
+	Kubernetes string `json:"kubernetes,omitempty"`
 	// Intended holds, with dryRun, the exact objects that would be written.
 	Intended []any `json:"intended,omitempty"`
 }
@@ -109,8 +116,14 @@ func (s *Isolator) Handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 	res := Result{Namespace: ns, Pod: name, PodUID: uid, Node: events.String(e, events.ExtNode), DryRun: cfg.DryRun,
 		Label: QuarantineLabel + "=" + labelValue(incident), NetworkPolicy: policyName(incident), KernelBlock: "off"}
 
-	pod, err := s.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	var pod *corev1.Pod
+	if s.kube == nil {
+		res.Kubernetes = noCluster
+	} else {
+		pod, err = s.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	}
 	switch {
+	case s.kube == nil:
 	case apierrors.IsNotFound(err):
 		res.PodGone = true
 	case err != nil:
@@ -148,6 +161,9 @@ func (s *Isolator) Handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 
 	if cfg.Params.Bool("kernelBlock") && res.PodUID != "" {
 		res.KernelBlock, res.KernelBlockAt = s.blockInKernel(ctx, res.Node, res.PodUID)
+	}
+	if s.kube == nil {
+		return s.done(e, res)
 	}
 	if !res.PodGone {
 		_, err := s.kube.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "parry-isolate"})

@@ -88,6 +88,9 @@ func (s *Respawner) Handle(ctx context.Context, e cloudevents.Event) (*cloudeven
 	if err != nil {
 		return s.failed(e, fmt.Sprintf("playbook %q: %v", playbook, err))
 	}
+	if s.kube == nil {
+		return s.failed(e, "skipped: no Kubernetes cluster (KUBECONFIG is unset): nothing to respawn")
+	}
 	evidenceSaved := e.Type() == events.StepDone("snapshot")
 	res := Result{Namespace: ns, Pod: name, DryRun: cfg.DryRun}
 

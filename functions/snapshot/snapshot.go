@@ -75,7 +75,9 @@ type Snapshotter struct {
 }
 
 // New returns the step writing bundles below store (a directory). meta reads
-// the owner chain, whatever kind each owner is.
+// the owner chain, whatever kind each owner is. kube and meta may be nil
+// without a cluster: the bundle then holds the flight recorder only, and
+// says why.
 func New(kube kubernetes.Interface, meta metadata.Interface, sensors SensorLocator, playbooks function.Playbooks, store string, log zerolog.Logger) *Snapshotter {
 	return &Snapshotter{kube: kube, meta: meta, sensors: sensors, playbooks: playbooks, store: store, guard: guard.New(), log: log.With().Str("component", Name).Logger()}
 }
@@ -118,8 +120,13 @@ func (s *Snapshotter) Handle(ctx context.Context, e cloudevents.Event) (*cloudev
 	}
 
 	b := &bundle{files: map[string][]byte{}}
-	pod, err := s.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	var pod *corev1.Pod
+	if s.kube != nil {
+		pod, err = s.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	}
 	switch {
+	case s.kube == nil:
+		res.Unavailable["pod.json"] = "no Kubernetes cluster (KUBECONFIG is unset): pod, owners, events and logs are not saved"
 	case apierrors.IsNotFound(err) || (err == nil && string(pod.UID) != uid):
 		res.PodGone = true
 		res.Unavailable["pod.json"] = "the pod no longer exists; the flight recorder holds what happened in it"
@@ -133,10 +140,13 @@ func (s *Snapshotter) Handle(ctx context.Context, e cloudevents.Event) (*cloudev
 		b.json("owners.json", s.owners(ctx, pod, res.Unavailable))
 		s.logs(ctx, pod, int64(cfg.Params.Int("logLines")), b, res.Unavailable)
 	}
-	if evs, err := s.kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("involvedObject.uid", uid).String()}); err == nil {
-		b.json("events.json", evs.Items)
-	} else {
-		res.Unavailable["events.json"] = err.Error()
+	if s.kube != nil {
+		evs, err := s.kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("involvedObject.uid", uid).String()})
+		if err == nil {
+			b.json("events.json", evs.Items)
+		} else {
+			res.Unavailable["events.json"] = err.Error()
+		}
 	}
 	node := events.String(e, events.ExtNode)
 	if node == "" && pod != nil {

@@ -65,7 +65,7 @@ func Main(name string, build func(ctx context.Context, d Deps) (function.Handler
 
 func run(ctx context.Context, build func(context.Context, Deps) (function.Handler, error), log zerolog.Logger) error {
 	d := Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), Log: log}
-	cfg, err := kubeConfig()
+	cfg, err := KubeConfig()
 	if err != nil {
 		log.Warn().Err(err).Msg("no Kubernetes cluster: steps that act on pods will fail with that reason")
 	} else {
@@ -89,7 +89,8 @@ func run(ctx context.Context, build func(context.Context, Deps) (function.Handle
 	return function.Serve(ctx, ":"+envOr("PORT", "8080"), h, log)
 }
 
-func kubeConfig() (*rest.Config, error) {
+// KubeConfig is the in-cluster config, else $KUBECONFIG's.
+func KubeConfig() (*rest.Config, error) {
 	if cfg, err := rest.InClusterConfig(); err == nil {
 		return cfg, nil
 	}
