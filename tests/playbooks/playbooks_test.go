@@ -1,0 +1,338 @@
+package playbooks
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/rs/zerolog"
+
+	"parry.dev/parry/functions/classify"
+	"parry.dev/parry/internal/broker"
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/internal/stack"
+	"parry.dev/parry/sensor"
+	"parry.dev/parry/tests/podcgroup"
+)
+
+const configDir = "../../config"
+
+// replies records what classify answered, as the broker saw it.
+type replies struct {
+	mu     sync.Mutex
+	evs    []cloudevents.Event
+	inputs map[string]int // events classify received, by poduid
+}
+
+func (r *replies) input(e cloudevents.Event) {
+	r.mu.Lock()
+	r.inputs[events.String(e, events.ExtPodUID)]++
+	r.mu.Unlock()
+}
+
+func (r *replies) received(poduid string) int { r.mu.Lock(); defer r.mu.Unlock(); return r.inputs[poduid] }
+
+// count returns how many replies of type typ classify gave for the pod.
+func (r *replies) count(poduid, typ string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, e := range r.evs {
+		if e.Type() == typ && events.String(e, events.ExtPodUID) == poduid {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *replies) add(e cloudevents.Event) { r.mu.Lock(); r.evs = append(r.evs, e); r.mu.Unlock() }
+
+// incidents returns the incident.opened events of one pod.
+func (r *replies) incidents(poduid string) []cloudevents.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []cloudevents.Event
+	seen := map[string]bool{}
+	for _, e := range r.evs {
+		if e.Type() != events.TypeIncidentOpened || events.String(e, events.ExtPodUID) != poduid {
+			continue
+		}
+		// The same first event delivered by two Triggers yields the same
+		// reply id: one incident, recorded once.
+		if !seen[e.ID()] {
+			seen[e.ID()] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// startStack runs the embedded default as `parry run` does: config/ as
+// compiled, the sensor with the compiled filters, classify in-process.
+func startStack(t *testing.T) *replies {
+	t.Helper()
+	podcgroup.Require(t)
+	if err := sensor.Probe(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true: the sensor cannot run here: %v", err)
+		}
+		t.Skipf("the sensor cannot run here: %v", err)
+	}
+	if err := podcgroup.EnsureRoot(); err != nil {
+		t.Fatal(err)
+	}
+	os.Unsetenv("KUBECONFIG") // no cluster: pods are attributed from cgroup paths
+	state := t.TempDir()
+	filters, ok, err := playbook.SensorFiltersFromConfig(configDir, state)
+	if err != nil || !ok {
+		t.Fatalf("compiled sensor filters in %s: ok=%v err=%v", configDir, ok, err)
+	}
+	cfg := sensor.DefaultConfig()
+	// Coalescing off: every repetition of a burst reaches classify, so the
+	// tests prove its dedup, not only the sensor's.
+	cfg.CoalesceWindow = -1
+	cfg.FiltersPath, cfg.RecorderAddr, cfg.SpoolDir, cfg.Node, cfg.Kubeconfig = filters, "127.0.0.1:0", filepath.Join(state, "spool"), "test-node", ""
+	bundle, err := playbook.LoadBundle(configDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := zerolog.New(io.Discard)
+	if testing.Verbose() {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.InfoLevel)
+	}
+	rec := &replies{inputs: map[string]int{}}
+	c, err := classify.New(classify.Options{Bundle: bundle, StorePath: filepath.Join(state, "classify.json"), Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := stack.Start(context.Background(), stack.Options{
+		ConfigDir: configDir, JournalPath: filepath.Join(state, "journal.db"), Listen: "127.0.0.1:0",
+		Sensor: &cfg, Log: log,
+		Functions: func(*stack.Stack) (map[string]broker.Handler, error) {
+			return map[string]broker.Handler{classify.Name: func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
+				rec.input(e)
+				r, err := c.Handle(ctx, e)
+				if r != nil {
+					rec.add(*r)
+				}
+				return r, err
+			}}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Sensor == nil {
+		t.Fatalf("the sensor did not start: %v", s.SensorDisabled)
+	}
+	t.Cleanup(func() { s.Stop() })
+	return rec
+}
+
+// burst is how often each attack is repeated: a burst is still one incident.
+const burst = 4
+
+// attacks perform each shipped playbook's behaviour in a pod.
+var attacks = map[string]func(t *testing.T, p *podcgroup.Pod){
+	"reverse-shell": func(t *testing.T, p *podcgroup.Pod) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		port := ln.Addr().(*net.TCPAddr).Port
+		for range burst {
+			// bash's /dev/tcp: the shell itself dials out.
+			mustRun(t, p, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/"+itoa(port)+"; exec 3>&-")
+		}
+	},
+	"crypto-miner": func(t *testing.T, p *podcgroup.Pod) {
+		for range burst {
+			mustHelper(t, p, "connect", "127.0.0.1:3333")
+		}
+	},
+	"package-manager": func(t *testing.T, p *podcgroup.Pod) {
+		for range burst {
+			mustRun(t, p, "dpkg", "--version")
+		}
+	},
+	"dropped-binary": func(t *testing.T, p *podcgroup.Pod) {
+		bin := filepath.Join(t.TempDir(), "dropper") // below /tmp
+		copyFile(t, "/bin/true", bin)
+		for range burst {
+			mustRun(t, p, bin)
+		}
+	},
+	"fileless-exec": func(t *testing.T, p *podcgroup.Pod) {
+		for range burst {
+			mustHelper(t, p, "memfd-exec")
+		}
+	},
+	"sensitive-file": func(t *testing.T, p *podcgroup.Pod) {
+		for range burst {
+			mustRun(t, p, "cat", "/etc/shadow")
+		}
+	},
+	"cloud-metadata": func(t *testing.T, p *podcgroup.Pod) {
+		for range burst {
+			mustHelper(t, p, "connect", "169.254.169.254:80")
+		}
+	},
+	"k8s-client": func(t *testing.T, p *podcgroup.Pod) {
+		// Not below /tmp, which would be a dropped binary as well.
+		dir, err := os.MkdirTemp("/run", "parry-test-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		kubectl := filepath.Join(dir, "kubectl")
+		copyFile(t, "/bin/true", kubectl)
+		for range burst {
+			mustRun(t, p, kubectl, "get", "secrets", "-A")
+		}
+	},
+	"privilege-change": func(t *testing.T, p *podcgroup.Pod) {
+		for range burst {
+			mustHelper(t, p, "setuid")
+		}
+	},
+	"ptrace": func(t *testing.T, p *podcgroup.Pod) {
+		for range burst {
+			mustHelper(t, p, "ptrace")
+		}
+	},
+}
+
+func TestShippedPlaybooks(t *testing.T) {
+	srcs, err := playbook.Load("../../playbooks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range srcs {
+		names = append(names, s.Metadata.Name)
+		if attacks[s.Metadata.Name] == nil {
+			t.Errorf("playbook %s has no end-to-end test: add its attack to attacks", s.Metadata.Name)
+		}
+	}
+	rec := startStack(t)
+	for _, name := range names {
+		attack := attacks[name]
+		if attack == nil {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			p := podcgroup.New(t)
+			start := time.Now()
+			attack(t, p)
+			got := waitIncidents(t, rec, p.UID, 15*time.Second)
+			if len(got) == 0 {
+				t.Fatalf("no incident opened for pod %s within 15s of the attack", p.UID)
+			}
+			t.Logf("incident %s after %s", events.String(got[0], events.ExtIncident), time.Since(start).Round(time.Millisecond))
+			// Let the rest of the burst arrive: it must join, not open.
+			time.Sleep(2 * time.Second)
+			got = rec.incidents(p.UID)
+			var desc []string
+			for _, e := range got {
+				desc = append(desc, events.String(e, events.ExtPlaybook)+"/"+events.String(e, events.ExtIncident))
+			}
+			if len(got) != 1 || events.String(got[0], events.ExtPlaybook) != name {
+				t.Fatalf("want exactly one incident of playbook %s for the pod, got %d: %v", name, len(got), desc)
+			}
+			if sev := events.String(got[0], events.ExtSeverity); sev == "" {
+				t.Errorf("incident without severity")
+			}
+			joined := rec.count(p.UID, classify.TypeIncidentJoined)
+			t.Logf("classify received %d events of the pod, joined %d to the incident", rec.received(p.UID), joined)
+			if joined == 0 {
+				t.Errorf("the burst of %d reached classify as one event: the dedup was not exercised", burst)
+			}
+		})
+	}
+}
+
+// TestBenignBuild builds and tests a package of this project inside a pod
+// under the sensor: no playbook may open an incident for it.
+func TestBenignBuild(t *testing.T) {
+	rec := startStack(t)
+	p := podcgroup.New(t)
+	cmd := p.Command(t, "go", "test", "-count=1", "./internal/events/")
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go test in the pod: %v\n%s", err, out)
+	}
+	time.Sleep(3 * time.Second)
+	// The sensor must have watched the build, or this test proves nothing.
+	if n := rec.received(p.UID); n < 3 {
+		t.Fatalf("classify received only %d events of the build's pod: the sensor did not watch it", n)
+	}
+	t.Logf("classify learned from %d events of the build", rec.received(p.UID))
+	if got := rec.incidents(p.UID); len(got) != 0 {
+		var desc []string
+		for _, e := range got {
+			desc = append(desc, events.String(e, events.ExtPlaybook)+": "+string(e.Data()))
+		}
+		t.Fatalf("a benign build opened %d incidents:\n%s", len(got), strings.Join(desc, "\n"))
+	}
+}
+
+func waitIncidents(t *testing.T, rec *replies, poduid string, within time.Duration) []cloudevents.Event {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if got := rec.incidents(poduid); len(got) > 0 {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
+
+func mustRun(t *testing.T, p *podcgroup.Pod, name string, args ...string) {
+	t.Helper()
+	if out, err := p.Run(t, name, args...); err != nil {
+		t.Fatalf("%s %v in the pod: %v\n%s", name, args, err, out)
+	}
+}
+
+func mustHelper(t *testing.T, p *podcgroup.Pod, mode string, args ...string) {
+	t.Helper()
+	cmd := p.Command(t, os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "PARRY_PLAYBOOK_HELPER="+mode)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("helper %s in the pod: %v\n%s", mode, err, out)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
