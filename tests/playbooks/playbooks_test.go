@@ -39,7 +39,11 @@ func (r *replies) input(e cloudevents.Event) {
 	r.mu.Unlock()
 }
 
-func (r *replies) received(poduid string) int { r.mu.Lock(); defer r.mu.Unlock(); return r.inputs[poduid] }
+func (r *replies) received(poduid string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inputs[poduid]
+}
 
 // count returns how many replies of type typ classify gave for the pod.
 func (r *replies) count(poduid, typ string) int {
