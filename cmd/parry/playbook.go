@@ -6,24 +6,10 @@ import (
 	"fmt"
 	"io"
 
-	"parry.dev/parry/functions/classify"
-	"parry.dev/parry/functions/isolate"
-	"parry.dev/parry/functions/revoke"
-	"parry.dev/parry/functions/snapshot"
-	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/manifest"
 	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/internal/steps"
 )
-
-// stepSpecs are the steps playbooks may use, with their parameters.
-func stepSpecs() playbook.Registry {
-	reg := playbook.Registry{}
-	for _, s := range []func() function.Spec{classify.Spec, isolate.Spec, snapshot.Spec, revoke.Spec} {
-		spec := s()
-		reg[spec.Name] = spec
-	}
-	return reg
-}
 
 func playbookCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -44,7 +30,7 @@ func playbookCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		if err != nil {
 			return positioned(err, stderr)
 		}
-		if errs := playbook.Validate(srcs, stepSpecs()); len(errs) > 0 {
+		if errs := playbook.Validate(srcs, steps.Specs()); len(errs) > 0 {
 			return positioned(errs, stderr)
 		}
 		fmt.Fprintf(stdout, "%d playbooks valid\n", len(srcs))
@@ -63,7 +49,7 @@ func playbookCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		if err != nil {
 			return positioned(err, stderr)
 		}
-		files, err := playbook.Compile(ctx, srcs, stepSpecs())
+		files, err := playbook.Compile(ctx, srcs, steps.Specs())
 		if err != nil {
 			return positioned(err, stderr)
 		}

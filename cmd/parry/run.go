@@ -10,6 +10,7 @@ import (
 	"parry.dev/parry/internal/logging"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
+	"parry.dev/parry/internal/steps"
 	"parry.dev/parry/sensor"
 )
 
@@ -35,7 +36,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dirs := runDirs{Config: *configDir, State: filepath.Dir(*journalPath)}
+	dirs := steps.Dirs{Config: *configDir, State: filepath.Dir(*journalPath)}
 	if sensorCfg.FiltersPath == "" {
 		// The sensor watches what the playbooks need: the compiled
 		// ConfigMap in config/, as the DaemonSet mounts it in a cluster.
@@ -49,7 +50,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	opts := stack.Options{
 		ConfigDir: *configDir, JournalPath: *journalPath, Listen: *listen, MaxEventBytes: *maxEvent, Log: log,
-		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) { return functions(s, log, dirs) },
+		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) { return steps.InProcess(s, log, dirs) },
 	}
 	if !*noSensor {
 		opts.Sensor = &sensorCfg

@@ -1,4 +1,8 @@
-package main
+// Package steps assembles parry's response steps: their declared specs (the
+// registry playbooks are validated against) and, for the embedded default,
+// the in-process handlers with their clients injected. parry run and the
+// end-to-end tests both build the steps here, so they run the same thing.
+package steps
 
 import (
 	"errors"
@@ -17,26 +21,36 @@ import (
 	"parry.dev/parry/functions/revoke"
 	"parry.dev/parry/functions/snapshot"
 	"parry.dev/parry/internal/broker"
+	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/function/fnmain"
 	"parry.dev/parry/internal/httpclient"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
 )
 
-// runDirs are where parry run's functions find their configuration and keep
+// Dirs are where the in-process steps find their configuration and keep
 // their state.
-type runDirs struct {
+type Dirs struct {
 	Config string // config/: the compiled playbooks
 	State  string // beside the journal
 }
 
-// functions builds the response steps that run in-process under parry run,
+// Specs is every step playbooks may use, by function name.
+func Specs() playbook.Registry {
+	reg := playbook.Registry{}
+	for _, spec := range []function.Spec{classify.Spec(), isolate.Spec(), snapshot.Spec(), respawn.Spec(), revoke.Spec()} {
+		reg[spec.Name] = spec
+	}
+	return reg
+}
+
+// InProcess builds the response steps that run in-process under parry run,
 // each with its clients injected, keyed by the Knative Service name that
 // runs it in a cluster (the name Trigger subscribers reference). Steps read
 // their parameters and guardrails from the playbooks compiled into config/
 // (the ConfigMap a cluster mounts), and keep their state (classify's
 // baselines and open incidents, evidence bundles) beside the journal.
-func functions(s *stack.Stack, log zerolog.Logger, dirs runDirs) (map[string]broker.Handler, error) {
+func InProcess(s *stack.Stack, log zerolog.Logger, dirs Dirs) (map[string]broker.Handler, error) {
 	configDir, stateDir := dirs.Config, dirs.State
 	hc := httpclient.New(30 * time.Second)
 	fns := map[string]broker.Handler{
