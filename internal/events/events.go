@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -150,7 +149,7 @@ func SetCause(e *cloudevents.Event, cause cloudevents.Event) {
 // it is malformed.
 func TraceID(e cloudevents.Event) string {
 	tp := String(e, ExtTraceparent)
-	if !traceparentRE.MatchString(tp) {
+	if !validTraceparent(tp) {
 		return ""
 	}
 	return tp[3:35]
@@ -213,13 +212,38 @@ func traceparent(traceID, spanID string) string {
 	return "00-" + traceID + "-" + spanID + "-01"
 }
 
-var (
-	extensionNameRE = regexp.MustCompile(`^[a-z0-9]{1,20}$`)
-	traceparentRE   = regexp.MustCompile(`^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
-)
+// validName and validTraceparent are hand-written rather than regular
+// expressions: the broker checks every attribute of every event.
+func validName(name string) bool {
+	if len(name) == 0 || len(name) > 20 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// validTraceparent checks the W3C form 00-<32 hex>-<16 hex>-<2 hex>.
+func validTraceparent(tp string) bool {
+	if len(tp) != 55 || tp[:3] != "00-" || tp[35] != '-' || tp[52] != '-' {
+		return false
+	}
+	for i := 3; i < 55; i++ {
+		if i == 35 || i == 52 {
+			continue
+		}
+		if c := tp[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 func checkExtensionName(name string) error {
-	if !extensionNameRE.MatchString(name) {
+	if !validName(name) {
 		return fmt.Errorf("events: extension attribute %q: names must be 1-20 characters of lower-case a-z and 0-9 (CloudEvents 1.0)", name)
 	}
 	return nil
@@ -241,7 +265,7 @@ func Validate(e cloudevents.Event) error {
 		}
 	}
 	if tp, ok := e.Extensions()[ExtTraceparent]; ok {
-		if s, _ := tp.(string); !traceparentRE.MatchString(s) {
+		if s, _ := tp.(string); !validTraceparent(s) {
 			return fmt.Errorf("invalid CloudEvent: attribute traceparent %q is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)", tp)
 		}
 	}

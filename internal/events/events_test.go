@@ -136,3 +136,24 @@ func TestNewRejectsBadInput(t *testing.T) {
 		t.Error(got)
 	}
 }
+
+func FuzzValidate(f *testing.F) {
+	f.Add("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	f.Add("Bad_Name", "x")
+	f.Add("podname", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0")
+	f.Fuzz(func(t *testing.T, name, value string) {
+		e := cloudevents.NewEvent()
+		e.SetID("1")
+		e.SetSource("s")
+		e.SetType("t")
+		e.Context.(*cloudevents.EventContextV1).Extensions = map[string]any{name: value}
+		err := events.Validate(e)
+		nameOK := len(name) > 0 && len(name) <= 20 && strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789") == ""
+		if nameOK && name != events.ExtTraceparent && err != nil {
+			t.Fatalf("valid extension %q rejected: %v", name, err)
+		}
+		if !nameOK && err == nil {
+			t.Fatalf("invalid extension name %q accepted", name)
+		}
+	})
+}
