@@ -2,6 +2,7 @@ package playbooks
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -18,8 +19,10 @@ import (
 	"parry.dev/parry/functions/classify"
 	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
+	"parry.dev/parry/internal/steps"
 	"parry.dev/parry/sensor"
 	"parry.dev/parry/tests/podcgroup"
 )
@@ -82,7 +85,7 @@ func (r *replies) incidents(poduid string) []cloudevents.Event {
 
 // startStack runs the embedded default as `parry run` does: config/ as
 // compiled, the sensor with the compiled filters, classify in-process.
-func startStack(t *testing.T) *replies {
+func startStack(t *testing.T) (*replies, *stack.Stack) {
 	t.Helper()
 	podcgroup.Require(t)
 	if err := sensor.Probe(); err != nil {
@@ -105,31 +108,34 @@ func startStack(t *testing.T) *replies {
 	// tests prove its dedup, not only the sensor's.
 	cfg.CoalesceWindow = -1
 	cfg.FiltersPath, cfg.RecorderAddr, cfg.SpoolDir, cfg.Node, cfg.Kubeconfig = filters, "127.0.0.1:0", filepath.Join(state, "spool"), "test-node", ""
-	bundle, err := playbook.LoadBundle(configDir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	log := zerolog.New(io.Discard)
 	if testing.Verbose() {
 		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.InfoLevel)
 	}
 	rec := &replies{inputs: map[string]int{}}
-	c, err := classify.New(classify.Options{Bundle: bundle, StorePath: filepath.Join(state, "classify.json"), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
 	s, err := stack.Start(context.Background(), stack.Options{
 		ConfigDir: configDir, JournalPath: filepath.Join(state, "journal.db"), Listen: "127.0.0.1:0",
 		Sensor: &cfg, Log: log,
-		Functions: func(*stack.Stack) (map[string]broker.Handler, error) {
-			return map[string]broker.Handler{classify.Name: func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
+		// Exactly the functions parry run builds; classify's replies are
+		// recorded on their way back to the broker.
+		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) {
+			fns, err := steps.InProcess(s, log, steps.Dirs{Config: configDir, State: state})
+			if err != nil {
+				return nil, err
+			}
+			c := fns[classify.Name]
+			if c == nil {
+				return nil, fmt.Errorf("steps.InProcess registered no %s", classify.Name)
+			}
+			fns[classify.Name] = func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
 				rec.input(e)
-				r, err := c.Handle(ctx, e)
+				r, err := c(ctx, e)
 				if r != nil {
 					rec.add(*r)
 				}
 				return r, err
-			}}, nil
+			}
+			return fns, nil
 		},
 	})
 	if err != nil {
@@ -139,7 +145,7 @@ func startStack(t *testing.T) *replies {
 		t.Fatalf("the sensor did not start: %v", s.SensorDisabled)
 	}
 	t.Cleanup(func() { s.Stop() })
-	return rec
+	return rec, s
 }
 
 // burst is how often each attack is repeated: a burst is still one incident.
@@ -164,8 +170,9 @@ var attacks = map[string]func(t *testing.T, p *podcgroup.Pod){
 		}()
 		port := ln.Addr().(*net.TCPAddr).Port
 		for range burst {
-			// bash's /dev/tcp: the shell itself dials out.
-			mustRun(t, p, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/"+itoa(port)+"; exec 3>&-")
+			// bash's /dev/tcp: the shell itself dials out. Once isolate has
+			// blocked the pod in the kernel the connect fails: still an attempt.
+			p.Run(t, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/"+itoa(port)+"; exec 3>&-")
 		}
 	},
 	"crypto-miner": func(t *testing.T, p *podcgroup.Pod) {
@@ -237,7 +244,11 @@ func TestShippedPlaybooks(t *testing.T) {
 			t.Errorf("playbook %s has no end-to-end test: add its attack to attacks", s.Metadata.Name)
 		}
 	}
-	rec := startStack(t)
+	rec, st := startStack(t)
+	bundle, err := playbook.LoadBundle(configDir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, name := range names {
 		attack := attacks[name]
 		if attack == nil {
@@ -270,6 +281,20 @@ func TestShippedPlaybooks(t *testing.T) {
 			if joined == 0 {
 				t.Errorf("the burst of %d reached classify as one event: the dedup was not exercised", burst)
 			}
+			// The compiled chain ran: every step after classify answered
+			// (done, or failed with its reason: there is no cluster here).
+			pb, _ := bundle.Playbook(name)
+			inc := events.String(got[0], events.ExtIncident)
+			for _, step := range pb.Steps {
+				if step.After != classify.Name {
+					continue
+				}
+				if typ := waitStep(t, st, inc, step.Function, 20*time.Second); typ == "" {
+					t.Errorf("step %s of incident %s never replied", step.Function, inc)
+				} else {
+					t.Logf("step %s: %s", step.Function, typ)
+				}
+			}
 		})
 	}
 }
@@ -277,7 +302,7 @@ func TestShippedPlaybooks(t *testing.T) {
 // TestBenignBuild builds and tests a package of this project inside a pod
 // under the sensor: no playbook may open an incident for it.
 func TestBenignBuild(t *testing.T) {
-	rec := startStack(t)
+	rec, _ := startStack(t)
 	p := podcgroup.New(t)
 	cmd := p.Command(t, "go", "test", "-count=1", "./internal/events/")
 	cmd.Dir = "../.."
@@ -299,6 +324,33 @@ func TestBenignBuild(t *testing.T) {
 		}
 		t.Fatalf("a benign build opened %d incidents:\n%s", len(got), strings.Join(desc, "\n"))
 	}
+}
+
+// waitStep waits for the reply of fn in the incident's trace and returns
+// its type.
+func waitStep(t *testing.T, st *stack.Stack, incident, fn string, within time.Duration) string {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		trees, _ := st.Journal.Incident(context.Background(), incident)
+		var found string
+		var walk func(n *journal.Node)
+		walk = func(n *journal.Node) {
+			if n.Type == events.StepDone(fn) || n.Type == events.StepFailed(fn) {
+				found = n.Type
+			}
+			for _, c := range n.Children {
+				walk(c)
+			}
+		}
+		for _, tr := range trees {
+			walk(tr)
+		}
+		if found != "" {
+			return found
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return ""
 }
 
 func waitIncidents(t *testing.T, rec *replies, poduid string, within time.Duration) []cloudevents.Event {
