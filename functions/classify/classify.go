@@ -126,6 +126,11 @@ func (c *Classifier) Handle(ctx context.Context, e cloudevents.Event) (*cloudeve
 		}
 		return nil, nil
 	}
+	if !strings.HasPrefix(e.Type(), playbook.SensorTypePrefix) {
+		// Incidents come from sensor events only; never from replies,
+		// which inherit the pod's extensions and could match again.
+		return nil, nil
+	}
 	var pb *playbook.Compiled
 	for i := range c.matchers {
 		if c.matchers[i].filter.Filter(ctx, e) == eventfilter.PassFilter {

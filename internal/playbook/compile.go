@@ -40,6 +40,10 @@ const (
 	ResponseEscalate = "escalate"
 )
 
+// SensorTypePrefix starts the type of every sensor event: the only events
+// classify opens incidents for.
+const SensorTypePrefix = "dev.parry.sensor."
+
 // BaselineTypes are the sensor events classify learns workload baselines
 // from (and the health events it tracks loss with); one Trigger sends them
 // all to classify.
@@ -200,7 +204,9 @@ func serviceRef(fn string) subscriber {
 // extension, and (after classify) not an escalated incident.
 func StepFilters(c Compiled, st CompiledStep) []Filter {
 	if st.After == "" {
-		return c.Match
+		// Only sensor events: a match on inherited extensions alone (podns,
+		// say) would otherwise feed classify its own replies, in a loop.
+		return append([]Filter{{Prefix: map[string]string{"type": SensorTypePrefix}}}, c.Match...)
 	}
 	if st.After == RootFunction {
 		return []Filter{

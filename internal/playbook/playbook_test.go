@@ -142,6 +142,7 @@ func TestBadInput(t *testing.T) {
 		{"protected namespace", head + match + "  - exact: {podns: kube-system}\n" + steps, "bad.yaml:8:20: exact podns \"kube-system\" selects the protected namespace kube-system"},
 		{"protected namespace prefix", head + match + "  - prefix: {podns: parry}\n" + steps, "selects the protected namespace parry-system"},
 		{"protected namespace cesql", head + match + "  - cesql: \"podns = 'kube-system'\"\n" + steps, "names the protected namespace kube-system"},
+		{"protected namespace under not not under not", head + match + "  - not: {not: {exact: {podns: kube-system}}}\n" + steps, "selects the protected namespace kube-system"},
 		{"bad severity", strings.Replace(head, "high", "urgent", 1) + match + steps, `bad.yaml:5:11: severity "urgent"`},
 		{"bad signal", head + match + "sensor: {signals: [kexec]}\n" + steps, `bad.yaml:8:9: sensor: signals "kexec"`},
 		{"bad when", head + match + steps + "  - function: snapshot\n    after: classify\n    when: maybe\n", `when "maybe"`},
@@ -174,6 +175,18 @@ func TestBadInput(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestExcludingProtectedNamespacesIsFine(t *testing.T) {
+	y := "apiVersion: parry.dev/v1alpha1\nkind: Playbook\nmetadata: {name: ok}\ndescription: d\nseverity: high\n" +
+		"match:\n  - exact: {type: t}\n  - not: {any: [{exact: {podns: kube-system}}, {cesql: \"podns = 'parry-system'\"}]}\nsteps: [{function: classify}]\n"
+	srcs, err := Parse("ok.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := Validate(srcs, testRegistry()); len(errs) > 0 {
+		t.Fatal(errs)
 	}
 }
 

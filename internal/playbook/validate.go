@@ -70,7 +70,7 @@ func validateOne(s *Source, reg Registry) manifest.Errors {
 		add("match", "match is empty: a playbook must say which events it answers (at least a type)")
 	}
 	for i, f := range s.Match {
-		errs = append(errs, validateFilter(s, fmt.Sprintf("match[%d]", i), f)...)
+		errs = append(errs, validateFilter(s, fmt.Sprintf("match[%d]", i), f, false)...)
 	}
 	errs = append(errs, validateSensor(s)...)
 	errs = append(errs, validateSteps(s, reg)...)
@@ -78,7 +78,9 @@ func validateOne(s *Source, reg Registry) manifest.Errors {
 	return errs
 }
 
-func validateFilter(s *Source, path string, f Filter) manifest.Errors {
+// validateFilter checks one filter. Under not (negated), naming a protected
+// namespace excludes it, which is allowed.
+func validateFilter(s *Source, path string, f Filter, negated bool) manifest.Errors {
 	var errs manifest.Errors
 	add := func(p, format string, args ...any) { errs = append(errs, s.errorf(p, format, args...)) }
 	var dialects []string
@@ -111,7 +113,7 @@ func validateFilter(s *Source, path string, f Filter) manifest.Errors {
 			if m[attr] == "" {
 				add(p, "%s %s: the value is empty (Knative would skip this filter and match more than intended)", dialect, attr)
 			}
-			if attr == events.ExtPodNamespace {
+			if attr == events.ExtPodNamespace && !negated {
 				for _, ns := range ProtectedNamespaces {
 					if (dialect == "exact" && m[attr] == ns) || (dialect == "prefix" && strings.HasPrefix(ns, m[attr])) || (dialect == "suffix" && strings.HasSuffix(ns, m[attr])) {
 						add(p, "%s %s %q selects the protected namespace %s: parry never acts there (drop this filter or use not: to exclude it)", dialect, attr, m[attr], ns)
@@ -121,47 +123,28 @@ func validateFilter(s *Source, path string, f Filter) manifest.Errors {
 		}
 	}
 	for i, sub := range f.All {
-		errs = append(errs, validateFilter(s, fmt.Sprintf("%s.all[%d]", path, i), sub)...)
+		errs = append(errs, validateFilter(s, fmt.Sprintf("%s.all[%d]", path, i), sub, negated)...)
 	}
 	for i, sub := range f.Any {
-		errs = append(errs, validateFilter(s, fmt.Sprintf("%s.any[%d]", path, i), sub)...)
+		errs = append(errs, validateFilter(s, fmt.Sprintf("%s.any[%d]", path, i), sub, negated)...)
 	}
 	if f.Not != nil {
-		// Under not, naming a protected namespace excludes it: allowed.
-		errs = append(errs, validateFilter(s, path+".not", withoutNamespaceCheck(*f.Not))...)
+		errs = append(errs, validateFilter(s, path+".not", *f.Not, !negated)...)
 	}
 	if f.CESQL != "" {
 		if reason := cesqlProblem(f.CESQL); reason != "" {
 			add(path+".cesql", "%s", reason)
 		}
 		for _, ns := range ProtectedNamespaces {
+			if negated {
+				break
+			}
 			if strings.Contains(f.CESQL, "'"+ns+"'") || strings.Contains(f.CESQL, `"`+ns+`"`) {
 				add(path+".cesql", "the expression names the protected namespace %s: parry never acts there", ns)
 			}
 		}
 	}
 	return errs
-}
-
-// withoutNamespaceCheck returns f with podns conditions moved out of the
-// dialects the protected-namespace check looks at; used under not.
-func withoutNamespaceCheck(f Filter) Filter {
-	strip := func(m map[string]string) map[string]string {
-		if _, ok := m[events.ExtPodNamespace]; !ok {
-			return m
-		}
-		out := map[string]string{}
-		for k, v := range m {
-			if k == events.ExtPodNamespace {
-				out[k+"x"] = v // keeps the map non-empty; only checked for shape
-				continue
-			}
-			out[k] = v
-		}
-		return out
-	}
-	f.Exact, f.Prefix, f.Suffix = strip(f.Exact), strip(f.Prefix), strip(f.Suffix)
-	return f
 }
 
 // cesqlProblem parses expr with Knative's own code, which panics on some
