@@ -247,6 +247,7 @@ func (c *Classifier) anomaly(wl string, o observation, now time.Time) ([]string,
 func (c *Classifier) learn(wl string, o observation, now time.Time) bool {
 	b := c.st.Workloads[wl]
 	if b == nil {
+		c.st.evictWorkloads(maxWorkloads - 1)
 		b = &baseline{Since: now, Exes: set{}, Dests: set{}, Ports: set{}}
 		c.st.Workloads[wl] = b
 	}

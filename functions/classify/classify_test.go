@@ -244,3 +244,15 @@ func TestSpecValidates(t *testing.T) {
 		t.Fatal("bad threshold accepted")
 	}
 }
+
+func TestWorkloadsAreBounded(t *testing.T) {
+	st := &state{Workloads: map[string]*baseline{}}
+	base := time.Now()
+	for i := range 5 {
+		st.Workloads[string(rune('a'+i))] = &baseline{Since: base.Add(time.Duration(i) * time.Second)}
+	}
+	st.evictWorkloads(3)
+	if len(st.Workloads) != 3 || st.Workloads["a"] != nil || st.Workloads["b"] != nil || st.Workloads["e"] == nil {
+		t.Fatalf("kept %v", st.Workloads)
+	}
+}

@@ -46,6 +46,23 @@ type breaker struct {
 	TrippedUntil time.Time   `json:"trippedUntil"`
 }
 
+// maxWorkloads bounds the baselines kept: short-lived pods without an owner
+// each get one, and the store must not grow without end.
+const maxWorkloads = 10000
+
+// evictWorkloads drops the oldest baselines until at most n remain.
+func (st *state) evictWorkloads(n int) {
+	for len(st.Workloads) > n {
+		oldest := ""
+		for k, b := range st.Workloads {
+			if oldest == "" || b.Since.Before(st.Workloads[oldest].Since) {
+				oldest = k
+			}
+		}
+		delete(st.Workloads, oldest)
+	}
+}
+
 // incidentTTL bounds how long a closed-for-dedup incident is remembered.
 const incidentTTL = 24 * time.Hour
 
