@@ -30,8 +30,10 @@ func playbookCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		if err != nil {
 			return positioned(err, stderr)
 		}
-		if errs := playbook.Validate(srcs, steps.Specs()); len(errs) > 0 {
-			return positioned(errs, stderr)
+		// Compile in memory: validation then catches all compile would,
+		// Knative's own Trigger validation included.
+		if _, err := playbook.Compile(ctx, srcs, steps.Specs()); err != nil {
+			return positioned(err, stderr)
 		}
 		fmt.Fprintf(stdout, "%d playbooks valid\n", len(srcs))
 		return nil

@@ -27,6 +27,7 @@ func (r Registry) Names() []string { return sortedKeys(r) }
 var (
 	nameRE      = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
 	attributeRE = regexp.MustCompile(`^[a-z0-9]{1,20}$`)
+	paramRE     = regexp.MustCompile(`parameter "([^"]+)"`)
 )
 
 // maxNameLen keeps "<playbook>-<function>" within a Kubernetes name.
@@ -192,7 +193,14 @@ func validateSteps(s *Source, reg Registry) manifest.Errors {
 		default:
 			if _, err := spec.Validate(st.Params); err != nil {
 				for _, e := range splitJoined(err) {
-					add(p+".params", "%s", e)
+					// Point at the parameter the message names, when given.
+					at := p + ".params"
+					if m := paramRE.FindStringSubmatch(e); m != nil {
+						if _, given := st.Params[m[1]]; given {
+							at += "." + m[1]
+						}
+					}
+					add(at, "%s", e)
 				}
 			}
 		}
