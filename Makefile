@@ -4,7 +4,7 @@ export CGO_ENABLED ?= 0
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X parry.dev/parry/internal/buildinfo.Version=$(VERSION)
 
-.PHONY: all build run test vet fmt-check unit bench-broker playbooks-check
+.PHONY: all build run test vet fmt-check unit e2e bench-broker playbooks-check
 
 all: build
 
@@ -21,9 +21,15 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
 # Tests that need root, the kernel or the local servers run for real; under
-# CI=true they fail instead of skipping when something is missing.
+# CI=true they fail instead of skipping when something is missing. One
+# package at a time: the kernel tests each run a sensor, and every sensor
+# sees every pod-shaped cgroup on the machine.
 unit:
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -p 1 ./...
+
+# The end-to-end proof alone, with the latencies it measures.
+e2e: tools
+	$(GO) test -count=1 -v -run . ./tests/e2e/
 
 # Everything: formatting, vet, generated BPF code up to date, the pinned
 # servers built (cached), then every test.

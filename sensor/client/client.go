@@ -37,6 +37,12 @@ func (c *Client) BlockPod(ctx context.Context, podUID string) error {
 	return err
 }
 
+// UnblockPod lifts BlockPod.
+func (c *Client) UnblockPod(ctx context.Context, podUID string) error {
+	_, err := c.do(ctx, http.MethodDelete, "/v1/pods/"+url.PathEscape(podUID)+"/block")
+	return err
+}
+
 // PodHistory returns the flight recorder's history of a pod.
 func (c *Client) PodHistory(ctx context.Context, podUID string) (sensor.PodHistory, []byte, error) {
 	body, err := c.do(ctx, http.MethodGet, "/v1/pods/"+url.PathEscape(podUID))

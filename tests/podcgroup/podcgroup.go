@@ -86,17 +86,24 @@ type Pod struct {
 // removed when the test ends (once its processes have exited).
 func New(t testing.TB) *Pod {
 	t.Helper()
+	b := make([]byte, 16)
+	rand.Read(b)
+	h := hex.EncodeToString(b)
+	return NewFor(t, h[0:8]+"-"+h[8:12]+"-"+h[12:16]+"-"+h[16:20]+"-"+h[20:32])
+}
+
+// NewFor creates the cgroup the kubelet would make for the pod with uid (a
+// real pod's, so the sensor's informer attributes it), with a random
+// container id.
+func NewFor(t testing.TB, uid string) *Pod {
+	t.Helper()
 	m, err := Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := make([]byte, 48)
+	b := make([]byte, 32)
 	rand.Read(b)
-	h := hex.EncodeToString(b)
-	p := &Pod{
-		UID:         h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32],
-		ContainerID: hex.EncodeToString(b[16:48]),
-	}
+	p := &Pod{UID: uid, ContainerID: hex.EncodeToString(b)}
 	dir := m
 	for _, c := range []string{
 		"kubepods.slice", "kubepods-besteffort.slice",

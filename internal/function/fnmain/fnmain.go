@@ -89,15 +89,23 @@ func run(ctx context.Context, build func(context.Context, Deps) (function.Handle
 	return function.Serve(ctx, ":"+envOr("PORT", "8080"), h, log)
 }
 
-// KubeConfig is the in-cluster config, else $KUBECONFIG's.
+// KubeConfig is the in-cluster config, else $KUBECONFIG's. client-go's
+// default rate limit (5 requests/s, bursts of 10) would queue a step's
+// writes behind another step's polling on the containment path, so the
+// steps get more headroom.
 func KubeConfig() (*rest.Config, error) {
-	if cfg, err := rest.InClusterConfig(); err == nil {
-		return cfg, nil
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		path := os.Getenv("KUBECONFIG")
+		if path == "" {
+			return nil, errors.New("not in a cluster and KUBECONFIG is unset")
+		}
+		if cfg, err = clientcmd.BuildConfigFromFlags("", path); err != nil {
+			return nil, err
+		}
 	}
-	if path := os.Getenv("KUBECONFIG"); path != "" {
-		return clientcmd.BuildConfigFromFlags("", path)
-	}
-	return nil, errors.New("not in a cluster and KUBECONFIG is unset")
+	cfg.QPS, cfg.Burst = 100, 200
+	return cfg, nil
 }
 
 // NodeSensors finds a node's sensor at its InternalIP: the sensor DaemonSet

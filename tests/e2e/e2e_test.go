@@ -1,0 +1,431 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/rs/zerolog"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"parry.dev/parry/functions/isolate"
+	"parry.dev/parry/functions/respawn"
+	"parry.dev/parry/functions/snapshot"
+	"parry.dev/parry/internal/broker"
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/journal"
+	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/internal/stack"
+	"parry.dev/parry/internal/steps"
+	"parry.dev/parry/sensor"
+	"parry.dev/parry/tests/devenv"
+	"parry.dev/parry/tests/podcgroup"
+)
+
+const configDir = "../../config"
+
+// TestMain doubles as the workload: with PARRY_E2E_CONNECT=addr the test
+// binary connects once and exits 0 on success, 13 when the kernel refused
+// the connect with EPERM, 1 otherwise.
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("PARRY_E2E_CONNECT"); addr != "" {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		switch {
+		case err == nil:
+			c.Close()
+			os.Exit(0)
+		case errors.Is(err, syscall.EPERM):
+			os.Exit(13)
+		default:
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	devenv.Main(m)
+}
+
+// connectFrom connects to addr from inside the pod's cgroup.
+func connectFrom(t *testing.T, p *podcgroup.Pod, addr string) int {
+	t.Helper()
+	cmd := p.Command(t, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "PARRY_E2E_CONNECT="+addr)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("running the workload: %v %s", err, out)
+	}
+	return 0
+}
+
+func listen(t *testing.T, addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
+type world struct {
+	env   *devenv.Env
+	kube  kubernetes.Interface
+	stack *stack.Stack
+	state string
+}
+
+// start runs the embedded default against the local environment's cluster,
+// as `KUBECONFIG=... parry run` does.
+func start(t *testing.T) *world {
+	t.Helper()
+	podcgroup.Require(t)
+	if err := sensor.Probe(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true: the sensor cannot run here: %v", err)
+		}
+		t.Skipf("the sensor cannot run here: %v", err)
+	}
+	if err := podcgroup.EnsureRoot(); err != nil {
+		t.Fatal(err)
+	}
+	env := devenv.Require(t)
+	t.Setenv("KUBECONFIG", env.Kubeconfig)
+	state := t.TempDir()
+	filters, ok, err := playbook.SensorFiltersFromConfig(configDir, state)
+	if err != nil || !ok {
+		t.Fatalf("compiled sensor filters in %s: ok=%v err=%v", configDir, ok, err)
+	}
+	cfg := sensor.DefaultConfig()
+	cfg.FiltersPath, cfg.RecorderAddr, cfg.SpoolDir = filters, "127.0.0.1:0", filepath.Join(state, "spool")
+	cfg.Node, cfg.Kubeconfig = env.NodeName, env.Kubeconfig
+	log := zerolog.New(io.Discard)
+	if testing.Verbose() {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.WarnLevel)
+	}
+	s, err := stack.Start(context.Background(), stack.Options{
+		ConfigDir: configDir, JournalPath: filepath.Join(state, "journal.db"), Listen: "127.0.0.1:0", Sensor: &cfg, Log: log,
+		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) {
+			return steps.InProcess(s, log, steps.Dirs{Config: configDir, State: state})
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop() })
+	if s.Sensor == nil {
+		t.Fatalf("the sensor did not start: %v", s.SensorDisabled)
+	}
+	return &world{env: env, kube: kubernetes.NewForConfigOrDie(env.RESTConfig()), stack: s, state: state}
+}
+
+func (w *world) deployment(t *testing.T, ns string, replicas int32) {
+	t.Helper()
+	ctx := context.Background()
+	w.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	labels := map[string]string{"app": "web"}
+	if _, err := w.kube.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example/web:1"}}}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// available waits until the Deployment has replicas available and returns
+// its Running pods.
+func (w *world) available(t *testing.T, ns string, replicas int32) []corev1.Pod {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		d, err := w.kube.AppsV1().Deployments(ns).Get(context.Background(), "web", metav1.GetOptions{})
+		if err != nil || d.Status.AvailableReplicas != replicas {
+			continue
+		}
+		pods, _ := w.kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=web"})
+		var running []corev1.Pod
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+				running = append(running, p)
+			}
+		}
+		if int32(len(running)) == replicas {
+			return running
+		}
+	}
+	t.Fatalf("Deployment %s/web never had %d available replicas", ns, replicas)
+	return nil
+}
+
+// reply waits for the journal to hold an event of type typ about the pod.
+func (w *world) reply(t *testing.T, podUID, typ string, within time.Duration) journal.Entry {
+	t.Helper()
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		es, err := w.stack.Journal.Last(context.Background(), 2000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			if e.Type == typ && events.String(e.Event, events.ExtPodUID) == podUID {
+				return e
+			}
+		}
+	}
+	t.Fatalf("no %s for pod %s within %s", typ, podUID, within)
+	return journal.Entry{}
+}
+
+func decode[T any](t *testing.T, e cloudevents.Event) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal(e.Data(), &v); err != nil {
+		t.Fatalf("%s: %v", e.Type(), err)
+	}
+	return v
+}
+
+// latencies of one contained miner, from the kernel's connect.
+type latencies struct{ block, policy, replacement time.Duration }
+
+// contain runs one miner in the pod and asserts every stage in order.
+func (w *world) contain(t *testing.T, ns string, victim, sibling corev1.Pod, verbose bool) latencies {
+	t.Helper()
+	ctx := context.Background()
+	pool, benign := "127.0.0.1:3333", "127.0.0.1:18080"
+	miner, neighbour := podcgroup.NewFor(t, string(victim.UID)), podcgroup.NewFor(t, string(sibling.UID))
+	if code := connectFrom(t, miner, pool); code != 0 {
+		t.Fatalf("the miner's first connect failed (%d) before any incident", code)
+	}
+
+	opened := w.reply(t, string(victim.UID), events.TypeIncidentOpened, 10*time.Second)
+	incident := events.String(opened.Event, events.ExtIncident)
+	root, err := w.stack.Journal.Tree(ctx, opened.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernelTime := root.Event.Time()
+
+	isolated := w.reply(t, string(victim.UID), events.StepDone(isolate.Name), 10*time.Second)
+	iso := decode[isolate.Result](t, isolated.Event)
+	if iso.KernelBlock != "applied" {
+		t.Fatalf("in-kernel block not applied: %+v", iso)
+	}
+	pod, err := w.kube.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{})
+	if err == nil && pod.Labels[isolate.QuarantineLabel] == "" {
+		t.Fatalf("pod %s carries no quarantine label: %v", victim.Name, pod.Labels)
+	}
+	if _, err := w.kube.NetworkingV1().NetworkPolicies(ns).Get(ctx, iso.NetworkPolicy, metav1.GetOptions{}); err != nil {
+		t.Fatalf("NetworkPolicy %s not stored: %v", iso.NetworkPolicy, err)
+	}
+	if code := connectFrom(t, miner, benign); code != 13 {
+		t.Fatalf("a connect from the quarantined pod's cgroup exited %d, want EPERM (13)", code)
+	}
+	if code := connectFrom(t, neighbour, benign); code != 0 {
+		t.Fatalf("the sibling pod's connect failed (%d): isolation is not per pod", code)
+	}
+
+	snapped := w.reply(t, string(victim.UID), events.StepDone(snapshot.Name), 10*time.Second)
+	snap := decode[snapshot.Result](t, snapped.Event)
+	digest, err := snapshot.Verify(snap.Bundle)
+	if err != nil || digest != snap.ManifestSHA256 {
+		t.Fatalf("evidence bundle %s does not verify: %v", snap.Bundle, err)
+	}
+	recorder, err := os.ReadFile(filepath.Join(snap.Bundle, "flight-recorder.json"))
+	if err != nil || !strings.Contains(string(recorder), `"dport": 3333`) {
+		t.Fatalf("the bundle's flight recorder holds no connect to the pool: %v", err)
+	}
+
+	respawned := w.reply(t, string(victim.UID), events.StepDone(respawn.Name), 30*time.Second)
+	res := decode[respawn.Result](t, respawned.Event)
+	if res.Replacement == "" || !res.Deleted {
+		t.Fatalf("respawn: %+v", res)
+	}
+	w.available(t, ns, 2)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := w.kube.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("quarantined pod %s still exists after the snapshot", victim.Name)
+		}
+	}
+
+	// The whole causal chain, as `parry trace` prints it.
+	trees, err := w.stack.Journal.Incident(ctx, incident)
+	if err != nil || len(trees) != 1 {
+		t.Fatalf("incident %s: %d trees, %v", incident, len(trees), err)
+	}
+	var types []string
+	var walk func(n *journal.Node)
+	walk = func(n *journal.Node) {
+		types = append(types, n.Type)
+		for _, c := range n.Children {
+			walk(c)
+		}
+	}
+	walk(trees[0])
+	for _, want := range []string{events.TypeNetworkConnect, events.TypeIncidentOpened, events.StepDone(isolate.Name), events.StepDone(snapshot.Name), events.StepDone(respawn.Name)} {
+		if !slices.Contains(types, want) {
+			t.Fatalf("the trace of %s lacks %s: %v", incident, want, types)
+		}
+	}
+	if verbose {
+		var hops []string
+		var walkHops func(n *journal.Node)
+		walkHops = func(n *journal.Node) {
+			hops = append(hops, fmt.Sprintf("%s +%.1fms", n.Type, ms(n.Received.Sub(kernelTime))))
+			for _, c := range n.Children {
+				walkHops(c)
+			}
+		}
+		walkHops(trees[0])
+		t.Logf("incident %s, received after the kernel event: %s", incident, strings.Join(hops, ", "))
+	}
+	return latencies{block: iso.KernelBlockAt.Sub(kernelTime), policy: iso.PolicyAt.Sub(kernelTime), replacement: res.ReadyAt.Sub(kernelTime)}
+}
+
+// TestMinerContainedEndToEnd runs the whole response several times and
+// reports p50 and p99 of kernel event → in-kernel block, → NetworkPolicy
+// stored, → replacement Running.
+func TestMinerContainedEndToEnd(t *testing.T) {
+	w := start(t)
+	listen(t, "127.0.0.1:3333")
+	listen(t, "127.0.0.1:18080")
+	const rounds = 5
+	var lat []latencies
+	for i := range rounds {
+		ns := fmt.Sprintf("shop-%d", i)
+		w.deployment(t, ns, 2)
+		pods := w.available(t, ns, 2)
+		lat = append(lat, w.contain(t, ns, pods[0], pods[1], i == 0))
+	}
+	report := func(name string, pick func(latencies) time.Duration) {
+		d := make([]time.Duration, len(lat))
+		for i, l := range lat {
+			d[i] = pick(l)
+		}
+		slices.Sort(d)
+		t.Logf("kernel event → %-20s p50 %7.1f ms   p99 %7.1f ms   (n=%d)", name, ms(d[len(d)/2]), ms(d[(len(d)*99)/100]), len(d))
+	}
+	report("in-kernel block", func(l latencies) time.Duration { return l.block })
+	report("NetworkPolicy stored", func(l latencies) time.Duration { return l.policy })
+	report("replacement Running", func(l latencies) time.Duration { return l.replacement })
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// TestProtectedNamespaceIsNeverTouched: the same miner in kube-system opens
+// nothing that acts on the pod.
+func TestProtectedNamespaceIsNeverTouched(t *testing.T) {
+	w := start(t)
+	listen(t, "127.0.0.1:3333")
+	ctx := context.Background()
+	var pod *corev1.Pod
+	var err error
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		pod, err = w.kube.CoreV1().Pods("kube-system").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "system-miner"},
+			Spec: corev1.PodSpec{NodeName: w.env.NodeName, Containers: []corev1.Container{{Name: "app", Image: "x"}}}}, metav1.CreateOptions{})
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	miner := podcgroup.NewFor(t, string(pod.UID))
+	for range 3 {
+		connectFrom(t, miner, "127.0.0.1:3333")
+	}
+	time.Sleep(3 * time.Second)
+	got, err := w.kube.CoreV1().Pods("kube-system").Get(ctx, "system-miner", metav1.GetOptions{})
+	if err != nil || got.Labels[isolate.QuarantineLabel] != "" || len(got.OwnerReferences) != 0 || got.DeletionTimestamp != nil {
+		t.Fatalf("a kube-system pod was touched: %v %+v", err, got.ObjectMeta)
+	}
+	nps, _ := w.kube.NetworkingV1().NetworkPolicies("kube-system").List(ctx, metav1.ListOptions{})
+	if len(nps.Items) != 0 {
+		t.Fatalf("a NetworkPolicy was written in kube-system: %v", nps.Items[0].Name)
+	}
+	if code := connectFrom(t, miner, "127.0.0.1:3333"); code != 0 {
+		t.Fatalf("a kube-system pod was blocked in the kernel (exit %d)", code)
+	}
+}
+
+// TestTenIncidentsInASecondTripTheBreaker: the crypto-miner playbook allows
+// 10 incidents per 10 minutes; a fleet-wide burst beyond that is refused,
+// not quarantined.
+func TestTenIncidentsInASecondTripTheBreaker(t *testing.T) {
+	w := start(t)
+	listen(t, "127.0.0.1:3333")
+	const n = 12
+	w.deployment(t, "fleet", n)
+	pods := w.available(t, "fleet", n)
+	cgs := make([]*podcgroup.Pod, n)
+	for i, p := range pods {
+		cgs[i] = podcgroup.NewFor(t, string(p.UID))
+	}
+	cmds := make([]*exec.Cmd, n)
+	for i, cg := range cgs {
+		cmds[i] = cg.Command(t, os.Args[0], "-test.run=^$")
+		cmds[i].Env = append(os.Environ(), "PARRY_E2E_CONNECT=127.0.0.1:3333")
+	}
+	start := time.Now()
+	for _, c := range cmds {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range cmds {
+		c.Wait()
+	}
+	if time.Since(start) > time.Second {
+		t.Fatalf("the burst took %s, not under a second", time.Since(start))
+	}
+	ctx := context.Background()
+	var quarantined, refused int
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		quarantined, refused = 0, 0
+		es, _ := w.stack.Journal.Last(ctx, 5000)
+		for _, e := range es {
+			if e.Type == events.StepDone(isolate.Name) && events.String(e.Event, events.ExtPodNamespace) == "fleet" {
+				quarantined++
+			}
+			if strings.Contains(string(e.Event.Data()), "circuit breaker") && events.String(e.Event, events.ExtPodNamespace) == "fleet" {
+				refused++
+			}
+		}
+		if quarantined+refused >= n && refused > 0 {
+			break
+		}
+	}
+	if quarantined > 10 || refused == 0 {
+		t.Fatalf("%d pods quarantined, %d refused by the breaker: want at most 10 and some refused", quarantined, refused)
+	}
+	t.Logf("burst of %d miners: %d quarantined, %d refused by the circuit breaker", n, quarantined, refused)
+}
