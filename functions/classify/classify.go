@@ -35,6 +35,10 @@ const (
 	TypeIncidentSuppressed = "dev.parry.incident.suppressed.v1"
 	// ExtScore carries the score (0-100) on incident events.
 	ExtScore = "score"
+	// ExtDescription carries the playbook's human description on
+	// incident.opened and .suppressed, so that `parry trace` shows it; it
+	// is for people, not for routing, and later steps do not inherit it.
+	ExtDescription = "description"
 )
 
 // Spec declares classify's parameters.
@@ -349,13 +353,17 @@ type Data struct {
 
 func (c *Classifier) reply(e cloudevents.Event, typ string, pb playbook.Compiled, inc string, score int, response string, reasons []string) (*cloudevents.Event, error) {
 	sev := scoreSeverity(score)
+	ext := map[string]string{
+		events.ExtIncident: inc, events.ExtPlaybook: pb.Name, events.ExtSeverity: sev,
+		events.ExtRule: pb.Name, playbook.ExtResponse: response, ExtScore: strconv.Itoa(score),
+	}
+	if typ != TypeIncidentJoined {
+		ext[ExtDescription] = pb.Description
+	}
 	r, err := events.Reply(e, events.Spec{
 		Type: typ, Source: "parry://classify", Key: pb.Name,
-		Extensions: map[string]string{
-			events.ExtIncident: inc, events.ExtPlaybook: pb.Name, events.ExtSeverity: sev,
-			events.ExtRule: pb.Name, playbook.ExtResponse: response, ExtScore: strconv.Itoa(score),
-		},
-		Data: Data{Incident: inc, Playbook: pb.Name, Description: pb.Description, Score: score, Severity: sev, Response: response, Reasons: reasons},
+		Extensions: ext,
+		Data:       Data{Incident: inc, Playbook: pb.Name, Description: pb.Description, Score: score, Severity: sev, Response: response, Reasons: reasons},
 	})
 	if err != nil {
 		return nil, err

@@ -94,7 +94,7 @@ func TestOpenJoinAndDedupWindow(t *testing.T) {
 		t.Fatalf("first event: got %v, want incident.opened", r)
 	}
 	inc := events.String(*r, events.ExtIncident)
-	for _, name := range []string{events.ExtIncident, events.ExtPlaybook, events.ExtSeverity, playbook.ExtResponse} {
+	for _, name := range []string{events.ExtIncident, events.ExtPlaybook, events.ExtSeverity, playbook.ExtResponse, ExtScore, ExtDescription} {
 		if events.String(*r, name) == "" {
 			t.Errorf("incident.opened lacks %s", name)
 		}
