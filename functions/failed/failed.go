@@ -26,10 +26,12 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/playbook"
 )
 
-// Name is the function's name: the dead-letter sink of every step Trigger.
-const Name = "parry-failed"
+// Name is the function's name: the dead-letter sink of every step Trigger
+// that playbooks compile.
+const Name = playbook.DeadLetterFunction
 
 // Spec declares the function.
 func Spec() function.Spec {

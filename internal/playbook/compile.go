@@ -183,7 +183,19 @@ type triggerSpec struct {
 	Broker     string     `yaml:"broker"`
 	Filters    []Filter   `yaml:"filters"`
 	Subscriber subscriber `yaml:"subscriber"`
+	Delivery   *delivery  `yaml:"delivery,omitempty"`
 }
+
+// delivery names the dead-letter sink of a response step: when the broker
+// gives up on the step (its retries spent), DeadLetterFunction publishes
+// the step's failed event, so the trace says why and playbooks can branch.
+type delivery struct {
+	DeadLetterSink subscriber `yaml:"deadLetterSink"`
+}
+
+// DeadLetterFunction turns dead-lettered step deliveries into
+// dev.parry.step.<step>.failed.v1 (functions/failed).
+const DeadLetterFunction = "parry-failed"
 
 type subscriber struct {
 	Ref ref `yaml:"ref"`
@@ -247,6 +259,7 @@ func triggersYAML(s *Source, c Compiled) ([]byte, error) {
 		}
 		if st.After != "" {
 			d.Metadata.Annotations = map[string]string{"parry.dev/after": st.After, "parry.dev/when": st.When}
+			d.Spec.Delivery = &delivery{DeadLetterSink: serviceRef(DeadLetterFunction)}
 		}
 		if err := encode(&buf, d); err != nil {
 			return nil, err
