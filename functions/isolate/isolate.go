@@ -106,8 +106,8 @@ type Result struct {
 func (s *Isolator) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
 	ns, name, uid := events.String(e, events.ExtPodNamespace), events.String(e, events.ExtPodName), events.String(e, events.ExtPodUID)
 	incident, playbook := events.String(e, events.ExtIncident), events.String(e, events.ExtPlaybook)
-	if ns == "" || name == "" || incident == "" {
-		return s.failed(e, "the event names no pod (podns, podname) or no incident: nothing to isolate")
+	if incident == "" || (uid == "" && (ns == "" || name == "")) {
+		return s.failed(e, "the event names no pod (poduid, or podns and podname) or no incident: nothing to isolate")
 	}
 	cfg, err := s.playbooks.StepConfig(playbook, Name)
 	if err != nil {
@@ -142,13 +142,18 @@ func (s *Isolator) Handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 	}
 
 	var pod *corev1.Pod
-	if s.kube == nil {
+	switch {
+	case s.kube == nil:
 		res.Kubernetes = noCluster
-	} else {
+	case ns == "" || name == "":
+		// Attributed from the cgroup path only (the sensor knows no pod
+		// metadata): the kernel block is all that can be done.
+		res.Kubernetes = "skipped: the event names the pod by UID only (no podns, podname); only the in-kernel block applies"
+	default:
 		pod, err = s.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	}
 	switch {
-	case s.kube == nil:
+	case res.Kubernetes != "":
 	case apierrors.IsNotFound(err):
 		res.PodGone = true
 	case err != nil:
@@ -177,7 +182,7 @@ func (s *Isolator) Handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 	if cfg.Params.Bool("kernelBlock") && uid == "" && res.PodUID != "" {
 		res.KernelBlock, res.KernelBlockAt = s.blockInKernel(ctx, res.Node, res.PodUID)
 	}
-	if s.kube == nil {
+	if res.Kubernetes != "" {
 		return s.done(e, res)
 	}
 	if !res.PodGone {

@@ -28,6 +28,10 @@ const Name = "respawn"
 const (
 	OriginalLabelsAnnot = "parry.dev/original-labels"
 	OrphanedFromAnnot   = "parry.dev/orphaned-from"
+	// DeleteAfterAnnot holds when Reap may delete a kept quarantined pod
+	// (RFC 3339): the playbook's deleteAfter, for pods whose snapshot never
+	// succeeded. The deadline lives on the pod, so a restart loses nothing.
+	DeleteAfterAnnot = "parry.dev/delete-after"
 )
 
 // Spec declares the step.
@@ -38,6 +42,7 @@ func Spec() function.Spec {
 		Params: []function.Param{
 			{Name: "readyTimeout", Type: function.Duration, Default: "60s", Description: "how long to wait for the replacement to be Ready"},
 			{Name: "barePods", Type: function.String, Enum: []string{"refuse", "recreate"}, Default: "refuse", Description: "a pod without a controller: refuse, or recreate it from its spec"},
+			{Name: "deleteAfter", Type: function.Duration, Description: "delete a kept quarantined pod this long after it was orphaned even without a snapshot (unset: keep it until a respawn after snapshot.done)"},
 		},
 		ClusterRules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "patch", "create", "delete"}},
@@ -126,7 +131,7 @@ func (s *Respawner) Handle(ctx context.Context, e cloudevents.Event) (*cloudeven
 	case owner != nil:
 		return s.failed(e, fmt.Sprintf("pods owned by a %s are not respawned (only ReplicaSet and StatefulSet pods)", owner.Kind))
 	case res.Orphaned:
-		return s.finish(ctx, e, pod, evidenceSaved, res)
+		return s.finish(ctx, e, pod, evidenceSaved, cfg.Params.Duration("deleteAfter"), res)
 	case cfg.Params.String("barePods") == "recreate":
 		return s.recreate(ctx, e, pod, cfg, evidenceSaved, res)
 	default:
@@ -199,13 +204,21 @@ func (s *Respawner) orphan(ctx context.Context, e cloudevents.Event, pod *corev1
 		return s.failed(e, err.Error()+"; the quarantined pod is kept")
 	}
 	res.Replacement, res.ReadyAt = replacement, at
-	return s.finish(ctx, e, pod, evidenceSaved, res)
+	return s.finish(ctx, e, pod, evidenceSaved, cfg.Params.Duration("deleteAfter"), res)
 }
 
 // finish deletes the quarantined pod once its evidence is saved.
-func (s *Respawner) finish(ctx context.Context, e cloudevents.Event, pod *corev1.Pod, evidenceSaved bool, res Result) (*cloudevents.Event, error) {
+func (s *Respawner) finish(ctx context.Context, e cloudevents.Event, pod *corev1.Pod, evidenceSaved bool, ttl time.Duration, res Result) (*cloudevents.Event, error) {
 	if !evidenceSaved {
 		res.DeleteNote = "kept: the quarantined pod is deleted by a respawn step chained after snapshot.done"
+		if ttl > 0 {
+			at := time.Now().Add(ttl).UTC().Format(time.RFC3339)
+			patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{DeleteAfterAnnot: at}}})
+			if _, err := s.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "parry-respawn"}); err != nil {
+				return nil, fmt.Errorf("setting the deletion deadline of %s/%s: %w", pod.Namespace, pod.Name, err)
+			}
+			res.DeleteNote = "kept until " + at + " (deleteAfter), or until a respawn after snapshot.done"
+		}
 		return s.done(e, res)
 	}
 	if err := s.kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
@@ -223,7 +236,7 @@ func (s *Respawner) deleteAndWait(ctx context.Context, e cloudevents.Event, pod 
 		res.Intended = map[string]string{"delete": "pods/" + pod.Namespace + "/" + pod.Name}
 		return s.done(e, res)
 	}
-	out, err := s.finish(ctx, e, pod, true, res)
+	out, err := s.finish(ctx, e, pod, true, 0, res)
 	if err != nil || out.Type() != events.StepDone(Name) {
 		return out, err
 	}
@@ -267,10 +280,49 @@ func (s *Respawner) recreate(ctx context.Context, e cloudevents.Event, pod *core
 		p, err := s.kube.CoreV1().Pods(pod.Namespace).Get(ctx, created.Name, metav1.GetOptions{})
 		if err == nil && isReady(p) {
 			res.Replacement, res.ReadyAt = p.Name, time.Now()
-			return s.finish(ctx, e, pod, evidenceSaved, res)
+			return s.finish(ctx, e, pod, evidenceSaved, cfg.Params.Duration("deleteAfter"), res)
 		}
 	}
 	return s.failed(e, fmt.Sprintf("recreated pod %s not Ready within %s; the quarantined pod is kept", created.Name, cfg.Params.Duration("readyTimeout")))
+}
+
+// Reap deletes kept quarantined pods whose deleteAfter deadline has passed,
+// every interval until ctx is done. It reads the deadlines from the pods
+// themselves, so it may run anywhere and restart at any time.
+func (s *Respawner) Reap(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		s.reapOnce(ctx, time.Now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Respawner) reapOnce(ctx context.Context, now time.Time) {
+	if s.kube == nil {
+		return
+	}
+	pods, err := s.kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: "parry.dev/quarantine"})
+	if err != nil {
+		s.log.Warn().Err(err).Msg("listing quarantined pods to reap")
+		return
+	}
+	for _, p := range pods.Items {
+		deadline, err := time.Parse(time.RFC3339, p.Annotations[DeleteAfterAnnot])
+		if err != nil || now.Before(deadline) || p.DeletionTimestamp != nil {
+			continue
+		}
+		err = s.kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &p.UID}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			s.log.Warn().Err(err).Str("pod", p.Namespace+"/"+p.Name).Msg("deleting a quarantined pod past its deadline")
+			continue
+		}
+		s.log.Info().Str("pod", p.Namespace+"/"+p.Name).Msg("deleted a quarantined pod past its deleteAfter deadline")
+	}
 }
 
 // waitReady polls (every 25 ms: this is on the kernel→replacement latency

@@ -23,10 +23,14 @@ import (
 
 func TestMain(m *testing.M) { devenv.Main(m) }
 
-type playbooks struct{}
+type playbooks map[string]any
 
-func (playbooks) StepConfig(_, _ string) (function.StepConfig, error) {
-	p, err := respawn.Spec().Validate(map[string]any{"readyTimeout": "30s"})
+func (pb playbooks) StepConfig(_, _ string) (function.StepConfig, error) {
+	raw := map[string]any{"readyTimeout": "30s"}
+	for k, v := range pb {
+		raw[k] = v
+	}
+	p, err := respawn.Spec().Validate(raw)
 	return function.StepConfig{Params: p}, err
 }
 
@@ -103,6 +107,37 @@ func TestOrphanReplaceThenDeleteAfterSnapshot(t *testing.T) {
 		}
 	}
 	waitAvailable(t, cs, "respawn", 2)
+}
+
+func TestKeptPodIsReapedAfterDeleteAfter(t *testing.T) {
+	env := devenv.Require(t)
+	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := context.Background()
+	victim := deployment(t, cs, "reap", 2)[0]
+	// A quarantine label, as isolate leaves it: the reaper only looks there.
+	cs.CoreV1().Pods("reap").Patch(ctx, victim.Name, "application/merge-patch+json", []byte(`{"metadata":{"labels":{"parry.dev/quarantine":"inc-reap"}}}`), metav1.PatchOptions{})
+	step := respawn.New(cs, playbooks{"deleteAfter": "1s"}, zerolog.Nop())
+	reply, err := step.Handle(ctx, cause(victim, events.StepDone("isolate"), "inc-reap"))
+	if err != nil || reply.Type() != events.StepDone(respawn.Name) {
+		t.Fatalf("%v %v", reply, err)
+	}
+	kept, err := cs.CoreV1().Pods("reap").Get(ctx, victim.Name, metav1.GetOptions{})
+	if err != nil || kept.Annotations[respawn.DeleteAfterAnnot] == "" {
+		t.Fatalf("kept pod has no deadline: %v", err)
+	}
+	reapCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	go step.Reap(reapCtx, 200*time.Millisecond)
+	for {
+		if _, err := cs.CoreV1().Pods("reap").Get(ctx, victim.Name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			break
+		}
+		if reapCtx.Err() != nil {
+			t.Fatal("the reaper did not delete the pod past its deadline")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	waitAvailable(t, cs, "reap", 2)
 }
 
 func TestBarePodAndProtectedNamespaceAreRefused(t *testing.T) {

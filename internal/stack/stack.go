@@ -54,6 +54,7 @@ type Stack struct {
 	log      zerolog.Logger
 	srv      *http.Server
 	broker   *broker.Broker
+	workCtx  context.Context
 	stopWork context.CancelFunc
 	// sensorStopped is closed when the sensor's read loop has returned.
 	sensorStopped chan struct{}
@@ -99,7 +100,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 
 	var sensorCtx context.Context
 	workCtx, stopWork := context.WithCancel(context.Background())
-	s.stopWork = stopWork
+	s.workCtx, s.stopWork = workCtx, stopWork
 	if opts.Sensor != nil {
 		sensorCtx = workCtx
 		if s.SensorDisabled = sensor.Probe(); s.SensorDisabled == nil {
@@ -155,6 +156,10 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	return s, nil
 }
+
+// Context is done when the stack stops: background work of in-process
+// functions (respawn's reaper) runs under it.
+func (s *Stack) Context() context.Context { return s.workCtx }
 
 // Done reports a failure that stops the stack (the listener or the sensor
 // failing); it never fires on Stop.

@@ -88,7 +88,9 @@ func InProcess(s *stack.Stack, log zerolog.Logger, dirs Dirs) (map[string]broker
 	fns[classify.Name] = c.Handle
 	fns[isolate.Name] = isolate.New(kube, sensors, bundle, log).Handle
 	fns[snapshot.Name] = snapshot.New(kube, meta, sensors, bundle, filepath.Join(stateDir, "evidence"), log).Handle
-	fns[respawn.Name] = respawn.New(kube, bundle, log).Handle
+	rs := respawn.New(kube, bundle, log)
+	go rs.Reap(s.Context(), 30*time.Second)
+	fns[respawn.Name] = rs.Handle
 
 	if os.Getenv("VAULT_ADDR") == "" {
 		log.Info().Str("function", revoke.Name).Msg("not registered: VAULT_ADDR is unset (set VAULT_ADDR and VAULT_TOKEN, a token of functions/revoke/policy.hcl, to revoke Vault credentials)")

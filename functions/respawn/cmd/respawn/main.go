@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"time"
 
 	"parry.dev/parry/functions/respawn"
 	"parry.dev/parry/internal/function"
@@ -10,7 +11,9 @@ import (
 )
 
 func main() {
-	fnmain.Main(respawn.Name, func(_ context.Context, d fnmain.Deps) (function.Handler, error) {
-		return respawn.New(d.Kube, d.Playbooks, d.Log).Handle, nil
+	fnmain.Main(respawn.Name, func(ctx context.Context, d fnmain.Deps) (function.Handler, error) {
+		r := respawn.New(d.Kube, d.Playbooks, d.Log)
+		go r.Reap(ctx, 30*time.Second)
+		return r.Handle, nil
 	})
 }
