@@ -318,7 +318,7 @@ func TestMinerContainedEndToEnd(t *testing.T) {
 	w := start(t)
 	listen(t, "127.0.0.1:3333")
 	listen(t, "127.0.0.1:18080")
-	const rounds = 5
+	const rounds = 10
 	var lat []latencies
 	for i := range rounds {
 		ns := fmt.Sprintf("shop-%d", i)
