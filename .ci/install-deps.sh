@@ -15,6 +15,9 @@ command -v git >/dev/null 2>&1 || need+=(git)
 # bpf/ (make generate-check).
 command -v clang-19 >/dev/null 2>&1 || need+=(clang-19)
 command -v llvm-strip-19 >/dev/null 2>&1 || need+=(llvm-19)
+# libbpf's BPF-side headers (bpf_helpers.h, ...) come from Debian, not from
+# a copy in the repository.
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
 	echo "install-deps: nothing to install"

@@ -13,8 +13,8 @@ BPF_OUTPUTS := $(BPF_GEN_DIR)/parry_x86_bpfel.go $(BPF_GEN_DIR)/parry_x86_bpfel.
 .PHONY: generate generate-check bpf-tools vmlinux bench-sensor
 
 bpf-tools:
-	@command -v $(BPF_CLANG) >/dev/null && command -v $(BPF_STRIP) >/dev/null || { \
-	  echo "bpf: $(BPF_CLANG) and $(BPF_STRIP) are needed to compile bpf/: apt-get install clang-19 llvm-19"; exit 1; }
+	@command -v $(BPF_CLANG) >/dev/null && command -v $(BPF_STRIP) >/dev/null && [ -f /usr/include/bpf/bpf_helpers.h ] || { \
+	  echo "bpf: $(BPF_CLANG), $(BPF_STRIP) and libbpf headers are needed to compile bpf/: apt-get install clang-19 llvm-19 libbpf-dev"; exit 1; }
 
 # Regenerate the BPF object and its Go bindings with the pinned bpf2go
 # (the tool directive in go.mod, same version as github.com/cilium/ebpf).
