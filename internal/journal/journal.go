@@ -198,6 +198,10 @@ func (j *Journal) writer() {
 		// Under load, wait a moment for more writers: a commit costs about
 		// the same for one row as for a hundred, so fewer, larger commits
 		// are what keeps the journal ahead of ingress. Idle, commit at once.
+		// Measured side by side: without the wait the broker benchmark
+		// (CPU-bound) drops from 7.5-8.9k to 5.0k events/s, while the
+		// journal-only benchmark (latency-bound, 32 writers) doubles, and
+		// a few scheduler yields instead of the wait land in between.
 		if busy {
 			linger.Reset(lingerFor)
 		}
