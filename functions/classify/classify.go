@@ -23,6 +23,7 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/playbook"
 )
 
@@ -309,7 +310,7 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 // guard applies the guardrails to a new incident.
 func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, now time.Time) (string, string) {
 	g := pb.Guardrails
-	if ns := events.String(e, events.ExtPodNamespace); slices.Contains(g.ProtectedNamespaces, ns) {
+	if ns := events.String(e, events.ExtPodNamespace); guard.IsProtected(ns, g.ProtectedNamespaces) {
 		return playbook.ResponseEscalate, fmt.Sprintf("escalated: namespace %s is protected; parry never acts there", ns)
 	}
 	br := c.st.Breakers[pb.Name]

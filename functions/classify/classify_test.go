@@ -13,6 +13,7 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/playbook"
 )
 
@@ -29,7 +30,7 @@ func compiled(name, severity string, match []playbook.Filter, params function.Pa
 	if g.RateIncidents == 0 {
 		g.RateIncidents, g.RatePer = 10, "10m"
 	}
-	g.ProtectedNamespaces = append(g.ProtectedNamespaces, playbook.ProtectedNamespaces...)
+	g.ProtectedNamespaces = append(g.ProtectedNamespaces, guard.AlwaysProtected()...)
 	return playbook.Compiled{Name: name, Description: name + " happened", Severity: severity, Match: match, Guardrails: g,
 		Steps: []playbook.CompiledStep{{Name: Name, Function: Name, Params: params}}}
 }

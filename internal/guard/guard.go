@@ -14,10 +14,14 @@ import (
 	"time"
 )
 
-// IsProtected reports whether no step may act in namespace: kube-system and
-// parry-system always, plus the playbook's own list.
+// AlwaysProtected are the namespaces no playbook may act in, whatever it
+// says: the cluster's own and parry's.
+func AlwaysProtected() []string { return []string{"kube-system", "parry-system"} }
+
+// IsProtected reports whether no step may act in namespace: the always
+// protected ones plus the playbook's own list.
 func IsProtected(namespace string, extra []string) bool {
-	return namespace == "kube-system" || namespace == "parry-system" || slices.Contains(extra, namespace)
+	return slices.Contains(AlwaysProtected(), namespace) || slices.Contains(extra, namespace)
 }
 
 // PartOfLabel marks parry's own pods (app.kubernetes.io/part-of=parry);

@@ -11,6 +11,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/manifest"
 	"parry.dev/parry/sensor/filters"
 )
@@ -158,7 +159,7 @@ func compileOne(s *Source, reg Registry) (Compiled, error) {
 }
 
 func protected(extra []string) []string {
-	out := slices.Concat(ProtectedNamespaces, extra)
+	out := slices.Concat(guard.AlwaysProtected(), extra)
 	slices.Sort(out)
 	return slices.Compact(out)
 }

@@ -12,10 +12,6 @@ const (
 	Kind       = "Playbook"
 )
 
-// ProtectedNamespaces are never acted on, whatever a playbook says: the
-// cluster's own and parry's.
-var ProtectedNamespaces = []string{"kube-system", "parry-system"}
-
 // Severities in increasing order; Score gives their base points.
 var Severities = []string{"low", "medium", "high", "critical"}
 

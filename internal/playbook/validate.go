@@ -12,6 +12,7 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/manifest"
 	"parry.dev/parry/sensor/filters"
 )
@@ -115,7 +116,7 @@ func validateFilter(s *Source, path string, f Filter, negated bool) manifest.Err
 				add(p, "%s %s: the value is empty (Knative would skip this filter and match more than intended)", dialect, attr)
 			}
 			if attr == events.ExtPodNamespace && !negated {
-				for _, ns := range ProtectedNamespaces {
+				for _, ns := range guard.AlwaysProtected() {
 					if (dialect == "exact" && m[attr] == ns) || (dialect == "prefix" && strings.HasPrefix(ns, m[attr])) || (dialect == "suffix" && strings.HasSuffix(ns, m[attr])) {
 						add(p, "%s %s %q selects the protected namespace %s: parry never acts there (drop this filter or use not: to exclude it)", dialect, attr, m[attr], ns)
 					}
@@ -136,7 +137,7 @@ func validateFilter(s *Source, path string, f Filter, negated bool) manifest.Err
 		if reason := cesqlProblem(f.CESQL); reason != "" {
 			add(path+".cesql", "%s", reason)
 		}
-		for _, ns := range ProtectedNamespaces {
+		for _, ns := range guard.AlwaysProtected() {
 			if negated {
 				break
 			}
