@@ -142,6 +142,9 @@ func printEvent(w io.Writer, e journal.Entry, start time.Time, prefix, branch st
 	if attrs := keyAttributes(e); attrs != "" {
 		fmt.Fprintf(w, "%s  %s\n", pad, attrs)
 	}
+	for _, why := range explanations(e) {
+		fmt.Fprintf(w, "%s  ! %s\n", pad, why)
+	}
 	for _, d := range e.Deliveries {
 		line := fmt.Sprintf("→ %s %s: %s after %s, %d attempt(s)", d.Target, d.Trigger, d.State, ms(d.Updated.Sub(e.Received)), d.Attempts)
 		if d.Target == journal.ToSubscriber && d.State == journal.Pending && d.Attempts == 0 {
@@ -152,6 +155,27 @@ func printEvent(w io.Writer, e journal.Entry, start time.Time, prefix, branch st
 		}
 		fmt.Fprintf(w, "%s  %s\n", pad, line)
 	}
+}
+
+// explanations are what an event's data says about why: classify's scoring
+// reasons, a step's reason for failing or refusing, a note. On-call reads
+// them without opening the JSON.
+func explanations(e journal.Entry) []string {
+	var data struct {
+		Reasons []string `json:"reasons"`
+		Reason  string   `json:"reason"`
+		Note    string   `json:"note"`
+	}
+	if json.Unmarshal(e.Event.Data(), &data) != nil {
+		return nil
+	}
+	out := data.Reasons
+	for _, s := range []string{data.Reason, data.Note} {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // keyAttributes are the routing attributes in a fixed order, then the rest.

@@ -1,0 +1,85 @@
+package main_test
+
+import (
+	"context"
+
+	"encoding/json"
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/journal"
+)
+
+// TestTraceShowsTheChainAndWhy builds a small incident in a real journal and
+// reads it back with the real binary, as on-call would.
+func TestTraceShowsTheChainAndWhy(t *testing.T) {
+	bin, err := parryBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "journal.db")
+	j, err := journal.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := events.New(events.Spec{Type: events.TypeNetworkConnect, Source: "parry://sensor/n1", Key: "k",
+		Extensions: map[string]string{events.ExtPodName: "web-1", events.ExtDestPort: "3333"}})
+	opened, _ := events.Reply(root, events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: "c",
+		Extensions: map[string]string{events.ExtIncident: "inc-t"}, Data: map[string]any{"reasons": []string{"+70: playbook crypto-miner (high)"}}})
+	failed, _ := events.Reply(opened, events.Spec{Type: events.StepFailed("isolate"), Source: "parry://function/isolate", Key: "i",
+		Data: map[string]string{"reason": "refused: namespace kube-system is protected"}})
+	a, err := j.Append(ctx, record(t, root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := j.Complete(ctx, journal.Key{Seq: a.Seq, Trigger: "parry-system/next", Target: journal.ToSubscriber}, 1, ptr(record(t, opened)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Complete(ctx, journal.Key{Seq: b.Seq, Trigger: "parry-system/next", Target: journal.ToSubscriber}, 1, ptr(record(t, failed))); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+
+	out, err := exec.Command(bin, "trace", "--journal", path, "inc-t").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	text := string(out)
+	for _, want := range []string{"3 events", events.TypeNetworkConnect, "└─ " + events.TypeIncidentOpened, "! +70: playbook crypto-miner (high)",
+		events.StepFailed("isolate"), "! refused: namespace kube-system is protected", "dport=3333"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("trace output lacks %q:\n%s", want, text)
+		}
+	}
+	out, err = exec.Command(bin, "trace", "--journal", path, "--json", "inc-t").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var trees []struct {
+		ID       string
+		Children []struct{ Type string }
+	}
+	if err := json.Unmarshal(out, &trees); err != nil || len(trees) != 1 || trees[0].ID != root.ID() || trees[0].Children[0].Type != events.TypeIncidentOpened {
+		t.Fatalf("--json: %v %s", err, out)
+	}
+	if out, err := exec.Command(bin, "trace", "--journal", path, "nope").CombinedOutput(); err == nil || !strings.Contains(string(out), "--last 20") {
+		t.Fatalf("unknown incident: %v %s", err, out)
+	}
+}
+
+func record(t *testing.T, e cloudevents.Event) journal.Record {
+	t.Helper()
+	r, err := journal.NewRecord("parry-system/parry", e, []string{"parry-system/next"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func ptr[T any](v T) *T { return &v }
