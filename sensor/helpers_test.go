@@ -2,8 +2,6 @@ package sensor_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +19,7 @@ import (
 
 	"parry.dev/parry/sensor"
 	"parry.dev/parry/sensor/internal/cgroups"
+	"parry.dev/parry/tests/podcgroup"
 )
 
 // TestMain doubles as the workload the tests run inside pod-shaped cgroups
@@ -154,46 +152,19 @@ func ext(ev cloudevents.Event, name string) string {
 	return v
 }
 
-// pod is a pod-shaped cgroup as the kubelet's systemd driver names it.
+// pod is a pod-shaped cgroup as the kubelet's systemd driver names it
+// (tests/podcgroup), with the names these tests use.
 type pod struct {
+	*podcgroup.Pod
 	uid, cid string
 	dir      string // the container's cgroup directory
 	podDir   string
-	created  []string
 }
 
 func newPod(t *testing.T) *pod {
 	t.Helper()
-	m, err := cgroups.Discover("/proc/self/mountinfo")
-	if err != nil || m.V2 == "" {
-		t.Fatalf("no cgroup2 mount: %v", err)
-	}
-	b := make([]byte, 48)
-	rand.Read(b)
-	h := hex.EncodeToString(b)
-	p := &pod{
-		uid: h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32],
-		cid: hex.EncodeToString(b[16:48]),
-	}
-	dir := m.V2
-	for _, c := range []string{
-		"kubepods.slice", "kubepods-besteffort.slice",
-		"kubepods-besteffort-pod" + strings.ReplaceAll(p.uid, "-", "_") + ".slice",
-		"cri-containerd-" + p.cid + ".scope",
-	} {
-		dir = filepath.Join(dir, c)
-		if err := os.Mkdir(dir, 0o755); err == nil {
-			p.created = append(p.created, dir)
-		} else if !os.IsExist(err) {
-			t.Fatal(err)
-		}
-		if strings.Contains(c, "-pod") {
-			p.podDir = dir
-		}
-	}
-	p.dir = dir
-	t.Cleanup(p.remove)
-	return p
+	p := podcgroup.New(t)
+	return &pod{Pod: p, uid: p.UID, cid: p.ContainerID, dir: p.Dir, podDir: filepath.Dir(p.Dir)}
 }
 
 // ensurePodRoot creates kubepods.slice before a sensor starts, so the
@@ -203,37 +174,12 @@ func ensurePodRoot(t *testing.T) {
 	os.Mkdir(filepath.Join(m.V2, "kubepods.slice"), 0o755)
 }
 
-func (p *pod) remove() {
-	for i := len(p.created) - 1; i >= 0; i-- {
-		// a cgroup can only go once its processes have exited
-		for range 50 {
-			if err := os.Remove(p.created[i]); err == nil || os.IsNotExist(err) || strings.HasSuffix(p.created[i], "kubepods.slice") {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-}
-
-// run starts a command inside the pod's container cgroup (clone3 with
-// CLONE_INTO_CGROUP: the process is in the cgroup before it execs).
 func (p *pod) run(t *testing.T, name string, args ...string) (string, error) {
-	t.Helper()
-	cmd := p.command(t, name, args...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	return p.Run(t, name, args...)
 }
 
 func (p *pod) command(t *testing.T, name string, args ...string) *exec.Cmd {
-	t.Helper()
-	fd, err := syscall.Open(p.dir, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	cmd := exec.Command(name, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-	return cmd
+	return p.Command(t, name, args...)
 }
 
 // helperCmd runs this test binary as a workload in the pod.

@@ -472,7 +472,7 @@ func TestShortLivedPod(t *testing.T) {
 	if out, err := p.run(t, "/usr/bin/cat", "/etc/shadow"); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	p.remove() // the pod is gone before anything is read
+	p.Remove() // the pod is gone before anything is read
 	if _, err := os.Stat(p.dir); !os.IsNotExist(err) {
 		t.Fatalf("cgroup still there: %v", err)
 	}

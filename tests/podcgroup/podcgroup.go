@@ -118,11 +118,13 @@ func NewFor(t testing.TB, uid string) *Pod {
 		}
 	}
 	p.Dir = dir
-	t.Cleanup(p.remove)
+	t.Cleanup(p.Remove)
 	return p
 }
 
-func (p *Pod) remove() {
+// Remove deletes the pod's cgroups now, as the kubelet does when a pod ends
+// (the ephemeral case); it runs at the end of the test anyway.
+func (p *Pod) Remove() {
 	for i := len(p.created) - 1; i >= 0; i-- {
 		if strings.HasSuffix(p.created[i], "kubepods.slice") {
 			continue // shared by every pod, and a running sensor's scope
