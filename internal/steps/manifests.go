@@ -8,6 +8,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
+	"parry.dev/parry/functions/classify"
 	"parry.dev/parry/functions/failed"
 	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/guard"
@@ -89,7 +90,7 @@ func objects(s function.Spec) []any {
 			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": account, "namespace": playbook.Namespace}}},
 		map[string]any{"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": meta(s.Name),
 			"spec": map[string]any{"template": map[string]any{
-				"metadata": map[string]any{"labels": map[string]string{guard.PartOfLabel: "parry"}},
+				"metadata": templateMeta(s.Name),
 				"spec": map[string]any{
 					"serviceAccountName": account,
 					"containers": []map[string]any{{
@@ -101,6 +102,17 @@ func objects(s function.Spec) []any {
 				},
 			}}},
 	}
+}
+
+// templateMeta keeps classify to one replica: its baselines, open incidents
+// and breakers live in one process's store, so a second replica would open
+// a second incident for the same attack.
+func templateMeta(name string) map[string]any {
+	m := map[string]any{"labels": map[string]string{guard.PartOfLabel: "parry"}}
+	if name == classify.Name {
+		m["annotations"] = map[string]string{"autoscaling.knative.dev/max-scale": "1", "autoscaling.knative.dev/min-scale": "1"}
+	}
+	return m
 }
 
 // dir is the package directory of a step under functions/.
