@@ -257,10 +257,10 @@ func checkFilter(file string, doc *yaml.Node, object, at string, f eventingv1.Su
 	problem := func(msg string) []filterError {
 		return []filterError{{Error: &Error{Pos: Locate(file, doc, at), Msg: object + " " + at + ": " + msg}, path: at}}
 	}
-	if dialects := setDialects(f); len(dialects) > 1 {
+	if dialects := Dialects(f); len(dialects) > 1 {
 		return problem(fmt.Sprintf("sets %s: a filter has exactly one dialect; combine them with all or any", strings.Join(dialects, " and ")))
 	}
-	if reason := materializes(f); reason != "" {
+	if reason := Unbuildable(f); reason != "" {
 		return problem(reason)
 	}
 	errs := checkMaterializes(file, doc, object, at+".all", f.All)
@@ -271,9 +271,10 @@ func checkFilter(file string, doc *yaml.Node, object, at string, f eventingv1.Su
 	return errs
 }
 
-// materializes returns why Knative's code cannot build f, or "". The CESQL
+// Unbuildable returns why Knative's code cannot build f, or "". The CESQL
 // parser panics on some malformed expressions; that is a bad expression too.
-func materializes(f eventingv1.SubscriptionsAPIFilter) (reason string) {
+// The playbook validator asks the same question of its filters.
+func Unbuildable(f eventingv1.SubscriptionsAPIFilter) (reason string) {
 	defer func() {
 		if r := recover(); r != nil {
 			reason = fmt.Sprintf("the CESQL parser rejected the expression %q (%v)", f.CESQL, r)
@@ -285,7 +286,9 @@ func materializes(f eventingv1.SubscriptionsAPIFilter) (reason string) {
 	return ""
 }
 
-func setDialects(f eventingv1.SubscriptionsAPIFilter) []string {
+// Dialects lists the dialects f sets, in Knative's documented order; a
+// valid filter sets exactly one.
+func Dialects(f eventingv1.SubscriptionsAPIFilter) []string {
 	var set []string
 	for _, d := range []struct {
 		name string
@@ -310,6 +313,9 @@ func unbuildable(f eventingv1.SubscriptionsAPIFilter) string {
 		}
 	}
 	if f.CESQL != "" {
+		if _, err := subscriptionsapi.NewCESQLFilter(f.CESQL); err != nil {
+			return fmt.Sprintf("invalid CESQL expression %q: %v", f.CESQL, err)
+		}
 		return fmt.Sprintf("invalid CESQL expression %q", f.CESQL)
 	}
 	return "filter sets no dialect: use one of exact, prefix, suffix, all, any, not, cesql"

@@ -7,9 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"go.uber.org/zap"
-	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
-
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/guard"
@@ -85,18 +82,7 @@ func validateOne(s *Source, reg Registry) manifest.Errors {
 func validateFilter(s *Source, path string, f Filter, negated bool) manifest.Errors {
 	var errs manifest.Errors
 	add := func(p, format string, args ...any) { errs = append(errs, s.errorf(p, format, args...)) }
-	var dialects []string
-	for _, d := range []struct {
-		name string
-		used bool
-	}{
-		{"exact", len(f.Exact) > 0}, {"prefix", len(f.Prefix) > 0}, {"suffix", len(f.Suffix) > 0},
-		{"all", len(f.All) > 0}, {"any", len(f.Any) > 0}, {"not", f.Not != nil}, {"cesql", f.CESQL != ""},
-	} {
-		if d.used {
-			dialects = append(dialects, d.name)
-		}
-	}
+	dialects := manifest.Dialects(f.Knative())
 	switch len(dialects) {
 	case 0:
 		add(path, "filter sets no dialect: use one of exact, prefix, suffix, all, any, not, cesql")
@@ -134,7 +120,7 @@ func validateFilter(s *Source, path string, f Filter, negated bool) manifest.Err
 		errs = append(errs, validateFilter(s, path+".not", *f.Not, !negated)...)
 	}
 	if f.CESQL != "" {
-		if reason := cesqlProblem(f.CESQL); reason != "" {
+		if reason := manifest.Unbuildable(Filter{CESQL: f.CESQL}.Knative()); reason != "" {
 			add(path+".cesql", "%s", reason)
 		}
 		for _, ns := range guard.AlwaysProtected() {
@@ -147,23 +133,6 @@ func validateFilter(s *Source, path string, f Filter, negated bool) manifest.Err
 		}
 	}
 	return errs
-}
-
-// cesqlProblem parses expr with Knative's own code, which panics on some
-// malformed input: a panic is a syntax error too.
-func cesqlProblem(expr string) (reason string) {
-	defer func() {
-		if r := recover(); r != nil {
-			reason = fmt.Sprintf("the CESQL parser rejected %q (%v)", expr, r)
-		}
-	}()
-	if _, err := subscriptionsapi.NewCESQLFilter(expr); err != nil {
-		return fmt.Sprintf("invalid CESQL expression %q: %v", expr, err)
-	}
-	if subscriptionsapi.MaterializeSubscriptionsAPIFilter(zap.NewNop(), Filter{CESQL: expr}.Knative()) == nil {
-		return fmt.Sprintf("invalid CESQL expression %q", expr)
-	}
-	return ""
 }
 
 func validateSensor(s *Source) manifest.Errors {
