@@ -84,15 +84,12 @@ func (f *Failer) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.
 	for _, k := range []string{attributes.KnativeErrorDestExtensionKey, attributes.KnativeErrorCodeExtensionKey, attributes.KnativeErrorDataExtensionKey} {
 		clean.SetExtension(k, nil)
 	}
-	out, err := events.Reply(clean, events.Spec{Type: events.StepFailed(step), Source: "parry://function/" + step, Key: step,
-		Extensions: map[string]string{events.ExtStep: step},
-		Data: map[string]string{
-			"reason": fmt.Sprintf("gave up after the Trigger's retries: %s answered %s: %s", dest, events.String(e, attributes.KnativeErrorCodeExtensionKey), strings.TrimSpace(string(reason))),
-		}})
+	out, err := function.Failed(clean, step, fmt.Sprintf("gave up after the Trigger's retries: %s answered %s: %s",
+		dest, events.String(e, attributes.KnativeErrorCodeExtensionKey), strings.TrimSpace(string(reason))))
 	if err != nil {
 		return nil, err
 	}
-	return nil, f.publish(ctx, out)
+	return nil, f.publish(ctx, *out)
 }
 
 // StepOf finds the step in a dead-letter destination: "function:isolate"

@@ -238,16 +238,12 @@ func (s *Isolator) unblock(ctx context.Context, node, podUID string) {
 }
 
 func (s *Isolator) done(cause cloudevents.Event, res Result) (*cloudevents.Event, error) {
-	r, err := events.Reply(cause, events.Spec{Type: events.StepDone(Name), Source: "parry://function/" + Name, Key: Name,
-		Extensions: map[string]string{events.ExtStep: Name}, Data: res})
-	return &r, err
+	return function.Done(cause, Name, res)
 }
 
 func (s *Isolator) failed(cause cloudevents.Event, reason string) (*cloudevents.Event, error) {
 	s.log.Warn().Str("event_id", cause.ID()).Str("incident", events.String(cause, events.ExtIncident)).Str("reason", reason).Msg("not isolating")
-	r, err := events.Reply(cause, events.Spec{Type: events.StepFailed(Name), Source: "parry://function/" + Name, Key: Name,
-		Extensions: map[string]string{events.ExtStep: Name}, Data: map[string]string{"reason": reason}})
-	return &r, err
+	return function.Failed(cause, Name, reason)
 }
 
 func (s *Isolator) transient(err error, format string, args ...any) error {

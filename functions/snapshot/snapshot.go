@@ -99,24 +99,24 @@ func (s *Snapshotter) Handle(ctx context.Context, e cloudevents.Event) (*cloudev
 	ns, name, uid := events.String(e, events.ExtPodNamespace), events.String(e, events.ExtPodName), events.String(e, events.ExtPodUID)
 	incident, playbook := events.String(e, events.ExtIncident), events.String(e, events.ExtPlaybook)
 	if uid == "" || incident == "" {
-		return s.reply(e, events.StepFailed(Name), map[string]string{"reason": "the event names no pod UID (poduid) or no incident: nothing to snapshot"})
+		return function.Failed(e, Name, "the event names no pod UID (poduid) or no incident: nothing to snapshot")
 	}
 	cfg, err := s.playbooks.StepConfig(playbook, Name)
 	if err != nil {
-		return s.reply(e, events.StepFailed(Name), map[string]string{"reason": fmt.Sprintf("playbook %q: %v", playbook, err)})
+		return function.Failed(e, Name, fmt.Sprintf("playbook %q: %v", playbook, err))
 	}
 	if r := s.guard.Admit(guard.Target{Playbook: playbook, Incident: incident, Namespace: ns}, cfg.Guard); r != nil {
-		return s.reply(e, events.StepFailed(Name), map[string]string{"reason": r.Reason})
+		return function.Failed(e, Name, r.Reason)
 	}
 	dir := filepath.Join(s.store, unsafeChars.ReplaceAllString(incident, "_"), unsafeChars.ReplaceAllString(uid, "_"))
 	res := Result{Bundle: dir, Unavailable: map[string]string{}, DryRun: cfg.DryRun}
 	if m, err := Verify(dir); err == nil {
 		// Redelivery: the bundle is complete; reply as the first time.
 		res.ManifestSHA256, res.Files = m, countFiles(dir)
-		return s.reply(e, events.StepDone(Name), res)
+		return function.Done(e, Name, res)
 	}
 	if cfg.DryRun {
-		return s.reply(e, events.StepDone(Name), res)
+		return function.Done(e, Name, res)
 	}
 
 	b := &bundle{files: map[string][]byte{}}
@@ -132,7 +132,7 @@ func (s *Snapshotter) Handle(ctx context.Context, e cloudevents.Event) (*cloudev
 		res.Unavailable["pod.json"] = "the pod no longer exists; the flight recorder holds what happened in it"
 		pod = nil
 	case apierrors.IsForbidden(err):
-		return s.reply(e, events.StepFailed(Name), map[string]string{"reason": "RBAC: " + err.Error()})
+		return function.Failed(e, Name, "RBAC: "+err.Error())
 	case err != nil:
 		return nil, fmt.Errorf("reading pod %s/%s: %w (retried per the Trigger's delivery spec)", ns, name, err)
 	default:
@@ -162,7 +162,7 @@ func (s *Snapshotter) Handle(ctx context.Context, e cloudevents.Event) (*cloudev
 	if len(res.Unavailable) == 0 {
 		res.Unavailable = nil
 	}
-	return s.reply(e, events.StepDone(Name), res)
+	return function.Done(e, Name, res)
 }
 
 // ownerResource maps the owner kinds a pod can have to their resources.
@@ -272,12 +272,6 @@ func hashBinary(pid uint32, exe string) string {
 		}
 	}
 	return "unreadable: the process has exited and " + exe + " is not readable from here"
-}
-
-func (s *Snapshotter) reply(cause cloudevents.Event, typ string, data any) (*cloudevents.Event, error) {
-	r, err := events.Reply(cause, events.Spec{Type: typ, Source: "parry://function/" + Name, Key: Name,
-		Extensions: map[string]string{events.ExtStep: Name}, Data: data})
-	return &r, err
 }
 
 type bundle struct{ files map[string][]byte }

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	rbacv1 "k8s.io/api/rbac/v1"
 
+	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/guard"
 )
 
@@ -234,4 +235,27 @@ type StepConfig struct {
 // cluster).
 type Playbooks interface {
 	StepConfig(playbook, step string) (StepConfig, error)
+}
+
+// Done is a step's reply when it succeeded: dev.parry.step.<step>.done.v1
+// from parry://function/<step>, carrying the step extension and data. Its id
+// derives from the cause and the step, so a redelivered cause gets the same
+// reply.
+func Done(cause cloudevents.Event, step string, data any) (*cloudevents.Event, error) {
+	return reply(cause, events.StepDone(step), step, data)
+}
+
+// Failed is a step's reply when it gave up or refused:
+// dev.parry.step.<step>.failed.v1 with {"reason": reason}.
+func Failed(cause cloudevents.Event, step, reason string) (*cloudevents.Event, error) {
+	return reply(cause, events.StepFailed(step), step, map[string]string{"reason": reason})
+}
+
+func reply(cause cloudevents.Event, typ, step string, data any) (*cloudevents.Event, error) {
+	r, err := events.Reply(cause, events.Spec{Type: typ, Source: "parry://function/" + step, Key: step,
+		Extensions: map[string]string{events.ExtStep: step}, Data: data})
+	if err != nil {
+		return nil, fmt.Errorf("%s: building the reply: %w", step, err)
+	}
+	return &r, nil
 }
