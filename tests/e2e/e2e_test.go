@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/rs/zerolog"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,14 +25,11 @@ import (
 	"parry.dev/parry/functions/isolate"
 	"parry.dev/parry/functions/respawn"
 	"parry.dev/parry/functions/snapshot"
-	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
-	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
-	"parry.dev/parry/internal/steps"
-	"parry.dev/parry/sensor"
 	"parry.dev/parry/tests/devenv"
+	"parry.dev/parry/tests/embedded"
 	"parry.dev/parry/tests/podcgroup"
 )
 
@@ -98,7 +93,6 @@ type world struct {
 	env   *devenv.Env
 	kube  kubernetes.Interface
 	stack *stack.Stack
-	state string
 }
 
 // start runs the embedded default against the local environment's cluster,
@@ -106,43 +100,9 @@ type world struct {
 func start(t *testing.T) *world {
 	t.Helper()
 	podcgroup.Require(t)
-	if err := sensor.Probe(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: the sensor cannot run here: %v", err)
-		}
-		t.Skipf("the sensor cannot run here: %v", err)
-	}
-	if err := podcgroup.EnsureRoot(); err != nil {
-		t.Fatal(err)
-	}
 	env := devenv.Require(t)
-	t.Setenv("KUBECONFIG", env.Kubeconfig)
-	state := t.TempDir()
-	filters, ok, err := playbook.SensorFiltersFromConfig(configDir, state)
-	if err != nil || !ok {
-		t.Fatalf("compiled sensor filters in %s: ok=%v err=%v", configDir, ok, err)
-	}
-	cfg := sensor.DefaultConfig()
-	cfg.FiltersPath, cfg.RecorderAddr, cfg.SpoolDir = filters, "127.0.0.1:0", filepath.Join(state, "spool")
-	cfg.Node, cfg.Kubeconfig = env.NodeName, env.Kubeconfig
-	log := zerolog.New(io.Discard)
-	if testing.Verbose() {
-		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.WarnLevel)
-	}
-	s, err := stack.Start(context.Background(), stack.Options{
-		ConfigDir: configDir, JournalPath: filepath.Join(state, "journal.db"), Listen: "127.0.0.1:0", Sensor: &cfg, Log: log,
-		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) {
-			return steps.InProcess(s, log, steps.Dirs{Config: configDir, State: state})
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Stop() })
-	if s.Sensor == nil {
-		t.Fatalf("the sensor did not start: %v", s.SensorDisabled)
-	}
-	return &world{env: env, kube: kubernetes.NewForConfigOrDie(env.RESTConfig()), stack: s, state: state}
+	s := embedded.Start(t, embedded.Options{ConfigDir: configDir, Kubeconfig: env.Kubeconfig, Node: env.NodeName})
+	return &world{env: env, kube: kubernetes.NewForConfigOrDie(env.RESTConfig()), stack: s}
 }
 
 func (w *world) deployment(t *testing.T, ns string, replicas int32) {

@@ -3,7 +3,6 @@ package playbooks
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/rs/zerolog"
 
 	"parry.dev/parry/functions/classify"
 	"parry.dev/parry/internal/broker"
@@ -22,8 +20,7 @@ import (
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
-	"parry.dev/parry/internal/steps"
-	"parry.dev/parry/sensor"
+	"parry.dev/parry/tests/embedded"
 	"parry.dev/parry/tests/podcgroup"
 )
 
@@ -83,49 +80,20 @@ func (r *replies) incidents(poduid string) []cloudevents.Event {
 	return out
 }
 
-// startStack runs the embedded default as `parry run` does: config/ as
-// compiled, the sensor with the compiled filters, classify in-process.
+// startStack runs the embedded default as `parry run` does, without a
+// cluster; classify's replies are recorded on their way back to the broker.
 func startStack(t *testing.T) (*replies, *stack.Stack) {
 	t.Helper()
-	podcgroup.Require(t)
-	if err := sensor.Probe(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: the sensor cannot run here: %v", err)
-		}
-		t.Skipf("the sensor cannot run here: %v", err)
-	}
-	if err := podcgroup.EnsureRoot(); err != nil {
-		t.Fatal(err)
-	}
-	os.Unsetenv("KUBECONFIG") // no cluster: pods are attributed from cgroup paths
-	state := t.TempDir()
-	filters, ok, err := playbook.SensorFiltersFromConfig(configDir, state)
-	if err != nil || !ok {
-		t.Fatalf("compiled sensor filters in %s: ok=%v err=%v", configDir, ok, err)
-	}
-	cfg := sensor.DefaultConfig()
-	// Coalescing off: every repetition of a burst reaches classify, so the
-	// tests prove its dedup, not only the sensor's.
-	cfg.CoalesceWindow = -1
-	cfg.FiltersPath, cfg.RecorderAddr, cfg.SpoolDir, cfg.Node, cfg.Kubeconfig = filters, "127.0.0.1:0", filepath.Join(state, "spool"), "test-node", ""
-	log := zerolog.New(io.Discard)
-	if testing.Verbose() {
-		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.InfoLevel)
-	}
 	rec := &replies{inputs: map[string]int{}}
-	s, err := stack.Start(context.Background(), stack.Options{
-		ConfigDir: configDir, JournalPath: filepath.Join(state, "journal.db"), Listen: "127.0.0.1:0",
-		Sensor: &cfg, Log: log,
-		// Exactly the functions parry run builds; classify's replies are
-		// recorded on their way back to the broker.
-		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) {
-			fns, err := steps.InProcess(s, log, steps.Dirs{Config: configDir, State: state})
-			if err != nil {
-				return nil, err
-			}
+	s := embedded.Start(t, embedded.Options{
+		ConfigDir: configDir, Node: "test-node",
+		// Coalescing off: every repetition of a burst reaches classify, so
+		// the tests prove its dedup, not only the sensor's.
+		CoalesceWindow: -1,
+		Wrap: func(fns map[string]broker.Handler) error {
 			c := fns[classify.Name]
 			if c == nil {
-				return nil, fmt.Errorf("steps.InProcess registered no %s", classify.Name)
+				return fmt.Errorf("steps.InProcess registered no %s", classify.Name)
 			}
 			fns[classify.Name] = func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
 				rec.input(e)
@@ -135,16 +103,9 @@ func startStack(t *testing.T) (*replies, *stack.Stack) {
 				}
 				return r, err
 			}
-			return fns, nil
+			return nil
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.Sensor == nil {
-		t.Fatalf("the sensor did not start: %v", s.SensorDisabled)
-	}
-	t.Cleanup(func() { s.Stop() })
 	return rec, s
 }
 
