@@ -132,9 +132,6 @@ func (b *Broker) deliver(ctx context.Context, j job) {
 		return // shutting down: the delivery stays pending in the journal
 	}
 	j.attempts++
-	log := b.log.With().Str("trigger", j.trig.key).Str("event_id", j.event.ID()).Str("event_type", j.event.Type()).
-		Str("target", string(j.key.Target)).Int("attempt", j.attempts).Int("status", out.code).Logger()
-
 	if out.ok() {
 		reply, err := b.prepareReply(j, out.reply)
 		if err == nil {
@@ -143,6 +140,10 @@ func (b *Broker) deliver(ctx context.Context, j job) {
 		}
 		out = outcome{code: http.StatusBadGateway, err: err}
 	}
+	// Only a failure gets a logger with the delivery's fields: building it
+	// for every delivery would allocate on the hot path.
+	log := b.log.With().Str("trigger", j.trig.key).Str("event_id", j.event.ID()).Str("event_type", j.event.Type()).
+		Str("target", string(j.key.Target)).Int("attempt", j.attempts).Int("status", out.code).Logger()
 
 	if retry, _ := j.trig.retry.CheckRetry(ctx, out.resp, out.err); retry && j.attempts <= j.trig.retry.RetryMax {
 		delay := j.trig.retry.Backoff(j.attempts, out.resp)
