@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"path/filepath"
+
+	"github.com/rs/zerolog"
 
 	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/logging"
@@ -21,8 +24,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:8080", "address of the broker ingress: POST /<namespace>/<broker>")
 	noSensor := fs.Bool("no-sensor", false, "do not start the eBPF sensor in this process")
 	maxEvent := fs.Int64("max-event-bytes", 1<<20, "largest event the ingress accepts; larger ones get 413")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", logging.DefaultFormat(), "console or json")
+	newLog := logFlags(fs, stderr)
 	sensorCfg := sensor.DefaultConfig()
 	sensorCfg.RegisterFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -32,7 +34,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "parry run takes no arguments, got %q\n", fs.Args())
 		return errUsage
 	}
-	log, err := logging.New(stderr, *logLevel, *logFormat)
+	log, err := newLog()
 	if err != nil {
 		return err
 	}
@@ -84,14 +86,13 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 func sensorCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("sensor", "[flags]", stderr)
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", logging.DefaultFormat(), "console or json")
+	newLog := logFlags(fs, stderr)
 	cfg := sensor.DefaultConfig()
 	cfg.RegisterFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := logging.New(stderr, *logLevel, *logFormat)
+	log, err := newLog()
 	if err != nil {
 		return err
 	}
@@ -99,4 +100,12 @@ func sensorCommand(ctx context.Context, args []string, _, stderr io.Writer) erro
 		return err
 	}
 	return sensor.Run(ctx, cfg, log)
+}
+
+// logFlags registers --log-level and --log-format and returns the logger
+// they describe, once the flags are parsed.
+func logFlags(fs *flag.FlagSet, stderr io.Writer) func() (zerolog.Logger, error) {
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	format := fs.String("log-format", logging.DefaultFormat(), "console or json")
+	return func() (zerolog.Logger, error) { return logging.New(stderr, *level, *format) }
 }
