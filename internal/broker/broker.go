@@ -115,13 +115,14 @@ func New(opts Options) (*Broker, error) {
 	var problems []string
 	for _, t := range opts.Manifests.Triggers {
 		br, _ := opts.Manifests.Broker(t.BrokerKey())
-		trig, err := b.resolve(t, br)
+		eventType := requiredType(t)
+		trig, err := b.resolve(t, br, eventType)
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("%s: Trigger %s: %v", t.Pos, t.Key(), err))
 			continue
 		}
 		b.triggers[trig.key] = trig
-		b.routes[trig.broker].add(trig, requiredType(t))
+		b.routes[trig.broker].add(trig, eventType)
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("broker: %s", strings.Join(problems, "\n"))
@@ -129,11 +130,16 @@ func New(opts Options) (*Broker, error) {
 	return b, nil
 }
 
-func (b *Broker) resolve(t manifest.Trigger, br manifest.Broker) (*trigger, error) {
+// resolve builds a Trigger's filter with Knative's code, and its subscriber
+// and delivery. indexedType is the type the route index already requires of
+// every event shown to this Trigger (see requiredType).
+func (b *Broker) resolve(t manifest.Trigger, br manifest.Broker, indexedType string) (*trigger, error) {
 	trig := &trigger{key: t.Key(), broker: t.BrokerKey()}
 	switch {
 	case len(t.Spec.Filters) > 0:
-		trig.filter = subscriptionsapi.CreateSubscriptionsAPIFilters(zap.NewNop(), t.Spec.Filters)
+		if filters := withoutTypeFilter(t.Spec.Filters, indexedType); len(filters) > 0 {
+			trig.filter = subscriptionsapi.CreateSubscriptionsAPIFilters(zap.NewNop(), filters)
+		}
 	case t.Spec.Filter != nil:
 		trig.filter = attributes.NewAttributesFilter(t.Spec.Filter.Attributes)
 	}
@@ -215,6 +221,22 @@ func requiredType(t manifest.Trigger) string {
 		return t.Spec.Filter.Attributes["type"]
 	}
 	return ""
+}
+
+// withoutTypeFilter drops the top-level {exact: {type: T}} entries of an
+// ANDed filter list whose type the index already guarantees. What it leaves
+// is still built and run by Knative; it drops a test that always passes, and
+// with it, for a playbook's usual Trigger (a type and one condition), the
+// all filter Knative wraps around two or more entries, which on every
+// rejected event signals a goroutine that reorders them. In the broker
+// benchmark that is 31 of 257 allocations per event.
+func withoutTypeFilter(filters []eventingv1.SubscriptionsAPIFilter, indexedType string) []eventingv1.SubscriptionsAPIFilter {
+	if indexedType == "" {
+		return filters
+	}
+	return slices.DeleteFunc(slices.Clone(filters), func(f eventingv1.SubscriptionsAPIFilter) bool {
+		return len(f.Exact) == 1 && f.Exact["type"] == indexedType && len(manifest.Dialects(f)) == 1
+	})
 }
 
 func exactTypeIn(filters []eventingv1.SubscriptionsAPIFilter) string {
