@@ -67,6 +67,7 @@ type options struct {
 	bpftrace    string
 	storms      string
 	variants    string
+	sensorArgs  string
 }
 
 func orchestrate() error {
@@ -78,6 +79,7 @@ func orchestrate() error {
 	flag.BoolVar(&o.skipBuild, "skip-build", false, "skip the build overhead measurement")
 	flag.StringVar(&o.bpftrace, "bpftrace", "bpftrace", "bpftrace binary for the baseline (\"\" skips it)")
 	flag.StringVar(&o.storms, "storms", "exec,connect,connect-max", "storms to run")
+	flag.StringVar(&o.sensorArgs, "sensor-args", "", "extra flags for the sensor, e.g. \"-wakeup-interval 20ms\"")
 	flag.StringVar(&o.variants, "variants", "default,every-event", "sensor configurations: default (coalescing), every-event (coalescing off)")
 	flag.Parse()
 	if err := sensor.Probe(); err != nil {
@@ -159,10 +161,10 @@ signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
 	spool, _ := os.MkdirTemp("", "parry-bench-spool-")
 	defer os.RemoveAll(spool)
 	t0 := time.Now()
-	sens, rec, err := startRole(self, "sensor", []string{
+	sens, rec, err := startRole(self, "sensor", append([]string{
 		"-sink", sinkURL, "-filters", filters, "-recorder-listen", "127.0.0.1:0", "-spool-dir", spool,
 		"-coalesce-window", coalesce, "-node", "bench", "-health-interval", "1h",
-	}, nil)
+	}, strings.Fields(o.sensorArgs)...), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +187,7 @@ signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
 	// idle cost: the sensor's periodic work with nothing to read
 	c0 := procCPU(sens.Process.Pid)
 	time.Sleep(2 * time.Second)
-	idle := procCPU(sens.Process.Pid) - c0
+	idle := procCPU(sens.Process.Pid).minus(c0).total()
 	fmt.Printf("%s: idle CPU %.2f%% of a core\n", name, 100*idle.Seconds()/2)
 
 	var rows []row
@@ -209,7 +211,7 @@ signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
 			return nil, err
 		}
 		s0 := procCPU(sens.Process.Pid)
-		var b0 time.Duration
+		var b0 cpuTime
 		var bl0 uint64
 		if bt != nil {
 			b0 = procCPU(bt.cmd.Process.Pid)
@@ -236,15 +238,17 @@ signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
 		for k, c := range h1.Kinds {
 			all += c.Received - h0.Kinds[k].Received
 		}
-		cpu := procCPU(sens.Process.Pid) - s0 - time.Duration(float64(idle)*(elapsed+500*time.Millisecond).Seconds()/2)
+		used := procCPU(sens.Process.Pid).minus(s0)
+		cpu := used.total() - time.Duration(float64(idle)*(elapsed+500*time.Millisecond).Seconds()/2)
 		rows = append(rows, row{
 			who: "parry sensor", storm: st.name + " — " + name, events: got, rate: float64(n) / elapsed.Seconds(),
 			dropped: drop, cpuTotal: cpu, cpuPerEvent: perEvent(cpu, all), rssPeakBytes: procHWM(sens.Process.Pid),
-			note: fmt.Sprintf("generator made %d; emitted %d, coalesced %d", n, h1.Emitted-h0.Emitted, h1.Coalesced-h0.Coalesced),
+			note: fmt.Sprintf("generator made %d; emitted %d, coalesced %d; in user mode %s/event", n, h1.Emitted-h0.Emitted, h1.Coalesced-h0.Coalesced,
+				perEvent(used.userShare(cpu), all).Round(10*time.Nanosecond)),
 		})
 		if bt != nil {
 			lines := bt.lines.Load() - bl0
-			bcpu := procCPU(bt.cmd.Process.Pid) - b0
+			bcpu := procCPU(bt.cmd.Process.Pid).minus(b0).total()
 			var lost uint64
 			if n > lines {
 				lost = n - lines
@@ -622,17 +626,48 @@ func (p *pod) run(self, role string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// procCPU is a process's user+system CPU time.
-func procCPU(pid int) time.Duration {
+// cpuTime is a process's CPU time: total from the scheduler's nanosecond
+// accounting of each thread (precise), and its split into user mode and the
+// kernel on the process's behalf (system calls, faults) from /proc/PID/stat,
+// which counts in USER_HZ ticks of 10 ms, too coarse to total a short storm.
+type cpuTime struct{ run, user, system time.Duration }
+
+func (c cpuTime) total() time.Duration { return c.run }
+
+func (c cpuTime) minus(o cpuTime) cpuTime {
+	return cpuTime{c.run - o.run, c.user - o.user, c.system - o.system}
+}
+
+// userShare is the part of d that the tick counts put in user mode.
+func (c cpuTime) userShare(d time.Duration) time.Duration {
+	if c.user+c.system == 0 {
+		return 0
+	}
+	return time.Duration(float64(d) * float64(c.user) / float64(c.user+c.system))
+}
+
+func procCPU(pid int) cpuTime {
+	var c cpuTime
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread exited
+		}
+		ns, _ := strconv.ParseInt(strings.Fields(string(b))[0], 10, 64)
+		c.run += time.Duration(ns)
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return c
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / time.Duration(clkTck)
+	tick := time.Second / time.Duration(clkTck)
+	c.user, c.system = time.Duration(ut)*tick, time.Duration(st)*tick
+	return c
 }
 
 const clkTck = 100 // USER_HZ on Linux
