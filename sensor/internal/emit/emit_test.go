@@ -2,11 +2,13 @@ package emit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -72,12 +74,23 @@ func (s *sink) down() {
 	}
 }
 
+// up listens on the old address again. While the sink was down, the
+// emitter's reconnects took ephemeral ports, and the sink's port is one of
+// them: Linux may pick it as a connect's local port (a TCP self-connect),
+// holding it until the emitter gives that attempt up. So retry a moment.
 func (s *sink) up() {
-	l, err := net.Listen("tcp", s.addr)
-	if err != nil {
-		s.t.Fatal(err)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := net.Listen("tcp", s.addr)
+		if err == nil {
+			s.serve(l)
+			return
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			s.t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	s.serve(l)
 }
 
 func (s *sink) events() []cloudevents.Event {
