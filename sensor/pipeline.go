@@ -62,7 +62,7 @@ func (s *Sensor) handle(raw []byte) {
 	s.emitRecord(r, id, &ev, n)
 }
 
-// tick runs when the reader had nothing to read for a poll interval.
+// tick runs at most once per PollInterval, when the reader wakes.
 func (s *Sensor) tick(now time.Time) {
 	if len(s.waiting) > 0 {
 		s.releaseWaiting(now)

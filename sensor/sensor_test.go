@@ -260,6 +260,32 @@ func TestStartupToFirstEvent(t *testing.T) {
 	}
 }
 
+// TestUnannouncedRecordsArePolled: the kernel wakes the reader for the
+// first record after a quiet spell and then at most once per
+// WakeupInterval, so the records right behind that first one sit in the
+// ring unannounced, and with the pod silent afterwards only the reader's
+// poll (PollInterval after its last read) brings them out.
+func TestUnannouncedRecordsArePolled(t *testing.T) {
+	requireKernel(t)
+	sink := newTestSink(t)
+	p := newPod(t)
+	startSensor(t, sensor.Config{Sink: sink.url(), FiltersPath: filtersFile(t, ""),
+		WakeupInterval: time.Second, PollInterval: time.Second, CoalesceWindow: -1})
+	time.Sleep(1500 * time.Millisecond) // quiet for longer than a wake-up interval
+	// The helper's exec wakes the reader; its connects follow within
+	// microseconds, without a wake-up, and then the pod falls silent.
+	const base = 42100
+	if out, err := p.helper(t, "udp-ports", strconv.Itoa(base), "3").CombinedOutput(); err != nil {
+		t.Fatalf("helper: %v: %s", err, out)
+	}
+	for i := range 3 {
+		port := strconv.Itoa(base + i)
+		sink.wait(t, 4*time.Second, "connect to port "+port, func(ev cloudevents.Event) bool {
+			return ev.Type() == events.TypeNetworkConnect && ext(ev, events.ExtDestPort) == port
+		})
+	}
+}
+
 // TestDropCounterExact overloads a one-page ring buffer while nothing reads
 // it: every record is either received or counted as dropped, exactly, and
 // a health event reports the loss at once.
