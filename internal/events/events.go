@@ -157,9 +157,18 @@ func TraceID(e cloudevents.Event) string {
 
 // String returns the extension attribute name of e as a string ("" when
 // absent). The broker and functions read extensions only through it, so the
-// loosely typed map of the SDK stays in one place.
+// loosely typed map of the SDK stays in one place. It reads a v1 context's
+// map in place: Event.Extensions copies the whole map on every call, and
+// GetExtension builds an error for every absent name. name is lower case,
+// as the SDK stores extension names.
 func String(e cloudevents.Event, name string) string {
-	v, ok := e.Extensions()[name]
+	var v any
+	var ok bool
+	if ec, isV1 := e.Context.(*event.EventContextV1); isV1 {
+		v, ok = ec.Extensions[name]
+	} else {
+		v, ok = e.Extensions()[name]
+	}
 	if !ok {
 		return ""
 	}

@@ -157,3 +157,16 @@ func FuzzValidate(f *testing.F) {
 		}
 	})
 }
+
+func TestStringReadsExtensionsOfEveryContextVersion(t *testing.T) {
+	for _, version := range []string{cloudevents.VersionV1, cloudevents.VersionV03} {
+		e := cloudevents.NewEvent(version)
+		e.SetExtension("dport", 3333) // the SDK keeps it as a string
+		e.SetExtension("poduid", "7f8e")
+		for name, want := range map[string]string{"dport": "3333", "poduid": "7f8e", "podns": ""} {
+			if got := events.String(e, name); got != want {
+				t.Errorf("%s: String(%s) = %q, want %q", version, name, got, want)
+			}
+		}
+	}
+}

@@ -370,8 +370,7 @@ func (st *statements) apply(ctx context.Context, req *writeReq) error {
 	if r := req.rec; r != nil {
 		e := r.Event
 		res, err := st.insertEvent.ExecContext(ctx, e.ID(), e.Source(), e.Type(), e.Subject(),
-			nullable(events.String(e, events.ExtIncident)), nullable(events.String(e, events.ExtCausation)),
-			events.TraceID(e), r.Broker, req.now, r.body)
+			r.incident, r.causation, r.traceID, r.Broker, req.now, r.body)
 		if err != nil {
 			return fmt.Errorf("journal: inserting event %s: %w", e.ID(), err)
 		}
@@ -413,9 +412,11 @@ type Record struct {
 	Broker   string
 	Event    cloudevents.Event
 	Triggers []string
-	// body is the structured-mode JSON, encoded by the caller's goroutine so
-	// the single writer only writes.
-	body []byte
+	// body is the structured-mode JSON and the rest the indexed columns,
+	// prepared on the caller's goroutine so the single writer only writes.
+	body                []byte
+	incident, causation any // nil when absent
+	traceID             string
 }
 
 // NewRecord encodes e for the journal.
@@ -424,7 +425,9 @@ func NewRecord(broker string, e cloudevents.Event, triggers []string) (Record, e
 	if err != nil {
 		return Record{}, fmt.Errorf("journal: encoding event %s: %w", e.ID(), err)
 	}
-	return Record{Broker: broker, Event: e, Triggers: triggers, body: body}, nil
+	return Record{Broker: broker, Event: e, Triggers: triggers, body: body,
+		incident: nullable(events.String(e, events.ExtIncident)), causation: nullable(events.String(e, events.ExtCausation)),
+		traceID: events.TraceID(e)}, nil
 }
 
 // Appended says what Append did.
