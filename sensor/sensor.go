@@ -420,8 +420,9 @@ func (s *Sensor) Run(ctx context.Context) error {
 // bpf/sensor.bpf.c), so a record may sit unannounced in the ring: the reader
 // polls until PollInterval has passed since its last read. During a storm
 // each wake-up reads records and moves the poll out, so the kernel's
-// wake-ups alone do the reading (each wake-up costs this VM about 80 µs, the
-// bulk of the sensor's CPU under load); an idle sensor costs nothing.
+// wake-ups alone do the reading (a wake-up costs tens of µs, up to about
+// 100 in a VM: the bulk of the sensor's CPU under load); an idle sensor
+// costs nothing.
 func (s *Sensor) readLoop() error {
 	var lastRead, lastTick time.Time
 	for {

@@ -140,12 +140,13 @@ func rawSender(b *testing.B, target string, pb *testing.PB, next func() (string,
 	}
 	defer conn.Close()
 	r := bufio.NewReader(conn)
+	head := "POST " + u.Path + " HTTP/1.1\r\nHost: " + u.Host +
+		"\r\nCe-Specversion: 1.0\r\nCe-Source: parry://sensor/bench\r\nCe-Type: " + events.TypeNetworkConnect +
+		"\r\nCe-Dport: 3333\r\nCe-Poduid: 7f8e\r\nContent-Length: 0\r\nCe-Id: "
 	var req []byte
 	for pb.Next() {
 		id, sent := next()
-		req = append(req[:0], "POST "+u.Path+" HTTP/1.1\r\nHost: "+u.Host+
-			"\r\nCe-Specversion: 1.0\r\nCe-Source: parry://sensor/bench\r\nCe-Type: "+events.TypeNetworkConnect+
-			"\r\nCe-Dport: 3333\r\nCe-Poduid: 7f8e\r\nContent-Length: 0\r\nCe-Id: "...)
+		req = append(req[:0], head...)
 		req = append(req, id...)
 		req = append(req, "\r\nCe-Sentns: "...)
 		req = strconv.AppendInt(req, sent, 10)
