@@ -149,10 +149,6 @@ struct {
 	__type(value, struct scratch);
 } scratch_map SEC(".maps");
 
-/* Time of the last forced wake-up; racy across CPUs on purpose: a lost
- * update costs one extra wake-up, never a lost record. */
-__u64 last_wakeup = 0;
-
 /* Older kernels call kernfs_node.__parent "parent". */
 struct kernfs_node___old {
 	struct kernfs_node *parent;
@@ -172,28 +168,113 @@ static __always_inline void count(__u32 kind, __u32 slot)
 		__sync_fetch_and_add(v, 1); /* atomic: a preempted program on this CPU may share the slot */
 }
 
+
 /*
- * Batched wake-ups: the consumer is woken when enough is unread or when the
- * last wake-up is old; otherwise it finds the record on its next wake-up or
- * its poll deadline (userspace polls at least every wakeup_ns).
+ * Batched wake-ups. A record wakes the sensor at once when the ring is
+ * filling up or the last wake-up is older than wakeup_ns (the first record
+ * after a quiet spell). Otherwise it waits for the flush timer, which fires
+ * wakeup_ns after the last wake-up and wakes the sensor if anything is
+ * unread: under load the sensor wakes once per wakeup_ns, and no record
+ * waits longer than that, with no polling from userspace.
+ *
+ * Only tp_btf and cgroup programs may arm a bpf_timer (the verifier refuses
+ * timers to tracepoint, raw_tp and kprobe programs). The others (opens and
+ * privilege signals, rare and urgent; exec and exit on the raw_tp fallback)
+ * ride on a flush that is already armed, or wake the sensor at once.
  */
-static __always_inline __u64 wakeup_flag(struct sensor_config *cfg)
+#define CLOCK_MONOTONIC 1
+
+struct flush {
+	struct bpf_timer t;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flush);
+} flush_timer SEC(".maps");
+
+/* Time of the last wake-up; racy across CPUs on purpose: a lost update
+ * costs one extra wake-up, never a lost record. */
+__u64 last_wakeup = 0;
+/* 1 while the flush timer is pending. Set before the timer starts and
+ * cleared by its callback before it looks at the ring, so a record
+ * committed while it reads 1 is seen by that flush. */
+__u64 flush_armed = 0;
+
+/* wake_now wakes the sensor with an empty, discarded record (the reader
+ * skips it). With the ring full it does nothing: the records that filled it
+ * crossed wakeup_bytes and woke the sensor themselves. */
+static __always_inline void wake_now(void)
 {
-	__u64 now = bpf_ktime_get_ns();
+	void *p = bpf_ringbuf_reserve(&events, 8, 0);
+	if (p)
+		bpf_ringbuf_discard(p, BPF_RB_FORCE_WAKEUP);
+}
+
+static int flush_cb(void *map, __u32 *key, struct flush *f)
+{
+	__sync_lock_test_and_set(&flush_armed, 0);
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > 0) {
+		last_wakeup = bpf_ktime_get_ns();
+		wake_now();
+	}
+	return 0;
+}
+
+/* arm starts the flush timer for last_wakeup + wakeup_ns, unless another
+ * CPU armed it since the caller looked: that flush sees the caller's record. */
+static __always_inline void arm(struct sensor_config *cfg, __u64 now)
+{
+	__u32 zero = 0;
+	if (__sync_val_compare_and_swap(&flush_armed, 0, 1) != 0)
+		return;
+	struct flush *f = bpf_map_lookup_elem(&flush_timer, &zero);
+	if (!f)
+		goto fail;
+	__u64 since = now - last_wakeup, delay = cfg->wakeup_ns;
+	if (since < delay)
+		delay -= since;
+	bpf_timer_init(&f->t, &flush_timer, CLOCK_MONOTONIC); /* -EBUSY once initialised */
+	if (bpf_timer_set_callback(&f->t, flush_cb) || bpf_timer_start(&f->t, delay, 0))
+		goto fail;
+	return;
+fail:
+	__sync_lock_test_and_set(&flush_armed, 0);
+	wake_now();
+}
+
+enum { THEN_NOTHING, THEN_ARM, THEN_RECHECK };
+
+/* submit counts the record as seen and, when there is no room, as dropped.
+ * can_arm must be a constant: a program that cannot arm the timer must not
+ * reference its map at all. */
+static __always_inline void submit(struct sensor_config *cfg, __u32 kind, void *rec, __u64 size, const bool can_arm)
+{
+	__u64 now = bpf_ktime_get_ns(), flag = BPF_RB_NO_WAKEUP;
+	int then = THEN_NOTHING;
+
+	count(kind, CNT_SEEN);
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg->wakeup_bytes ||
 	    now - last_wakeup >= cfg->wakeup_ns) {
 		last_wakeup = now;
-		return BPF_RB_FORCE_WAKEUP;
+		flag = BPF_RB_FORCE_WAKEUP;
+	} else if (flush_armed) {
+		then = THEN_RECHECK;
+	} else if (can_arm) {
+		then = THEN_ARM;
+	} else {
+		flag = BPF_RB_FORCE_WAKEUP;
 	}
-	return BPF_RB_NO_WAKEUP;
-}
-
-/* submit counts the record as seen and, when there is no room, as dropped. */
-static __always_inline void submit(struct sensor_config *cfg, __u32 kind, void *rec, __u64 size)
-{
-	count(kind, CNT_SEEN);
-	if (bpf_ringbuf_output(&events, rec, size, wakeup_flag(cfg)) < 0)
+	if (bpf_ringbuf_output(&events, rec, size, flag) < 0) {
 		count(kind, CNT_DROPPED);
+		return;
+	}
+	if (can_arm && then == THEN_ARM)
+		arm(cfg, now);
+	else if (then == THEN_RECHECK && __sync_fetch_and_add(&flush_armed, 0) == 0)
+		wake_now(); /* the flush ran between our look and our commit */
 }
 
 static __always_inline bool in_scope(struct sensor_config *cfg)
@@ -440,7 +521,7 @@ static __always_inline bool exe_name_match(struct dentry *d)
 }
 
 static __always_inline void emit_priv(struct sensor_config *cfg, struct task_struct *task, __u32 sig,
-				      __s32 syscall, __s64 ret, struct pending_priv *p)
+				      __s32 syscall, __s64 ret, struct pending_priv *p, const bool can_arm)
 {
 	struct priv_rec r = {};
 
@@ -459,10 +540,10 @@ static __always_inline void emit_priv(struct sensor_config *cfg, struct task_str
 		r.old_egid = p->old_egid;
 		__builtin_memcpy(r.name, p->name, sizeof(r.name));
 	}
-	submit(cfg, KIND_PRIV, &r, sizeof(r));
+	submit(cfg, KIND_PRIV, &r, sizeof(r), can_arm);
 }
 
-static __always_inline int handle_exec(struct task_struct *task, struct linux_binprm *bprm)
+static __always_inline int handle_exec(struct task_struct *task, struct linux_binprm *bprm, const bool can_arm)
 {
 	struct sensor_config *cfg = get_config();
 	if (!cfg || !(cfg->flags & CFG_EXEC) || !in_scope(cfg))
@@ -478,7 +559,7 @@ static __always_inline int handle_exec(struct task_struct *task, struct linux_bi
 		struct pending_priv p = {};
 		struct qstr q = BPF_CORE_READ(dentry, d_name);
 		bpf_probe_read_kernel_str(p.name, sizeof(p.name), q.name);
-		emit_priv(cfg, task, SIG_EXEC_MEMFD, -1, 0, &p);
+		emit_priv(cfg, task, SIG_EXEC_MEMFD, -1, 0, &p, can_arm);
 	}
 	if (!want) {
 		if (!exe_name_match(dentry))
@@ -557,11 +638,11 @@ static __always_inline int handle_exec(struct task_struct *task, struct linux_bi
 	if (size > sizeof(s->exec))
 		size = sizeof(s->exec);
 	r->hdr.size = size;
-	submit(cfg, KIND_EXEC, r, size);
+	submit(cfg, KIND_EXEC, r, size, can_arm);
 	return 0;
 }
 
-static __always_inline int handle_exit(struct task_struct *task)
+static __always_inline int handle_exit(struct task_struct *task, const bool can_arm)
 {
 	struct sensor_config *cfg = get_config();
 	if (!cfg || !(cfg->flags & CFG_EXIT))
@@ -588,32 +669,32 @@ static __always_inline int handle_exit(struct task_struct *task)
 	else
 		r.exit_code = BPF_CORE_READ(task, exit_code);
 	r.start_ktime = BPF_CORE_READ(task, start_boottime);
-	submit(cfg, KIND_EXIT, &r, sizeof(r));
+	submit(cfg, KIND_EXIT, &r, sizeof(r), can_arm);
 	return 0;
 }
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(exec_tp_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	return handle_exec(p, bprm);
+	return handle_exec(p, bprm, true);
 }
 
 SEC("raw_tp/sched_process_exec")
 int BPF_PROG(exec_raw_tp, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	return handle_exec(p, bprm);
+	return handle_exec(p, bprm, false);
 }
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(exit_tp_btf, struct task_struct *p)
 {
-	return handle_exit(p);
+	return handle_exit(p, true);
 }
 
 SEC("raw_tp/sched_process_exit")
 int BPF_PROG(exit_raw_tp, struct task_struct *p)
 {
-	return handle_exit(p);
+	return handle_exit(p, false);
 }
 
 /* ---- connect and the egress block ---- */
@@ -673,7 +754,7 @@ static __always_inline int handle_connect(struct bpf_sock_addr *ctx, __u16 famil
 		__builtin_memcpy(&r.daddr[8], &a2, 4);
 		__builtin_memcpy(&r.daddr[12], &a3, 4);
 	}
-	submit(cfg, KIND_CONNECT, &r, sizeof(r));
+	submit(cfg, KIND_CONNECT, &r, sizeof(r), true);
 	return blocked ? 0 : 1; /* 0 makes connect() fail with EPERM */
 }
 
@@ -733,7 +814,7 @@ static __always_inline int handle_open(struct trace_event_raw_sys_exit *ctx)
 	if (size > sizeof(s->open))
 		size = sizeof(s->open);
 	r->hdr.size = size;
-	submit(cfg, KIND_OPEN, r, size);
+	submit(cfg, KIND_OPEN, r, size, false);
 	return 0;
 }
 
@@ -818,7 +899,7 @@ static __always_inline int priv_exit(struct trace_event_raw_sys_exit *ctx)
 			return 0;
 		}
 	}
-	emit_priv(cfg, task, p->signal, p->syscall, ctx->ret, p);
+	emit_priv(cfg, task, p->signal, p->syscall, ctx->ret, p, false);
 	bpf_map_delete_elem(&pending, &tid);
 	return 0;
 }

@@ -50,14 +50,11 @@ type Config struct {
 	// AttributionWait holds an event of a pod the API server has not told
 	// us about yet, up to this long, so it leaves with the pod's name.
 	AttributionWait time.Duration
-	// WakeupInterval batches wake-ups: the kernel wakes the sensor at most
-	// once per interval (sooner when an eighth of the ring is unread), and
-	// at once for the first record after a quiet interval.
+	// WakeupInterval batches wake-ups: under load the kernel wakes the
+	// sensor once per interval (sooner when an eighth of the ring is
+	// unread), so no record waits longer; the first record after a quiet
+	// interval wakes it at once.
 	WakeupInterval time.Duration
-	// PollInterval bounds how long a record submitted without a wake-up
-	// waits in the ring buffer; the sensor polls only while records flow.
-	// At least WakeupInterval.
-	PollInterval time.Duration
 	// BTFPath is a vmlinux BTF file for kernels without built-in BTF.
 	BTFPath string
 	// DisableHooks lists hooks not to load: "exec", "open.openat",
@@ -142,9 +139,6 @@ func (c *Config) applyDefaults() {
 // have been parsed (DefaultConfig leaves them zero so --node and
 // --wakeup-interval still move them).
 func (c *Config) derive() {
-	if c.PollInterval == 0 {
-		c.PollInterval = 2 * c.WakeupInterval
-	}
 	if c.Source == "" {
 		c.Source = "parry://sensor/" + c.Node
 	}
@@ -166,8 +160,8 @@ func (c *Config) validate() error {
 	if c.HealthInterval < time.Second {
 		errs = append(errs, fmt.Errorf("--health-interval %s: at least 1s", c.HealthInterval))
 	}
-	if c.WakeupInterval < 0 || c.PollInterval < c.WakeupInterval || c.PollInterval < 100*time.Microsecond {
-		errs = append(errs, fmt.Errorf("--poll-interval %s: at least --wakeup-interval (%s) and 100µs", c.PollInterval, c.WakeupInterval))
+	if c.WakeupInterval < 100*time.Microsecond {
+		errs = append(errs, fmt.Errorf("--wakeup-interval %s: at least 100µs", c.WakeupInterval))
 	}
 	return errors.Join(errs...)
 }
@@ -191,8 +185,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.HealthInterval, "health-interval", d.HealthInterval, "interval of dev.parry.sensor.health.v1 events (one is sent at once on any loss)")
 	fs.DurationVar(&c.CoalesceWindow, "coalesce-window", d.CoalesceWindow, "identical events within this window are emitted once, with a count; negative turns it off")
 	fs.DurationVar(&c.AttributionWait, "attribution-wait", d.AttributionWait, "how long an event may wait for the API server to name its pod")
-	fs.DurationVar(&c.WakeupInterval, "wakeup-interval", d.WakeupInterval, "the kernel wakes the sensor at most once per interval under load (batching); the first record after a quiet interval wakes it at once")
-	fs.DurationVar(&c.PollInterval, "poll-interval", c.PollInterval, "longest wait for records the kernel submitted without waking the sensor (polls only while records flow); 0 means twice --wakeup-interval")
+	fs.DurationVar(&c.WakeupInterval, "wakeup-interval", d.WakeupInterval, "under load the kernel wakes the sensor once per interval, so no record waits longer (batching); the first record after a quiet interval wakes it at once")
 	fs.StringVar(&c.BTFPath, "btf", d.BTFPath, "vmlinux BTF file for kernels without /sys/kernel/btf/vmlinux")
 	fs.Func("disable-hooks", `comma-separated hooks not to load (exec, exit, connect4, connect6, open.openat, priv.ptrace, priv.*, exec/tp_btf, ...)`, func(s string) error {
 		for h := range strings.SplitSeq(s, ",") {

@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// TestFlagsMoveDerivedDefaults: --node and --wakeup-interval given on the
-// command line still move the source and the poll interval.
+// TestFlagsMoveDerivedDefaults: --node given on the command line still
+// moves the source.
 func TestFlagsMoveDerivedDefaults(t *testing.T) {
 	t.Setenv("K_SINK", "http://sink.example/")
 	cfg := DefaultConfig()
@@ -21,7 +21,7 @@ func TestFlagsMoveDerivedDefaults(t *testing.T) {
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Source != "parry://sensor/node-7" || cfg.PollInterval != 100*time.Millisecond || cfg.Sink != "http://sink.example/" {
+	if cfg.Source != "parry://sensor/node-7" || cfg.WakeupInterval != 50*time.Millisecond || cfg.Sink != "http://sink.example/" {
 		t.Fatalf("%+v", cfg)
 	}
 	if len(cfg.DisableHooks) != 2 {
@@ -30,6 +30,7 @@ func TestFlagsMoveDerivedDefaults(t *testing.T) {
 	bad := DefaultConfig()
 	bad.RingBufferSize = 3000
 	bad.CgroupMode = "v3"
+	bad.WakeupInterval = time.Microsecond
 	bad.derive()
 	if err := bad.validate(); err == nil {
 		t.Fatal("bad config accepted")

@@ -24,12 +24,16 @@
 //
 // Records pass the in-kernel filters (below), are counted as seen, and are
 // counted as dropped when the ring buffer has no room (per-CPU counters), so
-// received + dropped = seen exactly. Wake-ups are batched: under load the
-// kernel wakes the sensor at most once per --wakeup-interval (10ms), or when
-// an eighth of the ring is unread; the first record after a quiet spell
-// wakes it at once. The sensor drains the ring from its memory mapping
-// without system calls and waits in Go's netpoller; it polls every
-// --poll-interval only while records flow, so an idle sensor costs nothing.
+// received + dropped = seen exactly. Wake-ups are batched: the first record
+// after a quiet spell wakes the sensor at once; the records behind it wait
+// for a BPF timer that fires --wakeup-interval after that wake-up and wakes
+// the sensor if anything is unread (or an eighth of the ring filling up
+// wakes it sooner). So under load the sensor wakes once per interval and no
+// record waits longer. Only tp_btf and cgroup programs may arm the timer;
+// the tracepoint hooks (opens, privilege signals) and the raw_tp fallback
+// ride on an armed flush or wake the sensor at once. The sensor drains the
+// ring from its memory mapping without system calls and waits in Go's
+// netpoller with no timer of its own, so an idle sensor costs nothing.
 // (Each wake-up costs tens of microseconds of scheduling, more in VMs: the
 // batching is what keeps the CPU per event low under storms.)
 //

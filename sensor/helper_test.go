@@ -23,6 +23,17 @@ func helper(mode string, args []string) int {
 		base, _ := strconv.Atoi(args[0])
 		n, _ := strconv.Atoi(args[1])
 		return udpConnects(netip.MustParseAddr("127.0.0.1"), func(i int) uint16 { return uint16(base + i) }, n)
+	case "udp-ports-shadow": // udp-ports, then a read of /etc/shadow
+		base, _ := strconv.Atoi(args[0])
+		n, _ := strconv.Atoi(args[1])
+		if rc := udpConnects(netip.MustParseAddr("127.0.0.1"), func(i int) uint16 { return uint16(base + i) }, n); rc != 0 {
+			return rc
+		}
+		if _, err := os.ReadFile("/etc/shadow"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 4
+		}
+		return 0
 	case "priv":
 		return privileged()
 	case "probe":

@@ -62,7 +62,8 @@ func (s *Sensor) handle(raw []byte) {
 	s.emitRecord(r, id, &ev, n)
 }
 
-// tick runs at most once per PollInterval, when the reader wakes.
+// tick runs after every drain: it releases waiting events and, at most once
+// a second, sweeps the coalescing table.
 func (s *Sensor) tick(now time.Time) {
 	if len(s.waiting) > 0 {
 		s.releaseWaiting(now)

@@ -414,34 +414,21 @@ func (s *Sensor) Run(ctx context.Context) error {
 }
 
 // readLoop reads records until the ring is closed. It drains the ring
-// without system calls and waits in the netpoller (see kernel.Ring). The
-// kernel wakes it at most once per WakeupInterval while records flow, and at
-// once for the first record after a quiet spell (wakeup_flag in
-// bpf/sensor.bpf.c), so a record may sit unannounced in the ring: the reader
-// polls until PollInterval has passed since its last read. During a storm
-// each wake-up reads records and moves the poll out, so the kernel's
-// wake-ups alone do the reading (a wake-up costs tens of µs, up to about
-// 100 in a VM: the bulk of the sensor's CPU under load); an idle sensor
-// costs nothing.
+// without system calls and waits in the netpoller (see kernel.Ring) until
+// the kernel wakes it: at once for the first record after a quiet spell,
+// then once per WakeupInterval while records flow (the flush timer in
+// bpf/sensor.bpf.c). A wake-up costs tens of µs, up to about 100 in a VM,
+// and is the bulk of the sensor's CPU under load, so the loop sets no
+// deadline of its own, which would add a runtime timer and its wake-ups,
+// except while events wait for their pod's name.
 func (s *Sensor) readLoop() error {
-	var lastRead, lastTick time.Time
 	for {
 		now := time.Now()
-		if s.ring.Drain(s.handle) > 0 {
-			lastRead = now
-		}
-		if now.Sub(lastTick) >= s.cfg.PollInterval {
-			s.tick(now)
-			lastTick = now
-		}
+		s.ring.Drain(s.handle)
+		s.tick(now)
 		var deadline time.Time
-		if now.Sub(lastRead) < s.cfg.PollInterval {
-			deadline = lastRead.Add(s.cfg.PollInterval)
-		}
 		if len(s.waiting) > 0 {
-			if next := lastTick.Add(s.cfg.PollInterval); deadline.IsZero() || next.Before(deadline) {
-				deadline = next
-			}
+			deadline = now.Add(s.cfg.WakeupInterval)
 		}
 		switch err := s.ring.Wait(deadline); {
 		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):

@@ -260,28 +260,51 @@ func TestStartupToFirstEvent(t *testing.T) {
 	}
 }
 
-// TestUnannouncedRecordsArePolled: the kernel wakes the reader for the
-// first record after a quiet spell and then at most once per
-// WakeupInterval, so the records right behind that first one sit in the
-// ring unannounced, and with the pod silent afterwards only the reader's
-// poll (PollInterval after its last read) brings them out.
-func TestUnannouncedRecordsArePolled(t *testing.T) {
-	requireKernel(t)
-	sink := newTestSink(t)
-	p := newPod(t)
-	startSensor(t, sensor.Config{Sink: sink.url(), FiltersPath: filtersFile(t, ""),
-		WakeupInterval: time.Second, PollInterval: time.Second, CoalesceWindow: -1})
-	time.Sleep(1500 * time.Millisecond) // quiet for longer than a wake-up interval
-	// The helper's exec wakes the reader; its connects follow within
-	// microseconds, without a wake-up, and then the pod falls silent.
-	const base = 42100
-	if out, err := p.helper(t, "udp-ports", strconv.Itoa(base), "3").CombinedOutput(); err != nil {
-		t.Fatalf("helper: %v: %s", err, out)
-	}
-	for i := range 3 {
-		port := strconv.Itoa(base + i)
-		sink.wait(t, 4*time.Second, "connect to port "+port, func(ev cloudevents.Event) bool {
-			return ev.Type() == events.TypeNetworkConnect && ext(ev, events.ExtDestPort) == port
+// TestBatchedRecordsAreFlushed: the first record after a quiet spell wakes
+// the reader; the records right behind it are submitted without a wake-up,
+// and with the pod silent afterwards only the kernel's flush timer, one
+// WakeupInterval after that wake-up, brings them out (the reader sets no
+// deadline of its own). The connects come from a cgroup program, which arms
+// the timer; the /etc/shadow open comes from a tracepoint, which cannot and
+// must ride on that flush. On the raw_tp fallback the exec cannot arm it
+// either.
+func TestBatchedRecordsAreFlushed(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		disable []string
+	}{
+		{"tp_btf", nil},
+		{"raw_tp", []string{"exec/tp_btf", "exit/tp_btf"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			requireKernel(t)
+			sink := newTestSink(t)
+			p := newPod(t)
+			const interval = time.Second
+			startSensor(t, sensor.Config{Sink: sink.url(), FiltersPath: filtersFile(t, ""),
+				WakeupInterval: interval, CoalesceWindow: -1, DisableHooks: tc.disable})
+			time.Sleep(interval + 500*time.Millisecond) // quiet for longer than a wake-up interval
+			// The helper's exec wakes the reader; its connects and its open
+			// follow within microseconds, and then the pod falls silent.
+			const base = 42100
+			start := time.Now()
+			if out, err := p.helper(t, "udp-ports-shadow", strconv.Itoa(base), "3").CombinedOutput(); err != nil {
+				t.Fatalf("helper: %v: %s", err, out)
+			}
+			for i := range 3 {
+				port := strconv.Itoa(base + i)
+				sink.wait(t, 4*time.Second, "connect to port "+port, func(ev cloudevents.Event) bool {
+					return ev.Type() == events.TypeNetworkConnect && ext(ev, events.ExtDestPort) == port
+				})
+			}
+			sink.wait(t, 4*time.Second, "open of /etc/shadow", func(ev cloudevents.Event) bool {
+				return ev.Type() == events.TypeFileOpen && ext(ev, events.ExtPath) == "/etc/shadow"
+			})
+			// Held by the flush, not woken one by one: no sooner than the
+			// interval, and not much later.
+			if took := time.Since(start); took < interval/2 || took > interval+time.Second {
+				t.Errorf("batched records arrived after %s, want about the %s wake-up interval", took, interval)
+			}
 		})
 	}
 }

@@ -176,7 +176,8 @@ func Load(o Options, log zerolog.Logger) (*Kernel, error) {
 		"exe_names": k.maps.ExeNames, "ports": k.maps.Ports, "path_trie": k.maps.PathTrie,
 		"scope_roots": k.maps.ScopeRoots, "blocked_cgroups": k.maps.BlockedCgroups,
 		"tracked": k.maps.Tracked, "pending": k.maps.Pending, "scratch_map": k.maps.ScratchMap,
-		".bss": k.bss,
+		"flush_timer": k.maps.FlushTimer,
+		".bss":        k.bss,
 	}
 	opts.MapReplacements = repl
 

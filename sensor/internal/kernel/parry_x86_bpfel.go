@@ -45,6 +45,14 @@ type parryExitRec struct {
 	StartKtime uint64
 }
 
+type parryFlush struct {
+	_ structs.HostLayout
+	T struct {
+		_      structs.HostLayout
+		Opaque [2]uint64
+	}
+}
+
 type parryOpenRec struct {
 	_       structs.HostLayout
 	Hdr     parryRecHdr
@@ -154,6 +162,7 @@ const (
 	parryMapCounters              = "counters"
 	parryMapEvents                = "events"
 	parryMapExeNames              = "exe_names"
+	parryMapFlushTimer            = "flush_timer"
 	parryMapPathTrie              = "path_trie"
 	parryMapPending               = "pending"
 	parryMapPorts                 = "ports"
@@ -196,6 +205,7 @@ const (
 	parryProgPrivExitSetreuid     = "priv_exit_setreuid"
 	parryProgPrivExitSetuid       = "priv_exit_setuid"
 	parryProgPrivExitUnshare      = "priv_exit_unshare"
+	parryVarFlushArmed            = "flush_armed"
 	parryVarLastWakeup            = "last_wakeup"
 	parryVarUnusedConnectRec      = "unused_connect_rec"
 	parryVarUnusedExecRec         = "unused_exec_rec"
@@ -291,6 +301,7 @@ type parryMapSpecs struct {
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	ExeNames       *ebpf.MapSpec `ebpf:"exe_names"`
+	FlushTimer     *ebpf.MapSpec `ebpf:"flush_timer"`
 	PathTrie       *ebpf.MapSpec `ebpf:"path_trie"`
 	Pending        *ebpf.MapSpec `ebpf:"pending"`
 	Ports          *ebpf.MapSpec `ebpf:"ports"`
@@ -304,6 +315,7 @@ type parryMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type parryVariableSpecs struct {
+	FlushArmed       *ebpf.VariableSpec `ebpf:"flush_armed"`
 	LastWakeup       *ebpf.VariableSpec `ebpf:"last_wakeup"`
 	UnusedConnectRec *ebpf.VariableSpec `ebpf:"unused_connect_rec"`
 	UnusedExecRec    *ebpf.VariableSpec `ebpf:"unused_exec_rec"`
@@ -336,6 +348,7 @@ type parryMaps struct {
 	Counters       *ebpf.Map `ebpf:"counters"`
 	Events         *ebpf.Map `ebpf:"events"`
 	ExeNames       *ebpf.Map `ebpf:"exe_names"`
+	FlushTimer     *ebpf.Map `ebpf:"flush_timer"`
 	PathTrie       *ebpf.Map `ebpf:"path_trie"`
 	Pending        *ebpf.Map `ebpf:"pending"`
 	Ports          *ebpf.Map `ebpf:"ports"`
@@ -351,6 +364,7 @@ func (m *parryMaps) Close() error {
 		m.Counters,
 		m.Events,
 		m.ExeNames,
+		m.FlushTimer,
 		m.PathTrie,
 		m.Pending,
 		m.Ports,
@@ -365,6 +379,7 @@ func (m *parryMaps) Close() error {
 //
 // It can be passed to loadParryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type parryVariables struct {
+	FlushArmed       *ebpf.Variable `ebpf:"flush_armed"`
 	LastWakeup       *ebpf.Variable `ebpf:"last_wakeup"`
 	UnusedConnectRec *ebpf.Variable `ebpf:"unused_connect_rec"`
 	UnusedExecRec    *ebpf.Variable `ebpf:"unused_exec_rec"`
