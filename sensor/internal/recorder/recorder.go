@@ -62,6 +62,12 @@ type Process struct {
 	ExitTime   *time.Time `json:"exitTime,omitempty"`
 	ExitStatus *int32     `json:"exitStatus,omitempty"`
 	Fileless   bool       `json:"fileless,omitempty"`
+
+	// The table keeps the exit by value (no allocation per exit); a
+	// snapshot points ExitTime and ExitStatus at its own copy.
+	exited   bool
+	exitTime time.Time
+	exitCode int32
 }
 
 // Conn summarises the connects to one destination.
@@ -240,20 +246,20 @@ func (r *Recorder) shrinkLocked() {
 func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 	switch ev.Kind {
 	case "exec":
-		if p, ok := c.procs[ev.PID]; ok || len(c.procs) < r.o.MaxRows || c.evictExited() {
-			if !ok {
-				p = &Process{PID: ev.PID}
-				c.procs[ev.PID] = p
+		p, ok := c.procs[ev.PID]
+		if !ok {
+			if len(c.procs) < r.o.MaxRows {
+				p = &Process{}
+			} else if p = c.evictExited(); p == nil {
+				c.overflowed++
+				return
 			}
-			p.PPID, p.UID, p.EUID, p.Exe, p.Args, p.Exec, p.Fileless = ev.PPID, ev.UID, ev.EUID, ev.Exe, ev.Args, ev.Time, ev.Fileless
-			p.ExitTime, p.ExitStatus = nil, nil
-		} else {
-			c.overflowed++
+			c.procs[ev.PID] = p
 		}
+		*p = Process{PID: ev.PID, PPID: ev.PPID, UID: ev.UID, EUID: ev.EUID, Exe: ev.Exe, Args: ev.Args, Exec: ev.Time, Fileless: ev.Fileless}
 	case "exit":
-		if p, ok := c.procs[ev.PID]; ok && ev.Exit != nil && p.ExitTime == nil {
-			t, s := ev.Time, ev.Exit.Status
-			p.ExitTime, p.ExitStatus = &t, &s
+		if p, ok := c.procs[ev.PID]; ok && ev.Exit != nil && !p.exited {
+			p.exited, p.exitTime, p.exitCode = true, ev.Time, ev.Exit.Status
 			c.exited = append(c.exited, ev.PID)
 			if len(c.exited) > 2*r.o.MaxRows {
 				c.compactExited() // reused pids left stale entries
@@ -290,25 +296,26 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 	}
 }
 
-// evictExited frees one row of the process table, the earliest exited
-// (a pid reused since is skipped: its row belongs to the new process).
-func (c *cgroupLog) evictExited() bool {
+// evictExited frees the row of the earliest exited process and returns it
+// for reuse (a pid reused since is skipped: its row belongs to the new
+// process), or nil when every process is alive.
+func (c *cgroupLog) evictExited() *Process {
 	for len(c.exited) > 0 {
 		pid := c.exited[0]
 		c.exited = c.exited[1:]
-		if p, ok := c.procs[pid]; ok && p.ExitTime != nil {
+		if p, ok := c.procs[pid]; ok && p.exited {
 			delete(c.procs, pid)
-			return true
+			return p
 		}
 	}
-	return false
+	return nil
 }
 
 func (c *cgroupLog) compactExited() {
 	seen := make(map[uint32]bool, len(c.exited))
 	kept := c.exited[:0]
 	for _, pid := range c.exited {
-		if p, ok := c.procs[pid]; ok && p.ExitTime != nil && !seen[pid] {
+		if p, ok := c.procs[pid]; ok && p.exited && !seen[pid] {
 			seen[pid] = true
 			kept = append(kept, pid)
 		}
@@ -440,6 +447,11 @@ func (c *cgroupLog) snapshot() CgroupRecord {
 		rec.Processes = append(rec.Processes, *p)
 	}
 	slices.SortFunc(rec.Processes, func(a, b Process) int { return cmp.Or(a.Exec.Compare(b.Exec), cmp.Compare(a.PID, b.PID)) })
+	for i := range rec.Processes {
+		if p := &rec.Processes[i]; p.exited {
+			p.ExitTime, p.ExitStatus = &p.exitTime, &p.exitCode
+		}
+	}
 	for _, cn := range c.conns {
 		rec.Connections = append(rec.Connections, *cn)
 	}
