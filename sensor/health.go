@@ -77,28 +77,43 @@ func (s *Sensor) Health() Health {
 	if f := s.firstRec.Load(); f != 0 {
 		h.StartupMs = (f - s.start.UnixNano()) / 1e6
 	}
-	c, err := s.k.Counters()
-	if err != nil {
-		s.log.Error().Err(err).Msg("reading kernel counters")
-	}
+	c := s.kernelCounters()
 	for k := wire.KindExec; k < wire.NumKinds; k++ {
 		kc := KindCounts{Seen: c.Seen[k], Dropped: c.Dropped[k], Received: s.received[k].Load()}
 		if kc.Seen > kc.Dropped+kc.Received {
 			kc.InFlight = kc.Seen - kc.Dropped - kc.Received
 		}
 		h.Kinds[k.String()] = kc
-		h.Lost.RingBuffer += kc.Dropped
 	}
-	h.Lost.Malformed = s.malformed.Load()
-	h.Lost.Build = s.buildErrs.Load()
 	if s.em != nil {
 		st := s.em.Stats()
 		h.Emitter = &st
-		h.Lost.SpoolOverflow = st.SpoolOverflow
-		h.Lost.Rejected = st.Rejected
 	}
-	h.LostTotal = h.Lost.RingBuffer + h.Lost.Malformed + h.Lost.Build + h.Lost.SpoolOverflow + h.Lost.Rejected
+	h.Lost, h.LostTotal = s.losses(c, h.Emitter)
 	return h
+}
+
+// losses totals what was lost; the housekeeping loop polls it every second,
+// so it reads only counters (Health also reads /proc and the tables).
+func (s *Sensor) losses(c kernel.Counts, em *emit.Stats) (Loss, uint64) {
+	var l Loss
+	for k := wire.KindExec; k < wire.NumKinds; k++ {
+		l.RingBuffer += c.Dropped[k]
+	}
+	l.Malformed = s.malformed.Load()
+	l.Build = s.buildErrs.Load()
+	if em != nil {
+		l.SpoolOverflow, l.Rejected = em.SpoolOverflow, em.Rejected
+	}
+	return l, l.RingBuffer + l.Malformed + l.Build + l.SpoolOverflow + l.Rejected
+}
+
+func (s *Sensor) kernelCounters() kernel.Counts {
+	c, err := s.k.Counters()
+	if err != nil {
+		s.log.Error().Err(err).Msg("reading kernel counters")
+	}
+	return c
 }
 
 // housekeeping runs the periodic work: loss detection (kernel drops are
@@ -112,13 +127,18 @@ func (s *Sensor) housekeeping(ctx context.Context) {
 	var lastHealth time.Time
 	lastSweep, lastScope := time.Now(), time.Now()
 	report := func(now time.Time, force bool) {
-		h := s.Health()
-		if h.LostTotal > lastLoss {
-			h.NewLoss = true
+		var em *emit.Stats
+		if s.em != nil {
+			st := s.em.Stats()
+			em = &st
 		}
-		if !force && !(h.NewLoss && now.Sub(lastHealth) >= time.Second) && now.Sub(lastHealth) < s.cfg.HealthInterval {
+		_, lost := s.losses(s.kernelCounters(), em)
+		newLoss := lost > lastLoss
+		if !force && !(newLoss && now.Sub(lastHealth) >= time.Second) && now.Sub(lastHealth) < s.cfg.HealthInterval {
 			return
 		}
+		h := s.Health()
+		h.NewLoss = h.LostTotal > lastLoss
 		if h.NewLoss {
 			s.log.Warn().Uint64("lost_total", h.LostTotal).Interface("lost", h.Lost).Msg("events lost")
 		}

@@ -115,7 +115,7 @@ func recorderEvent(r *wire.Record, t time.Time, cg uint64, exe string) recorder.
 		ev.Exe, ev.Args, ev.Fileless = r.Exe, r.Args, r.Fileless
 	case wire.KindExit:
 		ev.Exe = exe
-		ev.Exit = &recorder.Exit{Status: r.ExitCode, Start: time.Unix(0, t.UnixNano()-int64(r.Ktime-r.StartKtime))}
+		ev.Exit = recorder.Exit{Status: r.ExitCode, Start: time.Unix(0, t.UnixNano()-int64(r.Ktime-r.StartKtime))}
 	case wire.KindConnect:
 		ev.Exe, ev.DAddr, ev.DPort, ev.Proto, ev.Blocked = exe, r.DAddr, r.DPort, wire.ProtoName(r.Proto), r.Blocked
 	case wire.KindOpen:

@@ -38,7 +38,7 @@ type Event struct {
 	Proto     string     `json:"proto,omitempty"`
 	Signal    string     `json:"signal,omitempty"`
 	Ret       int64      `json:"ret,omitempty"`
-	Exit      *Exit      `json:"exit,omitempty"`
+	Exit      Exit       `json:"exit,omitzero"` // a value: no allocation per exit
 	Truncated bool       `json:"truncated,omitempty"`
 	Blocked   bool       `json:"blocked,omitempty"`
 	Fileless  bool       `json:"fileless,omitempty"`
@@ -258,7 +258,7 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 		}
 		*p = Process{PID: ev.PID, PPID: ev.PPID, UID: ev.UID, EUID: ev.EUID, Exe: ev.Exe, Args: ev.Args, Exec: ev.Time, Fileless: ev.Fileless}
 	case "exit":
-		if p, ok := c.procs[ev.PID]; ok && ev.Exit != nil && !p.exited {
+		if p, ok := c.procs[ev.PID]; ok && !p.exited {
 			p.exited, p.exitTime, p.exitCode = true, ev.Time, ev.Exit.Status
 			c.exited = append(c.exited, ev.PID)
 			if len(c.exited) > 2*r.o.MaxRows {

@@ -22,7 +22,7 @@ func TestPodHistory(t *testing.T) {
 	for i := range 100 {
 		r.Add(id, Event{Time: t0.Add(2 * time.Second), Kind: "connect", PID: 10, DAddr: netip.MustParseAddr("10.0.0.1"), DPort: 4444, Proto: "tcp", Blocked: i%2 == 0})
 	}
-	r.Add(id, Event{Time: t0.Add(3 * time.Second), Kind: "exit", PID: 10, Exit: &Exit{Status: 256}})
+	r.Add(id, Event{Time: t0.Add(3 * time.Second), Kind: "exit", PID: 10, Exit: Exit{Status: 256, Start: t0}})
 	r.Add(ident(2, "pod-b"), Event{Time: t0, Kind: "exec", PID: 20})
 
 	recs, ok := r.Pod("pod-a")
