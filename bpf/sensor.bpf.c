@@ -179,8 +179,10 @@ static __always_inline void count(__u32 kind, __u32 slot)
  *
  * Only tp_btf and cgroup programs may arm a bpf_timer (the verifier refuses
  * timers to tracepoint, raw_tp and kprobe programs). The others (opens and
- * privilege signals, rare and urgent; exec and exit on the raw_tp fallback)
- * ride on a flush that is already armed, or wake the sensor at once.
+ * privilege signals; exec and exit on the raw_tp fallback) ride on a flush
+ * that is already armed, or wake the sensor at once; woken again within an
+ * interval, the sensor arms the flush for them (kick_flush), so a stream of
+ * them costs at most two wake-ups per interval.
  */
 #define CLOCK_MONOTONIC 1
 
@@ -245,6 +247,19 @@ fail:
 	wake_now();
 }
 
+/* kick_flush arms the flush timer on the reader's request (BPF_PROG_RUN):
+ * records from programs that cannot arm it woke the reader within an
+ * interval of the last wake-up, so more may follow; from now on they ride
+ * on the flush instead of waking the reader one by one. */
+SEC("syscall")
+int kick_flush(void *ctx)
+{
+	struct sensor_config *cfg = get_config();
+	if (cfg && !flush_armed)
+		arm(cfg, bpf_ktime_get_ns());
+	return 0;
+}
+
 enum { THEN_NOTHING, THEN_ARM, THEN_RECHECK };
 
 /* submit counts the record as seen and, when there is no room, as dropped.
@@ -256,12 +271,16 @@ static __always_inline void submit(struct sensor_config *cfg, __u32 kind, void *
 	int then = THEN_NOTHING;
 
 	count(kind, CNT_SEEN);
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg->wakeup_bytes ||
-	    now - last_wakeup >= cfg->wakeup_ns) {
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg->wakeup_bytes) {
 		last_wakeup = now;
 		flag = BPF_RB_FORCE_WAKEUP;
 	} else if (flush_armed) {
+		/* before the quiet test: at the end of an interval the flush is
+		 * due, and waking here as well would wake the sensor twice */
 		then = THEN_RECHECK;
+	} else if (now - last_wakeup >= cfg->wakeup_ns) {
+		last_wakeup = now;
+		flag = BPF_RB_FORCE_WAKEUP;
 	} else if (can_arm) {
 		then = THEN_ARM;
 	} else {

@@ -40,7 +40,12 @@ type Health struct {
 	Emitter    *emit.Stats    `json:"emitter,omitempty"`
 	Recorder   recorder.Stats `json:"recorder"`
 	Cgroups    int            `json:"cgroupsAttributed"`
-	RSSBytes   int64          `json:"rssBytes"`
+	// Wakeups counts the times the reader slept and the kernel woke it;
+	// FlushKicks the times it armed the kernel's flush timer for records
+	// that cannot (see readLoop).
+	Wakeups    uint64 `json:"wakeups"`
+	FlushKicks uint64 `json:"flushKicks"`
+	RSSBytes   int64  `json:"rssBytes"`
 }
 
 // KindCounts are the counters of one record kind.
@@ -72,6 +77,8 @@ func (s *Sensor) Health() Health {
 		OutOfScope: s.outScope.Load(),
 		Recorder:   s.rec.Stats(),
 		Cgroups:    s.attr.Len(),
+		Wakeups:    s.wakeups.Load(),
+		FlushKicks: s.kicks.Load(),
 		RSSBytes:   rss(),
 	}
 	if f := s.firstRec.Load(); f != 0 {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strconv"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -32,6 +33,21 @@ func helper(mode string, args []string) int {
 		if _, err := os.ReadFile("/etc/shadow"); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 4
+		}
+		return 0
+	case "setuid-storm": // drop to nobody, then n refused setuid(0) calls, gap apart
+		n, _ := strconv.Atoi(args[0])
+		gap, _ := time.ParseDuration(args[1])
+		if err := syscall.Setresuid(65534, 65534, 65534); err != nil {
+			fmt.Fprintln(os.Stderr, "setresuid:", err)
+			return 1
+		}
+		for range n {
+			if _, _, e := unix.RawSyscall(unix.SYS_SETUID, 0, 0, 0); e != unix.EPERM {
+				fmt.Fprintln(os.Stderr, "setuid(0) as nobody:", e)
+				return 1
+			}
+			time.Sleep(gap)
 		}
 		return 0
 	case "priv":

@@ -79,6 +79,7 @@ type Sensor struct {
 	waiting  []waitingEvent
 	waitPods map[string]int
 	lastTick time.Time
+	kickOK   bool // KickFlush works (reader goroutine only)
 
 	scopeMu  sync.Mutex
 	scopeIDs []uint64
@@ -90,7 +91,9 @@ type Sensor struct {
 	outScope  atomic.Uint64
 	buildErrs atomic.Uint64
 	emitted   atomic.Uint64
-	firstRec  atomic.Int64 // unix ns of the first record, for start-up time
+	wakeups   atomic.Uint64 // times the reader slept and was woken
+	kicks     atomic.Uint64 // flush timer kicks (see readLoop)
+	firstRec  atomic.Int64  // unix ns of the first record, for start-up time
 	lossKick  chan struct{}
 	healthSeq atomic.Uint64
 
@@ -108,7 +111,8 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	}
 	log = log.With().Str("component", "sensor").Logger()
 	s := &Sensor{
-		cfg: cfg, log: log, start: time.Now(),
+		kickOK: true,
+		cfg:    cfg, log: log, start: time.Now(),
 		seed:     maphash.MakeSeed(),
 		coalesce: map[coalesceKey]*coalesceEntry{},
 		exes:     map[uint32]string{},
@@ -421,7 +425,13 @@ func (s *Sensor) Run(ctx context.Context) error {
 // and is the bulk of the sensor's CPU under load, so the loop sets no
 // deadline of its own, which would add a runtime timer and its wake-ups,
 // except while events wait for their pod's name.
+//
+// Tracepoint programs cannot arm the flush timer, and wake the reader at
+// once when it is not armed. Woken again within half an interval, the
+// reader arms it for them (KickFlush), so a stream of opens or privilege
+// signals costs a few wake-ups per interval, not one per record.
 func (s *Sensor) readLoop() error {
+	var lastWake time.Time
 	for {
 		now := time.Now()
 		s.ring.Drain(s.handle)
@@ -430,13 +440,31 @@ func (s *Sensor) readLoop() error {
 		if len(s.waiting) > 0 {
 			deadline = now.Add(s.cfg.WakeupInterval)
 		}
-		switch err := s.ring.Wait(deadline); {
+		slept, err := s.ring.Wait(deadline)
+		switch {
 		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
 		case errors.Is(err, kernel.ErrRingClosed):
 			return nil
 		default:
 			return fmt.Errorf("waiting for the ring buffer: %w", err)
 		}
+		if err != nil || !slept {
+			continue
+		}
+		woke := time.Now()
+		s.wakeups.Add(1)
+		// Flush wake-ups come an interval apart, give or take the
+		// scheduler's delay in waking us: half an interval tells them
+		// from the records that woke us on their own.
+		if woke.Sub(lastWake) < s.cfg.WakeupInterval/2 && s.kickOK {
+			if err := s.k.KickFlush(); err != nil {
+				s.kickOK = false
+				s.log.Warn().Err(err).Msg("arming the flush timer failed; opens and privilege signals wake the sensor one by one")
+			} else {
+				s.kicks.Add(1)
+			}
+		}
+		lastWake = woke
 	}
 }
 

@@ -309,6 +309,44 @@ func TestBatchedRecordsAreFlushed(t *testing.T) {
 	}
 }
 
+// TestPrivilegeStormWakesBounded: setuid() calls a millisecond apart come
+// from a tracepoint, which cannot arm the flush timer. Each would wake the
+// reader on its own; the reader arms the timer for them when woken again
+// within an interval, so the wake-ups stay near two per interval while
+// every record still arrives (without the kick: one wake-up per record).
+func TestPrivilegeStormWakesBounded(t *testing.T) {
+	requireKernel(t)
+	sink := newTestSink(t)
+	p := newPod(t)
+	const interval = 20 * time.Millisecond
+	s := startSensor(t, sensor.Config{Sink: sink.url(), FiltersPath: filtersFile(t, ""), WakeupInterval: interval})
+	time.Sleep(200 * time.Millisecond)
+	h0 := s.Health()
+	const n = 1000
+	start := time.Now()
+	if out, err := p.helper(t, "setuid-storm", strconv.Itoa(n), "1ms").CombinedOutput(); err != nil {
+		t.Fatalf("helper: %v: %s", err, out)
+	}
+	took := time.Since(start)
+	var h1 sensor.Health
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		h1 = s.Health()
+		if h1.Kinds["privilege"].Received-h0.Kinds["privilege"].Received >= n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("received %d of %d privilege records", h1.Kinds["privilege"].Received-h0.Kinds["privilege"].Received, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	wakeups, kicks := h1.Wakeups-h0.Wakeups, h1.FlushKicks-h0.FlushKicks
+	limit := 3*uint64(took/interval) + 20 // the flush and the first record after it, and slack
+	t.Logf("%d records in %s: %d wake-ups (limit %d), %d kicks", n, took.Round(time.Millisecond), wakeups, limit, kicks)
+	if wakeups > limit || kicks == 0 {
+		t.Errorf("%d wake-ups and %d kicks for %d records over %s; want at most %d wake-ups", wakeups, kicks, n, took, limit)
+	}
+}
+
 // TestDropCounterExact overloads a one-page ring buffer while nothing reads
 // it: every record is either received or counted as dropped, exactly, and
 // a health event reports the loss at once.

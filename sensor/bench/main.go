@@ -68,6 +68,7 @@ type options struct {
 	storms      string
 	variants    string
 	sensorArgs  string
+	sensorEnv   string
 }
 
 func orchestrate() error {
@@ -80,6 +81,7 @@ func orchestrate() error {
 	flag.StringVar(&o.bpftrace, "bpftrace", "bpftrace", "bpftrace binary for the baseline (\"\" skips it)")
 	flag.StringVar(&o.storms, "storms", "exec,connect,connect-max", "storms to run")
 	flag.StringVar(&o.sensorArgs, "sensor-args", "", "extra flags for the sensor, e.g. \"-wakeup-interval 20ms\"")
+	flag.StringVar(&o.sensorEnv, "sensor-env", "", "extra environment for the sensor, e.g. \"GOMAXPROCS=1\"")
 	flag.StringVar(&o.variants, "variants", "default,every-event", "sensor configurations: default (coalescing), every-event (coalescing off)")
 	flag.Parse()
 	if err := sensor.Probe(); err != nil {
@@ -164,7 +166,7 @@ signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
 	sens, rec, err := startRole(self, "sensor", append([]string{
 		"-sink", sinkURL, "-filters", filters, "-recorder-listen", "127.0.0.1:0", "-spool-dir", spool,
 		"-coalesce-window", coalesce, "-node", "bench", "-health-interval", "1h",
-	}, strings.Fields(o.sensorArgs)...), nil)
+	}, strings.Fields(o.sensorArgs)...), strings.Fields(o.sensorEnv))
 	if err != nil {
 		return nil, err
 	}
@@ -243,8 +245,8 @@ signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
 		rows = append(rows, row{
 			who: "parry sensor", storm: st.name + " — " + name, events: got, rate: float64(n) / elapsed.Seconds(),
 			dropped: drop, cpuTotal: cpu, cpuPerEvent: perEvent(cpu, all), rssPeakBytes: procHWM(sens.Process.Pid),
-			note: fmt.Sprintf("generator made %d; emitted %d, coalesced %d; in user mode %s/event", n, h1.Emitted-h0.Emitted, h1.Coalesced-h0.Coalesced,
-				perEvent(used.userShare(cpu), all).Round(10*time.Nanosecond)),
+			note: fmt.Sprintf("generator made %d; emitted %d, coalesced %d; in user mode %s/event; %d wake-ups, %d flush kicks", n, h1.Emitted-h0.Emitted, h1.Coalesced-h0.Coalesced,
+				perEvent(used.userShare(cpu), all).Round(10*time.Nanosecond), h1.Wakeups-h0.Wakeups, h1.FlushKicks-h0.FlushKicks),
 		})
 		if bt != nil {
 			lines := bt.lines.Load() - bl0

@@ -69,6 +69,7 @@ type Kernel struct {
 	links  []link.Link
 	hooks  []HookStatus
 	loaded map[string]*ebpf.Program // by program name, for attaching one program to several events
+	kick   *ebpf.Program            // kick_flush, nil when the kernel refuses it
 	ncpu   int
 	ringSz int
 }
@@ -191,7 +192,24 @@ func Load(o Options, log zerolog.Logger) (*Kernel, error) {
 		return nil, fmt.Errorf("no BPF hook could be attached (%s); the sensor has nothing to watch", firstReason(k.hooks))
 	}
 	k.hooks = append(k.hooks, probeOptional()...)
+	if p, err := k.loadProgram(spec, opts, "kick_flush"); err != nil {
+		log.Warn().Err(err).Msg("flush kick unavailable: while nothing else arms the flush timer, opens and privilege signals wake the sensor one by one")
+	} else {
+		k.kick, k.progs = p, append(k.progs, p)
+	}
 	return k, nil
+}
+
+// KickFlush arms the kernel's flush timer unless it is armed: the records of
+// programs that cannot arm it themselves (tracepoints, the raw_tp fallback)
+// then ride on the flush instead of waking the reader one by one. The reader
+// calls it when it is woken again within a wake-up interval.
+func (k *Kernel) KickFlush() error {
+	if k.kick == nil {
+		return errors.New("the kernel refused the kick_flush program (see the start-up log)")
+	}
+	_, err := k.kick.Run(&ebpf.RunOptions{})
+	return err
 }
 
 func firstReason(hs []HookStatus) string {
@@ -278,9 +296,26 @@ func (k *Kernel) loadOne(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions
 		k.links = append(k.links, l)
 		return nil
 	}
+	p, err := k.loadProgram(spec, opts, name)
+	if err != nil {
+		return err
+	}
+	l, err := attach(p)
+	if err != nil {
+		p.Close()
+		return fmt.Errorf("attaching %s: %w", name, err)
+	}
+	k.progs = append(k.progs, p)
+	k.links = append(k.links, l)
+	k.loaded[name] = p
+	return nil
+}
+
+// loadProgram loads one program against the shared maps.
+func (k *Kernel) loadProgram(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions, name string) (*ebpf.Program, error) {
 	ps, ok := spec.Programs[name]
 	if !ok {
-		return fmt.Errorf("program %s is not in the BPF object (regenerate with make generate)", name)
+		return nil, fmt.Errorf("program %s is not in the BPF object (regenerate with make generate)", name)
 	}
 	one := &ebpf.CollectionSpec{
 		Maps:      spec.Maps,
@@ -294,17 +329,9 @@ func (k *Kernel) loadOne(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions
 	}
 	one.Programs = map[string]*ebpf.ProgramSpec{"prog": ps}
 	if err := one.LoadAndAssign(&dst, opts); err != nil {
-		return explainLoad("loading "+name, err)
+		return nil, explainLoad("loading "+name, err)
 	}
-	l, err := attach(dst.P)
-	if err != nil {
-		dst.P.Close()
-		return fmt.Errorf("attaching %s: %w", name, err)
-	}
-	k.progs = append(k.progs, dst.P)
-	k.links = append(k.links, l)
-	k.loaded[name] = dst.P
-	return nil
+	return dst.P, nil
 }
 
 // attachTracepoint says plainly when the kernel lacks the tracepoint (a
@@ -377,7 +404,7 @@ func (k *Kernel) Close() error {
 	for _, m := range []*ebpf.Map{
 		k.maps.Events, k.maps.Counters, k.maps.SensorCfg, k.maps.ExeNames, k.maps.Ports,
 		k.maps.PathTrie, k.maps.ScopeRoots, k.maps.BlockedCgroups, k.maps.Tracked,
-		k.maps.Pending, k.maps.ScratchMap, k.bss,
+		k.maps.Pending, k.maps.ScratchMap, k.maps.FlushTimer, k.bss,
 	} {
 		if m != nil {
 			errs = append(errs, m.Close())

@@ -176,6 +176,7 @@ const (
 	parryProgExecTpBtf            = "exec_tp_btf"
 	parryProgExitRawTp            = "exit_raw_tp"
 	parryProgExitTpBtf            = "exit_tp_btf"
+	parryProgKickFlush            = "kick_flush"
 	parryProgOpenExitOpenat       = "open_exit_openat"
 	parryProgPrivEnterFinitModule = "priv_enter_finit_module"
 	parryProgPrivEnterInitModule  = "priv_enter_init_module"
@@ -262,6 +263,7 @@ type parryProgramSpecs struct {
 	ExecTpBtf            *ebpf.ProgramSpec `ebpf:"exec_tp_btf"`
 	ExitRawTp            *ebpf.ProgramSpec `ebpf:"exit_raw_tp"`
 	ExitTpBtf            *ebpf.ProgramSpec `ebpf:"exit_tp_btf"`
+	KickFlush            *ebpf.ProgramSpec `ebpf:"kick_flush"`
 	OpenExitOpenat       *ebpf.ProgramSpec `ebpf:"open_exit_openat"`
 	PrivEnterFinitModule *ebpf.ProgramSpec `ebpf:"priv_enter_finit_module"`
 	PrivEnterInitModule  *ebpf.ProgramSpec `ebpf:"priv_enter_init_module"`
@@ -398,6 +400,7 @@ type parryPrograms struct {
 	ExecTpBtf            *ebpf.Program `ebpf:"exec_tp_btf"`
 	ExitRawTp            *ebpf.Program `ebpf:"exit_raw_tp"`
 	ExitTpBtf            *ebpf.Program `ebpf:"exit_tp_btf"`
+	KickFlush            *ebpf.Program `ebpf:"kick_flush"`
 	OpenExitOpenat       *ebpf.Program `ebpf:"open_exit_openat"`
 	PrivEnterFinitModule *ebpf.Program `ebpf:"priv_enter_finit_module"`
 	PrivEnterInitModule  *ebpf.Program `ebpf:"priv_enter_init_module"`
@@ -437,6 +440,7 @@ func (p *parryPrograms) Close() error {
 		p.ExecTpBtf,
 		p.ExitRawTp,
 		p.ExitTpBtf,
+		p.KickFlush,
 		p.OpenExitOpenat,
 		p.PrivEnterFinitModule,
 		p.PrivEnterInitModule,

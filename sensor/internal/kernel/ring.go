@@ -34,6 +34,8 @@ type Ring struct {
 	conn   syscall.RawConn // waits on file in the netpoller
 	fd     int             // the duplicate, for poll(2)
 	dl     time.Time       // current read deadline of file
+	checks int             // readiness checks in the current Wait: more than one means it slept
+	ready  func(uintptr) bool
 	closed atomic.Bool
 }
 
@@ -53,6 +55,7 @@ func (k *Kernel) NewRing() (*Ring, error) {
 		return nil, fmt.Errorf("ring buffer: %w", err)
 	}
 	r := &Ring{fd: fd, mask: uint64(size - 1)}
+	r.ready = func(uintptr) bool { r.checks++; return r.Available() > 0 }
 	if r.cons, err = unix.Mmap(fd, 0, ps, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("mapping the ring buffer's consumer page: %w", err)
@@ -120,11 +123,11 @@ var ErrRingClosed = errors.New("ring buffer closed")
 
 // Wait blocks until the kernel signals new records or the deadline passes
 // (os.ErrDeadlineExceeded); a zero deadline waits without limit. Records
-// submitted without a wake-up do not end a Wait: poll with a deadline
-// while records flow.
-func (r *Ring) Wait(deadline time.Time) error {
+// submitted without a wake-up do not end a Wait. slept is false when
+// records were already there and Wait returned at once.
+func (r *Ring) Wait(deadline time.Time) (slept bool, err error) {
 	if r.conn == nil {
-		return r.waitPoll(deadline)
+		return true, r.waitPoll(deadline)
 	}
 	if !deadline.Equal(r.dl) {
 		// resetting a runtime timer to the same time still costs a
@@ -132,14 +135,16 @@ func (r *Ring) Wait(deadline time.Time) error {
 		r.file.SetReadDeadline(deadline)
 		r.dl = deadline
 	}
-	err := r.conn.Read(func(uintptr) bool { return r.Available() > 0 })
+	r.checks = 0
+	err = r.conn.Read(r.ready)
+	slept = r.checks > 1
 	switch {
 	case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
-		return err
+		return slept, err
 	case errors.Is(err, os.ErrClosed):
-		return ErrRingClosed
+		return slept, ErrRingClosed
 	}
-	return err
+	return slept, err
 }
 
 // waitPoll is Wait for kernels whose ring buffer fd the netpoller does not
