@@ -154,14 +154,7 @@ func (s *Sensor) coalesceCheck(r *wire.Record, cg uint64, t time.Time) (uint32, 
 	k := coalesceKey{kind: r.Kind, cg: cg}
 	switch r.Kind {
 	case wire.KindExec:
-		var h maphash.Hash
-		h.SetSeed(s.seed)
-		h.WriteString(r.Exe)
-		for _, a := range r.Args {
-			h.WriteByte(0)
-			h.WriteString(a)
-		}
-		k.a = h.Sum64()
+		k.a = s.execHash(r)
 	case wire.KindExit:
 		k.a = maphash.String(s.seed, r.Comm)
 		k.b = uint64(uint32(r.ExitCode))
@@ -192,6 +185,32 @@ func (s *Sensor) coalesceCheck(r *wire.Record, cg uint64, t time.Time) (uint32, 
 	n := e.suppressed
 	e.last, e.suppressed = now, 0
 	return n, true
+}
+
+// execHash hashes exe and argv. A storm repeats them, and the parser then
+// returns the very same strings, so the previous hash is reused after a
+// pointer compare.
+func (s *Sensor) execHash(r *wire.Record) uint64 {
+	l := &s.lastExec
+	if l.valid && l.exe == r.Exe && len(l.args) == len(r.Args) && (len(r.Args) == 0 || &l.args[0] == &r.Args[0]) {
+		return l.hash
+	}
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	h.WriteString(r.Exe)
+	for _, a := range r.Args {
+		h.WriteByte(0)
+		h.WriteString(a)
+	}
+	*l = lastExecHash{exe: r.Exe, args: r.Args, hash: h.Sum64(), valid: true}
+	return l.hash
+}
+
+type lastExecHash struct {
+	exe   string
+	args  []string
+	hash  uint64
+	valid bool
 }
 
 func (s *Sensor) sweepCoalesce(now time.Time) {

@@ -75,6 +75,7 @@ type Sensor struct {
 	rec0     wire.Record
 	seed     maphash.Seed
 	coalesce map[coalesceKey]*coalesceEntry
+	lastExec lastExecHash      // execHash's memory
 	exes     map[uint32]string // pid → exe, from exec records, for the other kinds
 	waiting  []waitingEvent
 	waitPods map[string]int

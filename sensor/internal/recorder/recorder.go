@@ -153,7 +153,6 @@ func New(o Options) *Recorder {
 // Add records ev for the cgroup id describes.
 func (r *Recorder) Add(id *attrib.Identity, ev Event) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	c := r.cgroups[id.CgroupID]
 	if c == nil {
 		c = &cgroupLog{
@@ -184,6 +183,7 @@ func (r *Recorder) Add(id *attrib.Identity, ev Event) {
 	if r.total > r.o.MaxEvents {
 		r.shrinkLocked()
 	}
+	r.mu.Unlock() // not deferred: Add is the hot path, and cannot panic
 }
 
 // push appends to the ring, growing it up to capacity; it reports whether

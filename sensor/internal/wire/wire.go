@@ -173,17 +173,40 @@ type Parser struct {
 	intern map[string]string
 	// argv repeats too (probes, health checks, storms): split once. The
 	// cached slices are shared; callers must not modify Record.Args.
-	args map[string][]string
+	args map[string]*argv
+	// The previous value of each field: in a storm it repeats, and a
+	// compare is cheaper than hashing into a table the storm keeps cold.
+	last     [numFields]string
+	lastArgs *argv
 }
+
+type argv struct {
+	raw string // the record's bytes, NUL-separated
+	a   []string
+}
+
+type field int
+
+const (
+	fieldComm field = iota
+	fieldExe
+	fieldCgroupLeaf
+	fieldCgroupParent
+	numFields
+)
 
 // maxInterned bounds the intern table; it is reset, not grown, beyond.
 const maxInterned = 8192
 
-func (p *Parser) str(b []byte) string {
+func (p *Parser) str(f field, b []byte) string {
 	if p == nil {
 		return string(b)
 	}
-	if s, ok := p.intern[string(b)]; ok { // no allocation for the lookup
+	if l := p.last[f]; l == string(b) { // no allocation for the compare
+		return l
+	}
+	if s, ok := p.intern[string(b)]; ok { // nor for the lookup
+		p.last[f] = s
 		return s
 	}
 	if p.intern == nil || len(p.intern) >= maxInterned {
@@ -191,21 +214,28 @@ func (p *Parser) str(b []byte) string {
 	}
 	s := string(b)
 	p.intern[s] = s
+	p.last[f] = s
 	return s
 }
 
 func (p *Parser) argv(b []byte) []string {
 	if p != nil {
-		if a, ok := p.args[string(b)]; ok { // no allocation for the lookup
-			return a
+		if l := p.lastArgs; l != nil && l.raw == string(b) {
+			return l.a
+		}
+		if e, ok := p.args[string(b)]; ok { // no allocation for the lookup
+			p.lastArgs = e
+			return e.a
 		}
 	}
 	a := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 	if p != nil {
 		if p.args == nil || len(p.args) >= maxInterned/2 {
-			p.args = make(map[string][]string, 256)
+			p.args = make(map[string]*argv, 256)
 		}
-		p.args[string(b)] = a
+		e := &argv{raw: string(b), a: a}
+		p.args[e.raw] = e
+		p.lastArgs = e
 	}
 	return a
 }
@@ -248,7 +278,7 @@ func (p *Parser) Parse(b []byte, r *Record) error {
 	r.EUID = le.Uint32(b[48:])
 	r.GID = le.Uint32(b[52:])
 	r.EGID = le.Uint32(b[56:])
-	r.Comm = p.str(cstr(b[64:80]))
+	r.Comm = p.str(fieldComm, cstr(b[64:80]))
 
 	switch kind {
 	case KindExec:
@@ -308,15 +338,15 @@ func (p *Parser) exec(b []byte, r *Record) error {
 		return malformed("exec record: exe %d + args %d + cgroup %d bytes do not fit its %d bytes", exeLen, argsLen, cgLen, len(b))
 	}
 	data := b[ExecFixedSize:]
-	r.Exe = p.str(data[:exeLen])
+	r.Exe = p.str(fieldExe, data[:exeLen])
 	if args := data[exeLen : exeLen+argsLen]; len(args) > 0 {
 		r.Args = p.argv(args)
 	}
 	cg := data[exeLen+argsLen:]
 	leaf := cstr(cg)
-	r.CgroupLeaf = p.str(leaf)
+	r.CgroupLeaf = p.str(fieldCgroupLeaf, leaf)
 	if len(leaf) < len(cg) {
-		r.CgroupParent = p.str(cstr(cg[len(leaf)+1:]))
+		r.CgroupParent = p.str(fieldCgroupParent, cstr(cg[len(leaf)+1:]))
 	}
 	r.Fileless = r.Flags&FlagFileless != 0
 	return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -124,10 +125,27 @@ func TestParseMalformed(t *testing.T) {
 func TestInternBounded(t *testing.T) {
 	var p Parser
 	for i := range maxInterned * 3 {
-		p.str([]byte{byte(i), byte(i >> 8), byte(i >> 16)})
+		p.str(fieldExe, []byte{byte(i), byte(i >> 8), byte(i >> 16)})
 	}
 	if len(p.intern) > maxInterned {
 		t.Fatalf("intern table grew to %d", len(p.intern))
+	}
+}
+
+// TestInternRemembersLastValue: the per-field memory of the previous value
+// returns it only while the bytes repeat.
+func TestInternRemembersLastValue(t *testing.T) {
+	var p Parser
+	for _, v := range []string{"/bin/sh", "/bin/sh", "/usr/bin/true", "/bin/sh", "", "/bin/sh"} {
+		if got := p.str(fieldExe, []byte(v)); got != v {
+			t.Fatalf("str(%q) = %q", v, got)
+		}
+	}
+	for _, v := range []string{"sh\x00-c\x00", "sh\x00-c\x00", "true\x00", "sh\x00-c\x00"} {
+		got := p.argv([]byte(v))
+		if want := strings.Split(strings.TrimRight(v, "\x00"), "\x00"); !slices.Equal(got, want) {
+			t.Fatalf("argv(%q) = %q, want %q", v, got, want)
+		}
 	}
 }
 
