@@ -171,8 +171,9 @@ static __always_inline void count(__u32 kind, __u32 slot)
 
 /*
  * Batched wake-ups. A record wakes the sensor at once when the ring is
- * filling up or the last wake-up is older than wakeup_ns (the first record
- * after a quiet spell). Otherwise it waits for the flush timer, which fires
+ * filling up, or when no flush is armed and the last wake-up is older than
+ * wakeup_ns (the first record after a quiet spell). Otherwise it waits for
+ * the flush timer, which fires
  * wakeup_ns after the last wake-up and wakes the sensor if anything is
  * unread: under load the sensor wakes once per wakeup_ns, and no record
  * waits longer than that, with no polling from userspace.
@@ -180,9 +181,9 @@ static __always_inline void count(__u32 kind, __u32 slot)
  * Only tp_btf and cgroup programs may arm a bpf_timer (the verifier refuses
  * timers to tracepoint, raw_tp and kprobe programs). The others (opens and
  * privilege signals; exec and exit on the raw_tp fallback) ride on a flush
- * that is already armed, or wake the sensor at once; woken again within an
- * interval, the sensor arms the flush for them (kick_flush), so a stream of
- * them costs at most two wake-ups per interval.
+ * that is already armed, or wake the sensor at once; woken again within
+ * half an interval, the sensor arms the flush for them (kick_flush), so a
+ * stream of them costs about two wake-ups per interval, not one per record.
  */
 #define CLOCK_MONOTONIC 1
 

@@ -32,12 +32,12 @@
 // record waits longer. Only tp_btf and cgroup programs may arm the timer;
 // the tracepoint hooks (opens, privilege signals) and the raw_tp fallback
 // ride on an armed flush or wake the sensor at once, and the sensor, woken
-// again within an interval, arms it for them (a BPF_PROG_RUN of a syscall
-// program), so their streams cost at most two wake-ups per interval. The
-// health event counts wake-ups and these kicks. The sensor drains the
+// again within half an interval, arms it for them (a BPF_PROG_RUN of a
+// syscall program), so their streams cost about two wake-ups per interval.
+// The health event counts wake-ups and these kicks. The sensor drains the
 // ring from its memory mapping without system calls and waits in Go's
-// netpoller with no timer of its own, so an idle sensor costs nothing.
-// (Each wake-up costs tens of microseconds of scheduling, more in VMs: the
+// netpoller with no timer of its own, so an idle sensor costs nothing. (Each
+// wake-up costs tens of microseconds of scheduling, more in VMs: the
 // batching is what keeps the CPU per event low under storms.)
 //
 // Attribution: a record's cgroup id is the inode of its cgroup v2 directory;
