@@ -112,14 +112,14 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	}
 	log = log.With().Str("component", "sensor").Logger()
 	s := &Sensor{
-		kickOK: true,
-		cfg:    cfg, log: log, start: time.Now(),
+		cfg: cfg, log: log, start: time.Now(),
 		seed:     maphash.MakeSeed(),
 		coalesce: map[coalesceKey]*coalesceEntry{},
 		exes:     map[uint32]string{},
 		waitPods: map[string]int{},
 		lossKick: make(chan struct{}, 1),
 		emDone:   make(chan struct{}),
+		kickOK:   true,
 	}
 	ok := false
 	defer func() {

@@ -127,7 +127,7 @@ var ErrRingClosed = errors.New("ring buffer closed")
 // records were already there and Wait returned at once.
 func (r *Ring) Wait(deadline time.Time) (slept bool, err error) {
 	if r.conn == nil {
-		return true, r.waitPoll(deadline)
+		return r.waitPoll(deadline)
 	}
 	if !deadline.Equal(r.dl) {
 		// resetting a runtime timer to the same time still costs a
@@ -149,19 +149,19 @@ func (r *Ring) Wait(deadline time.Time) (slept bool, err error) {
 
 // waitPoll is Wait for kernels whose ring buffer fd the netpoller does not
 // take.
-func (r *Ring) waitPoll(deadline time.Time) error {
-	for {
+func (r *Ring) waitPoll(deadline time.Time) (slept bool, err error) {
+	for ; ; slept = true {
 		if r.closed.Load() {
-			return ErrRingClosed
+			return slept, ErrRingClosed
 		}
 		if r.Available() > 0 {
-			return nil
+			return slept, nil
 		}
 		timeout := -1
 		if !deadline.IsZero() {
 			timeout = int(time.Until(deadline).Milliseconds())
 			if timeout <= 0 {
-				return os.ErrDeadlineExceeded
+				return slept, os.ErrDeadlineExceeded
 			}
 			timeout = min(timeout, 100) // notice Close within 100ms
 		} else {
@@ -169,7 +169,7 @@ func (r *Ring) waitPoll(deadline time.Time) error {
 		}
 		pfd := []unix.PollFd{{Fd: int32(r.fd), Events: unix.POLLIN}}
 		if _, err := unix.Poll(pfd, timeout); err != nil && !errors.Is(err, unix.EINTR) {
-			return ErrRingClosed
+			return slept, ErrRingClosed
 		}
 	}
 }
