@@ -249,8 +249,8 @@ fail:
 }
 
 /* kick_flush arms the flush timer on the reader's request (BPF_PROG_RUN):
- * records from programs that cannot arm it woke the reader within an
- * interval of the last wake-up, so more may follow; from now on they ride
+ * records from programs that cannot arm it woke the reader within half an
+ * interval of its last wake-up, so more may follow; from now on they ride
  * on the flush instead of waking the reader one by one. */
 SEC("syscall")
 int kick_flush(void *ctx)

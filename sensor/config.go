@@ -136,8 +136,8 @@ func (c *Config) applyDefaults() {
 }
 
 // derive fills the defaults that depend on other fields, once the flags
-// have been parsed (DefaultConfig leaves them zero so --node and
-// --wakeup-interval still move them).
+// have been parsed (DefaultConfig leaves them zero so --node still moves
+// them).
 func (c *Config) derive() {
 	if c.Source == "" {
 		c.Source = "parry://sensor/" + c.Node

@@ -62,11 +62,12 @@ func (s *Sensor) handle(raw []byte) {
 	s.emitRecord(r, id, &ev, n)
 }
 
-// tick runs after every drain: it releases waiting events and, at most once
-// a second, sweeps the coalescing table.
+// tick runs after every drain: at most once per WakeupInterval it releases
+// waiting events, and at most once a second it sweeps the coalescing table.
 func (s *Sensor) tick(now time.Time) {
-	if len(s.waiting) > 0 {
+	if len(s.waiting) > 0 && now.Sub(s.lastRelease) >= s.cfg.WakeupInterval {
 		s.releaseWaiting(now)
+		s.lastRelease = now
 	}
 	if now.Sub(s.lastTick) < time.Second {
 		return

@@ -81,6 +81,8 @@ type Sensor struct {
 	waitPods map[string]int
 	lastTick time.Time
 	kickOK   bool // KickFlush works (reader goroutine only)
+	// lastRelease: the last time tick released waiting events
+	lastRelease time.Time
 
 	scopeMu  sync.Mutex
 	scopeIDs []uint64
@@ -94,7 +96,8 @@ type Sensor struct {
 	emitted   atomic.Uint64
 	wakeups   atomic.Uint64 // times the reader slept and was woken
 	kicks     atomic.Uint64 // flush timer kicks (see readLoop)
-	firstRec  atomic.Int64  // unix ns of the first record, for start-up time
+	kickErrs  atomic.Uint64
+	firstRec  atomic.Int64 // unix ns of the first record, for start-up time
 	lossKick  chan struct{}
 	healthSeq atomic.Uint64
 
@@ -439,7 +442,7 @@ func (s *Sensor) readLoop() error {
 		s.tick(now)
 		var deadline time.Time
 		if len(s.waiting) > 0 {
-			deadline = now.Add(s.cfg.WakeupInterval)
+			deadline = s.lastRelease.Add(s.cfg.WakeupInterval) // stable until tick releases
 		}
 		slept, err := s.ring.Wait(deadline)
 		switch {
@@ -458,11 +461,15 @@ func (s *Sensor) readLoop() error {
 		// scheduler's delay in waking us: half an interval tells them
 		// from the records that woke us on their own.
 		if woke.Sub(lastWake) < s.cfg.WakeupInterval/2 && s.kickOK {
-			if err := s.k.KickFlush(); err != nil {
-				s.kickOK = false
-				s.log.Warn().Err(err).Msg("arming the flush timer failed; opens and privilege signals wake the sensor one by one")
-			} else {
+			switch err := s.k.KickFlush(); {
+			case err == nil:
 				s.kicks.Add(1)
+			case errors.Is(err, kernel.ErrNoKick):
+				s.kickOK = false // the load already said so
+			default:
+				if s.kickErrs.Add(1) == 1 {
+					s.log.Warn().Err(err).Msg("arming the flush timer failed (counted; retried on the next early wake-up)")
+				}
 			}
 		}
 		lastWake = woke

@@ -202,13 +202,16 @@ func Load(o Options, log zerolog.Logger) (*Kernel, error) {
 	return k, nil
 }
 
+// ErrNoKick: the kernel refused the kick_flush program at load.
+var ErrNoKick = errors.New("the kernel refused the kick_flush program (see the start-up log)")
+
 // KickFlush arms the kernel's flush timer unless it is armed: the records of
 // programs that cannot arm it themselves (tracepoints, the raw_tp fallback)
 // then ride on the flush instead of waking the reader one by one. The reader
-// calls it when it is woken again within a wake-up interval.
+// calls it when it is woken again within half a wake-up interval.
 func (k *Kernel) KickFlush() error {
 	if k.kick == nil {
-		return errors.New("the kernel refused the kick_flush program (see the start-up log)")
+		return ErrNoKick
 	}
 	_, err := k.kick.Run(&ebpf.RunOptions{})
 	return err

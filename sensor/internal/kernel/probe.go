@@ -77,7 +77,7 @@ func Probe(btfPath string) error {
 		if errors.Is(err, os.ErrPermission) {
 			return fmt.Errorf("not privileged to load BPF (%v): run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (privileged: true in the DaemonSet)", err)
 		}
-		return fmt.Errorf("cannot create a BPF ring buffer (%v): the sensor needs Linux 5.8 or newer with BPF enabled", err)
+		return fmt.Errorf("cannot create a BPF ring buffer (%v): the sensor needs Linux 5.17 or newer (bpf_loop for path walks, bpf_timer for batched wake-ups) with BPF enabled", err)
 	}
 	m.Close()
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{

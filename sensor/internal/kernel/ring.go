@@ -34,7 +34,7 @@ type Ring struct {
 	conn   syscall.RawConn // waits on file in the netpoller
 	fd     int             // the duplicate, for poll(2)
 	dl     time.Time       // current read deadline of file
-	checks int             // readiness checks in the current Wait: more than one means it slept
+	checks int             // readiness checks in the current Wait: more than one means it slept (or a stale readiness woke it: counted the same)
 	ready  func(uintptr) bool
 	closed atomic.Bool
 }
