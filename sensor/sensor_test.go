@@ -21,6 +21,7 @@ import (
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/sensor"
 	"parry.dev/parry/sensor/internal/cgroups"
+	"parry.dev/parry/tests/podcgroup"
 )
 
 func probeUnprivileged() int {
@@ -57,21 +58,8 @@ func TestPodWorkload(t *testing.T) {
 	s := startSensor(t, sensor.Config{Sink: sink.url(), FiltersPath: filtersFile(t, "")})
 	p := newPod(t)
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	port := l.Addr().(*net.TCPAddr).Port
+	addr := podcgroup.Listen(t, "127.0.0.1:0")
+	port := addr.Port
 	script := fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d; exec 3>&-; /usr/bin/cat /etc/shadow > /dev/null; exit 3", port)
 	if out, err := p.run(t, "/usr/bin/bash", "-c", script); err == nil || !strings.Contains(err.Error(), "exit status 3") {
 		t.Fatalf("workload: %v: %s", err, out)
@@ -162,7 +150,7 @@ func TestPodWorkload(t *testing.T) {
 		if err == nil || !strings.Contains(out, "Operation not permitted") {
 			t.Errorf("connect from a blocked pod: err %v, output %q", err, out)
 		}
-		if c, err := net.Dial("tcp", l.Addr().String()); err != nil {
+		if c, err := net.Dial("tcp", addr.String()); err != nil {
 			t.Errorf("the block leaked outside the pod: %v", err)
 		} else {
 			c.Close()

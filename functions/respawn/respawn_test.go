@@ -9,7 +9,6 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/rs/zerolog"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,35 +33,6 @@ func (pb playbooks) StepConfig(_, _ string) (function.StepConfig, error) {
 	return function.StepConfig{Params: p}, err
 }
 
-func deployment(t *testing.T, cs kubernetes.Interface, ns string, replicas int32) []corev1.Pod {
-	t.Helper()
-	ctx := context.Background()
-	cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	labels := map[string]string{"app": "web"}
-	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example/web:1"}}}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	return waitAvailable(t, cs, ns, replicas)
-}
-
-func waitAvailable(t *testing.T, cs kubernetes.Interface, ns string, replicas int32) []corev1.Pod {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		d, err := cs.AppsV1().Deployments(ns).Get(context.Background(), "web", metav1.GetOptions{})
-		if err == nil && d.Status.AvailableReplicas == replicas {
-			pods, _ := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=web"})
-			return pods.Items
-		}
-	}
-	t.Fatalf("Deployment %s/web never had %d available replicas", ns, replicas)
-	return nil
-}
-
 func cause(pod corev1.Pod, typ, id string) cloudevents.Event {
 	e, _ := events.New(events.Spec{Type: typ, Source: "parry://function/test", Key: id + typ,
 		Extensions: map[string]string{events.ExtPodNamespace: pod.Namespace, events.ExtPodName: pod.Name, events.ExtPodUID: string(pod.UID),
@@ -74,7 +44,7 @@ func TestOrphanReplaceThenDeleteAfterSnapshot(t *testing.T) {
 	env := devenv.Require(t)
 	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
 	ctx := context.Background()
-	pods := deployment(t, cs, "respawn", 2)
+	pods := devenv.WebDeployment(t, cs, "respawn", 2)
 	victim := pods[0]
 	step := respawn.New(cs, playbooks{}, zerolog.Nop())
 
@@ -89,7 +59,7 @@ func TestOrphanReplaceThenDeleteAfterSnapshot(t *testing.T) {
 		t.Fatalf("reply %s %s", reply.Type(), reply.Data())
 	}
 	t.Logf("orphan → replacement Ready: %s", res.ReadyAt.Sub(started))
-	waitAvailable(t, cs, "respawn", 2)
+	devenv.WaitWeb(t, cs, "respawn", 2)
 	kept, err := cs.CoreV1().Pods("respawn").Get(ctx, victim.Name, metav1.GetOptions{})
 	if err != nil || metav1.GetControllerOf(kept) != nil || kept.Labels["app"] != "" || !strings.Contains(kept.Annotations[respawn.OriginalLabelsAnnot], `"app":"web"`) {
 		t.Fatalf("quarantined pod not kept as an orphan: %v %+v", err, kept.ObjectMeta)
@@ -106,14 +76,14 @@ func TestOrphanReplaceThenDeleteAfterSnapshot(t *testing.T) {
 			t.Fatalf("quarantined pod not deleted after the snapshot: %v", err)
 		}
 	}
-	waitAvailable(t, cs, "respawn", 2)
+	devenv.WaitWeb(t, cs, "respawn", 2)
 }
 
 func TestKeptPodIsReapedAfterDeleteAfter(t *testing.T) {
 	env := devenv.Require(t)
 	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
 	ctx := context.Background()
-	victim := deployment(t, cs, "reap", 2)[0]
+	victim := devenv.WebDeployment(t, cs, "reap", 2)[0]
 	// A quarantine label, as isolate leaves it: the reaper only looks there.
 	cs.CoreV1().Pods("reap").Patch(ctx, victim.Name, "application/merge-patch+json", []byte(`{"metadata":{"labels":{"parry.dev/quarantine":"inc-reap"}}}`), metav1.PatchOptions{})
 	step := respawn.New(cs, playbooks{"deleteAfter": "1s"}, zerolog.Nop())
@@ -137,7 +107,7 @@ func TestKeptPodIsReapedAfterDeleteAfter(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	waitAvailable(t, cs, "reap", 2)
+	devenv.WaitWeb(t, cs, "reap", 2)
 }
 
 func TestBarePodAndProtectedNamespaceAreRefused(t *testing.T) {

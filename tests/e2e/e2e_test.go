@@ -16,7 +16,6 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -71,24 +70,6 @@ func connectFrom(t *testing.T, p *podcgroup.Pod, addr string) int {
 	return 0
 }
 
-func listen(t *testing.T, addr string) {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-}
-
 type world struct {
 	env   *devenv.Env
 	kube  kubernetes.Interface
@@ -103,45 +84,6 @@ func start(t *testing.T) *world {
 	env := devenv.Require(t)
 	s := embedded.Start(t, embedded.Options{ConfigDir: configDir, Kubeconfig: env.Kubeconfig, Node: env.NodeName})
 	return &world{env: env, kube: kubernetes.NewForConfigOrDie(env.RESTConfig()), stack: s}
-}
-
-func (w *world) deployment(t *testing.T, ns string, replicas int32) {
-	t.Helper()
-	ctx := context.Background()
-	w.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	labels := map[string]string{"app": "web"}
-	if _, err := w.kube.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example/web:1"}}}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// available waits until the Deployment has replicas available and returns
-// its Running pods.
-func (w *world) available(t *testing.T, ns string, replicas int32) []corev1.Pod {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		d, err := w.kube.AppsV1().Deployments(ns).Get(context.Background(), "web", metav1.GetOptions{})
-		if err != nil || d.Status.AvailableReplicas != replicas {
-			continue
-		}
-		pods, _ := w.kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=web"})
-		var running []corev1.Pod
-		for _, p := range pods.Items {
-			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
-				running = append(running, p)
-			}
-		}
-		if int32(len(running)) == replicas {
-			return running
-		}
-	}
-	t.Fatalf("Deployment %s/web never had %d available replicas", ns, replicas)
-	return nil
 }
 
 // reply waits for the journal to hold an event of type typ about the pod.
@@ -227,7 +169,7 @@ func (w *world) contain(t *testing.T, ns string, victim, sibling corev1.Pod, ver
 	if res.Replacement == "" || !res.Deleted {
 		t.Fatalf("respawn: %+v", res)
 	}
-	w.available(t, ns, 2)
+	devenv.WaitWeb(t, w.kube, ns, 2)
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := w.kube.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
 			break
@@ -276,14 +218,13 @@ func (w *world) contain(t *testing.T, ns string, victim, sibling corev1.Pod, ver
 // stored, → replacement Running.
 func TestMinerContainedEndToEnd(t *testing.T) {
 	w := start(t)
-	listen(t, "127.0.0.1:3333")
-	listen(t, "127.0.0.1:18080")
+	podcgroup.Listen(t, "127.0.0.1:3333")
+	podcgroup.Listen(t, "127.0.0.1:18080")
 	const rounds = 10
 	var lat []latencies
 	for i := range rounds {
 		ns := fmt.Sprintf("shop-%d", i)
-		w.deployment(t, ns, 2)
-		pods := w.available(t, ns, 2)
+		pods := devenv.WebDeployment(t, w.kube, ns, 2)
 		lat = append(lat, w.contain(t, ns, pods[0], pods[1], i == 0))
 	}
 	report := func(name string, pick func(latencies) time.Duration) {
@@ -305,7 +246,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // nothing that acts on the pod.
 func TestProtectedNamespaceIsNeverTouched(t *testing.T) {
 	w := start(t)
-	listen(t, "127.0.0.1:3333")
+	podcgroup.Listen(t, "127.0.0.1:3333")
 	ctx := context.Background()
 	var pod *corev1.Pod
 	var err error
@@ -342,10 +283,9 @@ func TestProtectedNamespaceIsNeverTouched(t *testing.T) {
 // not quarantined.
 func TestTenIncidentsInASecondTripTheBreaker(t *testing.T) {
 	w := start(t)
-	listen(t, "127.0.0.1:3333")
+	podcgroup.Listen(t, "127.0.0.1:3333")
 	const n = 12
-	w.deployment(t, "fleet", n)
-	pods := w.available(t, "fleet", n)
+	pods := devenv.WebDeployment(t, w.kube, "fleet", n)
 	cgs := make([]*podcgroup.Pod, n)
 	for i, p := range pods {
 		cgs[i] = podcgroup.NewFor(t, string(p.UID))

@@ -3,7 +3,6 @@ package playbooks
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -115,21 +114,7 @@ const burst = 4
 // attacks perform each shipped playbook's behaviour in a pod.
 var attacks = map[string]func(t *testing.T, p *podcgroup.Pod){
 	"reverse-shell": func(t *testing.T, p *podcgroup.Pod) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
-		port := ln.Addr().(*net.TCPAddr).Port
+		port := podcgroup.Listen(t, "127.0.0.1:0").Port
 		for range burst {
 			// bash's /dev/tcp: the shell itself dials out. Once isolate has
 			// blocked the pod in the kernel the connect fails: still an attempt.

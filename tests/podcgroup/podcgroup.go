@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -158,4 +159,26 @@ func (p *Pod) Run(t testing.TB, name string, args ...string) (string, error) {
 	t.Helper()
 	out, err := p.Command(t, name, args...).CombinedOutput()
 	return string(out), err
+}
+
+// Listen starts a loopback TCP server that accepts and closes every
+// connection, for workloads to connect to, until the test ends. addr may
+// name port 0; the bound address is returned.
+func Listen(t testing.TB, addr string) *net.TCPAddr {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr)
 }
