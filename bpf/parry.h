@@ -64,8 +64,7 @@ enum hdr_flag {
 struct sensor_config {
 	__u32 flags;
 	__u32 signals;
-	__u64 wakeup_bytes; /* force a wake-up once this much is unread */
-	__u64 wakeup_ns;    /* ... or when the last wake-up is older than this */
+	__u64 wakeup_bytes; /* force a wake-up once this much is unread (see also wakeup_ns) */
 };
 
 struct rec_hdr {

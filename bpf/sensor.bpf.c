@@ -198,6 +198,10 @@ struct {
 	__type(value, struct flush);
 } flush_timer SEC(".maps");
 
+/* The current wake-up interval: --wakeup-interval, stretched by the reader
+ * during a storm (sensor/pace.go). Userspace writes it through the .bss
+ * mapping; it is set before any hook is attached. */
+__u64 wakeup_ns = 0;
 /* Time of the last wake-up; racy across CPUs on purpose: a lost update
  * costs one extra wake-up, never a lost record. */
 __u64 last_wakeup = 0;
@@ -228,7 +232,7 @@ static int flush_cb(void *map, __u32 *key, struct flush *f)
 
 /* arm starts the flush timer for last_wakeup + wakeup_ns, unless another
  * CPU armed it since the caller looked: that flush sees the caller's record. */
-static __always_inline void arm(struct sensor_config *cfg, __u64 now)
+static __always_inline void arm(__u64 now)
 {
 	__u32 zero = 0;
 	if (__sync_val_compare_and_swap(&flush_armed, 0, 1) != 0)
@@ -236,7 +240,7 @@ static __always_inline void arm(struct sensor_config *cfg, __u64 now)
 	struct flush *f = bpf_map_lookup_elem(&flush_timer, &zero);
 	if (!f)
 		goto fail;
-	__u64 since = now - last_wakeup, delay = cfg->wakeup_ns;
+	__u64 since = now - last_wakeup, delay = wakeup_ns;
 	if (since < delay)
 		delay -= since;
 	bpf_timer_init(&f->t, &flush_timer, CLOCK_MONOTONIC); /* -EBUSY once initialised */
@@ -255,9 +259,8 @@ fail:
 SEC("syscall")
 int kick_flush(void *ctx)
 {
-	struct sensor_config *cfg = get_config();
-	if (cfg && !flush_armed)
-		arm(cfg, bpf_ktime_get_ns());
+	if (!flush_armed)
+		arm(bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -279,7 +282,7 @@ static __always_inline void submit(struct sensor_config *cfg, __u32 kind, void *
 		/* before the quiet test: at the end of an interval the flush is
 		 * due, and waking here as well would wake the sensor twice */
 		then = THEN_RECHECK;
-	} else if (now - last_wakeup >= cfg->wakeup_ns) {
+	} else if (now - last_wakeup >= wakeup_ns) {
 		last_wakeup = now;
 		flag = BPF_RB_FORCE_WAKEUP;
 	} else if (can_arm) {
@@ -292,7 +295,7 @@ static __always_inline void submit(struct sensor_config *cfg, __u32 kind, void *
 		return;
 	}
 	if (can_arm && then == THEN_ARM)
-		arm(cfg, now);
+		arm(now);
 	else if (then == THEN_RECHECK && __sync_fetch_and_add(&flush_armed, 0) == 0)
 		wake_now(); /* the flush ran between our look and our commit */
 }

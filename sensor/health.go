@@ -40,12 +40,16 @@ type Health struct {
 	Emitter    *emit.Stats    `json:"emitter,omitempty"`
 	Recorder   recorder.Stats `json:"recorder"`
 	Cgroups    int            `json:"cgroupsAttributed"`
-	// Wakeups counts the times the reader slept and the kernel woke it;
-	// FlushKicks the times it armed the kernel's flush timer for records
-	// that cannot (see readLoop).
-	Wakeups    uint64 `json:"wakeups"`
-	FlushKicks uint64 `json:"flushKicks"`
-	RSSBytes   int64  `json:"rssBytes"`
+	// Wakeups counts the times the reader slept and the kernel woke it,
+	// StretchedWakeups those at an interval a storm stretched (see
+	// pacer), WakeupIntervalUs is the interval now; FlushKicks the times
+	// the reader armed the kernel's flush timer for records that cannot
+	// (see readLoop).
+	Wakeups          uint64 `json:"wakeups"`
+	StretchedWakeups uint64 `json:"stretchedWakeups"`
+	WakeupIntervalUs int64  `json:"wakeupIntervalUs"`
+	FlushKicks       uint64 `json:"flushKicks"`
+	RSSBytes         int64  `json:"rssBytes"`
 }
 
 // KindCounts are the counters of one record kind.
@@ -69,17 +73,19 @@ type Loss struct {
 func (s *Sensor) Health() Health {
 	h := Health{
 		Node: s.cfg.Node, BootID: s.bootID, Started: s.start,
-		UptimeSec:  int64(time.Since(s.start).Seconds()),
-		Hooks:      s.k.Hooks(),
-		Kinds:      map[string]KindCounts{},
-		Emitted:    s.emitted.Load(),
-		Coalesced:  s.coalesced.Load(),
-		OutOfScope: s.outScope.Load(),
-		Recorder:   s.rec.Stats(),
-		Cgroups:    s.attr.Len(),
-		Wakeups:    s.wakeups.Load(),
-		FlushKicks: s.kicks.Load(),
-		RSSBytes:   rss(),
+		UptimeSec:        int64(time.Since(s.start).Seconds()),
+		Hooks:            s.k.Hooks(),
+		Kinds:            map[string]KindCounts{},
+		Emitted:          s.emitted.Load(),
+		Coalesced:        s.coalesced.Load(),
+		OutOfScope:       s.outScope.Load(),
+		Recorder:         s.rec.Stats(),
+		Cgroups:          s.attr.Len(),
+		Wakeups:          s.wakeups.Load(),
+		StretchedWakeups: s.stretched.Load(),
+		WakeupIntervalUs: s.interval.Load() / 1e3,
+		FlushKicks:       s.kicks.Load(),
+		RSSBytes:         rss(),
 	}
 	if f := s.firstRec.Load(); f != 0 {
 		h.StartupMs = (f - s.start.UnixNano()) / 1e6

@@ -20,6 +20,20 @@ func helper(mode string, args []string) int {
 		ap := netip.MustParseAddrPort(args[0])
 		n, _ := strconv.Atoi(args[1])
 		return udpConnects(ap.Addr(), func(int) uint16 { return ap.Port() }, n)
+	case "udp-paced": // addr rate duration: connect a UDP socket rate times a second, in 1ms steps
+		ap := netip.MustParseAddrPort(args[0])
+		rate, _ := strconv.Atoi(args[1])
+		d, _ := time.ParseDuration(args[2])
+		start := time.Now()
+		for done := 0; time.Since(start) < d; {
+			due := int(time.Since(start).Seconds() * float64(rate))
+			if rc := udpConnects(ap.Addr(), func(int) uint16 { return ap.Port() }, due-done); rc != 0 {
+				return rc
+			}
+			done = due
+			time.Sleep(time.Millisecond)
+		}
+		return 0
 	case "udp-ports": // base count: one connect to each port from base on
 		base, _ := strconv.Atoi(args[0])
 		n, _ := strconv.Atoi(args[1])

@@ -81,6 +81,7 @@ type Sensor struct {
 	waitPods map[string]int
 	lastTick time.Time
 	kickOK   bool // KickFlush works (reader goroutine only)
+	pace     pacer
 	// lastRelease: the last time tick released waiting events
 	lastRelease time.Time
 
@@ -95,6 +96,8 @@ type Sensor struct {
 	buildErrs atomic.Uint64
 	emitted   atomic.Uint64
 	wakeups   atomic.Uint64 // times the reader slept and was woken
+	stretched atomic.Uint64 // of them, at an interval stretched by a storm
+	interval  atomic.Int64  // the kernel's current wake-up interval, ns
 	kicks     atomic.Uint64 // flush timer kicks (see readLoop)
 	kickErrs  atomic.Uint64
 	firstRec  atomic.Int64 // unix ns of the first record, for start-up time
@@ -123,6 +126,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 		lossKick: make(chan struct{}, 1),
 		emDone:   make(chan struct{}),
 		kickOK:   true,
+		pace:     newPacer(cfg.WakeupInterval, cfg.StormWakeupInterval),
 	}
 	ok := false
 	defer func() {
@@ -165,10 +169,12 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 		BTFPath:        cfg.BTFPath,
 		Cgroup2Path:    s.mounts.V2,
 		Disable:        cfg.DisableHooks,
+		WakeupInterval: cfg.WakeupInterval,
 	}, log)
 	if err != nil {
 		return nil, err
 	}
+	s.interval.Store(int64(cfg.WakeupInterval))
 	// Parsing kernel BTF for CO-RE allocated tens of MB that are garbage now.
 	debug.FreeOSMemory()
 	if err := s.applyFilters(); err != nil {
@@ -300,7 +306,6 @@ func (s *Sensor) applyFilters() error {
 		Ports:       f.Connect.Ports,
 		Prefixes:    f.Files.Prefixes,
 		WakeupBytes: uint64(s.cfg.RingBufferSize / 8),
-		WakeupNs:    uint64(s.cfg.WakeupInterval),
 	}
 	if f.Exec.All || len(f.Exec.Names) > 0 {
 		kf.Flags |= kernel.FlagExec
@@ -425,10 +430,11 @@ func (s *Sensor) Run(ctx context.Context) error {
 // without system calls and waits in the netpoller (see kernel.Ring) until
 // the kernel wakes it: at once for the first record after a quiet spell,
 // then once per WakeupInterval while records flow (the flush timer in
-// bpf/sensor.bpf.c). A wake-up costs tens of µs, up to about 100 in a VM,
-// and is the bulk of the sensor's CPU under load, so the loop sets no
-// deadline of its own, which would add a runtime timer and its wake-ups,
-// except while events wait for their pod's name.
+// bpf/sensor.bpf.c), stretched up to StormWakeupInterval during a storm
+// (pacer). A wake-up costs tens of µs, up to about 100 in a VM, and is the
+// bulk of the sensor's CPU under load, so the loop sets no deadline of its
+// own, which would add a runtime timer and its wake-ups, except while
+// events wait for their pod's name.
 //
 // Tracepoint programs cannot arm the flush timer, and wake the reader at
 // once when it is not armed. Woken again within half an interval, the
@@ -436,9 +442,10 @@ func (s *Sensor) Run(ctx context.Context) error {
 // signals costs a few wake-ups per interval, not one per record.
 func (s *Sensor) readLoop() error {
 	var lastWake time.Time
+	read := 0 // records since the last wake-up
 	for {
 		now := time.Now()
-		s.ring.Drain(s.handle)
+		read += s.ring.Drain(s.handle)
 		s.tick(now)
 		var deadline time.Time
 		if len(s.waiting) > 0 {
@@ -460,7 +467,18 @@ func (s *Sensor) readLoop() error {
 		// Flush wake-ups come an interval apart, give or take the
 		// scheduler's delay in waking us: half an interval tells them
 		// from the records that woke us on their own.
-		if woke.Sub(lastWake) < s.cfg.WakeupInterval/2 && s.kickOK {
+		early := woke.Sub(lastWake) < s.pace.cur/2
+		if s.pace.cur > s.cfg.WakeupInterval {
+			s.stretched.Add(1)
+		}
+		if iv := s.pace.woke(read, woke.Sub(lastWake)); iv != time.Duration(s.interval.Load()) {
+			if err := s.k.SetWakeupInterval(iv); err != nil {
+				return err
+			}
+			s.interval.Store(int64(iv))
+		}
+		read = 0
+		if early && s.kickOK {
 			switch err := s.k.KickFlush(); {
 			case err == nil:
 				s.kicks.Add(1)

@@ -335,6 +335,57 @@ func TestPrivilegeStormWakesBounded(t *testing.T) {
 	}
 }
 
+// TestStormStretchesWakeups: during a sustained storm of records the
+// reader stretches the wake-up interval, up to StormWakeupInterval, so
+// fewer wake-ups carry more records each; every record still arrives, and
+// the first record after the storm brings the interval back to
+// WakeupInterval.
+func TestStormStretchesWakeups(t *testing.T) {
+	requireKernel(t)
+	sink := newTestSink(t)
+	p := newPod(t)
+	const base, storm, rate, length = 10 * time.Millisecond, 50 * time.Millisecond, 4000, 1500 * time.Millisecond
+	s := startSensor(t, sensor.Config{Sink: sink.url(), FiltersPath: filtersFile(t, ""),
+		WakeupInterval: base, StormWakeupInterval: storm})
+	time.Sleep(200 * time.Millisecond)
+	h0 := s.Health()
+	if out, err := p.helper(t, "udp-paced", "127.0.0.1:42300", strconv.Itoa(rate), length.String()).CombinedOutput(); err != nil {
+		t.Fatalf("helper: %v: %s", err, out)
+	}
+	during := s.Health()
+	// The storm is over; after a quiet spell one more record arrives.
+	time.Sleep(300 * time.Millisecond)
+	if out, err := p.helper(t, "udp-ports", "42301", "1").CombinedOutput(); err != nil {
+		t.Fatalf("helper: %v: %s", err, out)
+	}
+	sink.wait(t, 4*time.Second, "the connect after the storm", func(ev cloudevents.Event) bool {
+		return ev.Type() == events.TypeNetworkConnect && ext(ev, events.ExtDestPort) == "42301"
+	})
+	after := s.Health()
+	received := after.Kinds["connect"].Received - h0.Kinds["connect"].Received
+	wakeups, stretched := during.Wakeups-h0.Wakeups, during.StretchedWakeups-h0.StretchedWakeups
+	t.Logf("%d records; during the storm %d wake-ups, %d stretched, interval %dµs; after it %dµs",
+		received, wakeups, stretched, during.WakeupIntervalUs, after.WakeupIntervalUs)
+	if min := uint64(float64(rate) * length.Seconds() * 0.9); received < min {
+		t.Errorf("received %d connect records, want at least %d", received, min)
+	}
+	if lost := after.LostTotal - h0.LostTotal; lost != 0 {
+		t.Errorf("lost %d records", lost)
+	}
+	// At the base interval the storm would take about 150 wake-ups; at
+	// 128/4000 s = 32ms, about 50.
+	if stretched == 0 || wakeups > uint64(length/base)*2/3 {
+		t.Errorf("%d wake-ups (%d stretched) in a %s storm at %d/s; want stretched wake-ups and at most %d",
+			wakeups, stretched, length, rate, uint64(length/base)*2/3)
+	}
+	if during.WakeupIntervalUs <= base.Microseconds() {
+		t.Errorf("interval during the storm %dµs, want stretched beyond %s", during.WakeupIntervalUs, base)
+	}
+	if after.WakeupIntervalUs != base.Microseconds() {
+		t.Errorf("interval after the storm %dµs, want %s again", after.WakeupIntervalUs, base)
+	}
+}
+
 // TestDropCounterExact overloads a one-page ring buffer while nothing reads
 // it: every record is either received or counted as dropped, exactly, and
 // a health event reports the loss at once.

@@ -129,7 +129,7 @@ func orchestrate() error {
 	printRows(rows)
 
 	if !o.skipBuild {
-		if err := buildOverhead(self, sinkURL, o); err != nil {
+		if err := buildOverhead(self, sink, sinkURL, o); err != nil {
 			return err
 		}
 	}
@@ -246,8 +246,8 @@ signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
 		rows = append(rows, row{
 			who: "parry sensor", storm: st.name + " — " + name, events: got, rate: float64(n) / elapsed.Seconds(),
 			dropped: drop, cpuTotal: cpu, cpuPerEvent: perEvent(cpu, all), rssPeakBytes: procHWM(sens.Process.Pid),
-			note: fmt.Sprintf("generator made %d; emitted %d, coalesced %d; in user mode %s/event; %d wake-ups, %d flush kicks", n, h1.Emitted-h0.Emitted, h1.Coalesced-h0.Coalesced,
-				perEvent(used.userShare(cpu), all).Round(10*time.Nanosecond), h1.Wakeups-h0.Wakeups, h1.FlushKicks-h0.FlushKicks),
+			note: fmt.Sprintf("generator made %d; emitted %d, coalesced %d; in user mode %s/event; %d wake-ups (%d stretched by the storm), %d flush kicks", n, h1.Emitted-h0.Emitted, h1.Coalesced-h0.Coalesced,
+				perEvent(used.userShare(cpu), all).Round(10*time.Nanosecond), h1.Wakeups-h0.Wakeups, h1.StretchedWakeups-h0.StretchedWakeups, h1.FlushKicks-h0.FlushKicks),
 		})
 		if bt != nil {
 			lines := bt.lines.Load() - bl0
@@ -285,7 +285,7 @@ func printRows(rows []row) {
 // buildOverhead times the build without a sensor, with a sensor watching
 // pods (the node's own build is outside them) and with a sensor watching
 // every process, interleaved to share the machine's noise.
-func buildOverhead(self, sinkURL string, o options) error {
+func buildOverhead(self string, sink *exec.Cmd, sinkURL string, o options) error {
 	fmt.Printf("\nbuild overhead: %q, %d runs per configuration, interleaved\n", o.build, o.buildRuns)
 	filters := filepath.Join(os.TempDir(), "parry-bench-filters-all.yaml")
 	all := "apiVersion: parry.dev/v1alpha1\nkind: SensorFilters\nscope: all\nexec: {all: true, exits: true}\nconnect: {all: true}\nfiles: {prefixes: [/etc/shadow, /root/.ssh]}\nsignals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]\n"
@@ -303,6 +303,7 @@ func buildOverhead(self, sinkURL string, o options) error {
 	times := make([][]time.Duration, len(configs))
 	cpus := make([][]time.Duration, len(configs))
 	shares := make([][]float64, len(configs))
+	ratios := make([][]float64, len(configs)) // each run's wall time over the same run's without a sensor
 	var rss []int64
 	// Wall time on a shared machine is noisy; the sensor's own account is
 	// not: its CPU plus its BPF programs' run time, over the build's CPU.
@@ -312,7 +313,11 @@ func buildOverhead(self, sinkURL string, o options) error {
 		defer st.Close()
 	}
 	for run := range o.buildRuns {
-		for i, c := range configs {
+		// Rotate the order each run so no configuration always follows
+		// the same one (a build warms the page cache for the next).
+		for k := range configs {
+			i := (k + run) % len(configs)
+			c := configs[i]
 			var sens *exec.Cmd
 			if c.args != nil {
 				var err error
@@ -326,12 +331,16 @@ func buildOverhead(self, sinkURL string, o options) error {
 			if sens != nil {
 				s0, b0 = procCPU(sens.Process.Pid), bpfRunTime()
 			}
+			sink0, steal0 := procCPU(sink.Process.Pid), hostSteal()
 			wall, cpu, err := timeBuild(o.build)
-			account := ""
+			// Steal is CPU the hypervisor gave to other guests: a run with
+			// much of it was slowed by the host, not by the sensor.
+			account := fmt.Sprintf("   host steal %s", (hostSteal() - steal0).Round(time.Millisecond))
 			if sens != nil {
 				sensorCPU, bpf := procCPU(sens.Process.Pid).minus(s0).total(), bpfRunTime()-b0
 				shares[i] = append(shares[i], 100*(sensorCPU+bpf).Seconds()/cpu.Seconds())
-				account = fmt.Sprintf("   sensor CPU %s + BPF %s", sensorCPU.Round(time.Millisecond), bpf.Round(time.Millisecond))
+				account += fmt.Sprintf("   sensor CPU %s + BPF %s + sink %s", sensorCPU.Round(time.Millisecond), bpf.Round(time.Millisecond),
+					procCPU(sink.Process.Pid).minus(sink0).total().Round(time.Millisecond))
 				rss = append(rss, procHWM(sens.Process.Pid))
 				stop(sens)
 			}
@@ -340,6 +349,11 @@ func buildOverhead(self, sinkURL string, o options) error {
 			}
 			times[i] = append(times[i], wall)
 			cpus[i] = append(cpus[i], cpu)
+			if k == len(configs)-1 {
+				for j := range configs {
+					ratios[j] = append(ratios[j], pct(times[j][run], times[0][run]))
+				}
+			}
 			fmt.Printf("  run %d %-20s wall %-8s build CPU %-8s%s\n", run+1, c.name, wall.Round(10*time.Millisecond), cpu.Round(10*time.Millisecond), account)
 		}
 	}
@@ -347,11 +361,15 @@ func buildOverhead(self, sinkURL string, o options) error {
 	// others, the median the typical one. Build CPU (user+sys of the whole
 	// build, which includes the BPF programs running in its context) is
 	// the least noisy measure of what the sensor adds to the build itself.
-	fmt.Printf("  %-20s %10s %10s %10s   %s\n", "", "wall min", "wall med", "CPU med", "overhead (min / median / CPU)")
+	// The paired median (each run against the same round's run without a
+	// sensor) is the least sensitive to the host's slow swings.
+	fmt.Printf("  %-20s %10s %10s %10s   %s\n", "", "wall min", "wall med", "CPU med", "overhead (min / median / CPU / paired median)")
 	for i, c := range configs {
-		fmt.Printf("  %-20s %10s %10s %10s   %+.1f%% / %+.1f%% / %+.1f%%\n", c.name,
+		slices.Sort(ratios[i])
+		fmt.Printf("  %-20s %10s %10s %10s   %+.1f%% / %+.1f%% / %+.1f%% / %+.1f%%\n", c.name,
 			slices.Min(times[i]).Round(10*time.Millisecond), median(times[i]).Round(10*time.Millisecond), median(cpus[i]).Round(10*time.Millisecond),
-			pct(slices.Min(times[i]), slices.Min(times[0])), pct(median(times[i]), median(times[0])), pct(median(cpus[i]), median(cpus[0])))
+			pct(slices.Min(times[i]), slices.Min(times[0])), pct(median(times[i]), median(times[0])), pct(median(cpus[i]), median(cpus[0])),
+			ratios[i][len(ratios[i])/2])
 	}
 	for i, c := range configs {
 		if len(shares[i]) > 0 {
@@ -395,6 +413,21 @@ func sensorProgram(name string) bool {
 		}
 	}
 	return false
+}
+
+// hostSteal is the machine's steal time so far (/proc/stat, all CPUs).
+func hostSteal() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 {
+		return 0
+	}
+	ticks, _ := strconv.ParseInt(f[8], 10, 64)
+	return time.Duration(ticks) * 10 * time.Millisecond // USER_HZ is 100 on Linux
 }
 
 func pct(a, b time.Duration) float64 { return 100 * (a.Seconds()/b.Seconds() - 1) }

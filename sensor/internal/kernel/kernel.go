@@ -47,6 +47,9 @@ type Options struct {
 	// Disable names hooks ("exec", "open.openat") or hook variants
 	// ("exec/tp_btf") not to load.
 	Disable []string
+	// WakeupInterval is the initial wake-up interval (see
+	// SetWakeupInterval); zero wakes the reader for every record.
+	WakeupInterval time.Duration
 }
 
 // HookStatus says whether one hook runs and, if not, why.
@@ -65,6 +68,7 @@ type Kernel struct {
 	mu     sync.Mutex // serialises read-modify-writes of the config map
 	maps   parryMaps
 	bss    *ebpf.Map
+	wakeup *ebpf.Variable // wakeup_ns in .bss
 	progs  []*ebpf.Program
 	links  []link.Link
 	hooks  []HookStatus
@@ -166,12 +170,17 @@ func Load(o Options, log zerolog.Logger) (*Kernel, error) {
 	}
 	var ms struct {
 		parryMaps
-		Bss *ebpf.Map `ebpf:".bss"`
+		Bss      *ebpf.Map      `ebpf:".bss"`
+		WakeupNs *ebpf.Variable `ebpf:"wakeup_ns"`
 	}
 	if err := spec.LoadAndAssign(&ms, opts); err != nil {
 		return nil, explainLoad("creating BPF maps", err)
 	}
-	k.maps, k.bss = ms.parryMaps, ms.Bss
+	k.maps, k.bss, k.wakeup = ms.parryMaps, ms.Bss, ms.WakeupNs
+	if err := k.SetWakeupInterval(o.WakeupInterval); err != nil {
+		k.Close()
+		return nil, err
+	}
 	repl := map[string]*ebpf.Map{
 		"events": k.maps.Events, "counters": k.maps.Counters, "sensor_cfg": k.maps.SensorCfg,
 		"exe_names": k.maps.ExeNames, "ports": k.maps.Ports, "path_trie": k.maps.PathTrie,
@@ -200,6 +209,17 @@ func Load(o Options, log zerolog.Logger) (*Kernel, error) {
 	}
 	k.hooks = append(k.hooks, probeOptional()...)
 	return k, nil
+}
+
+// SetWakeupInterval sets how long a record may wait for the reader under
+// load: the kernel's flush timer wakes it this long after its last wake-up,
+// and a record after a quiet spell this long wakes it at once. It is a
+// store to the .bss mapping, no system call.
+func (k *Kernel) SetWakeupInterval(d time.Duration) error {
+	if err := k.wakeup.Set(uint64(d)); err != nil {
+		return fmt.Errorf("setting the wake-up interval (wakeup_ns): %w", err)
+	}
+	return nil
 }
 
 // ErrNoKick: the kernel refused the kick_flush program at load.

@@ -44,8 +44,7 @@ type Filter struct {
 	Ports       []uint16
 	Prefixes    []string // absolute paths; whole components match
 	ScopeRoots  []uint64 // cgroup ids whose descendants are in scope
-	WakeupBytes uint64
-	WakeupNs    uint64
+	WakeupBytes uint64   // unread bytes that wake the reader at once
 }
 
 // Name length limits of the kernel's filter maps.
@@ -102,7 +101,6 @@ func (k *Kernel) SetFilter(f Filter) error {
 		Flags:       f.Flags | cur.Flags&flagBlocking,
 		Signals:     f.Signals,
 		WakeupBytes: f.WakeupBytes,
-		WakeupNs:    f.WakeupNs,
 	}
 	return k.maps.SensorCfg.Put(uint32(0), cfg)
 }

@@ -138,7 +138,6 @@ type parrySensorConfig struct {
 	Flags       uint32
 	Signals     uint32
 	WakeupBytes uint64
-	WakeupNs    uint64
 }
 
 type parryTrieKey struct {
@@ -213,6 +212,7 @@ const (
 	parryVarUnusedExitRec         = "unused_exit_rec"
 	parryVarUnusedOpenRec         = "unused_open_rec"
 	parryVarUnusedPrivRec         = "unused_priv_rec"
+	parryVarWakeupNs              = "wakeup_ns"
 )
 
 // loadParry returns the embedded CollectionSpec for parry.
@@ -324,6 +324,7 @@ type parryVariableSpecs struct {
 	UnusedExitRec    *ebpf.VariableSpec `ebpf:"unused_exit_rec"`
 	UnusedOpenRec    *ebpf.VariableSpec `ebpf:"unused_open_rec"`
 	UnusedPrivRec    *ebpf.VariableSpec `ebpf:"unused_priv_rec"`
+	WakeupNs         *ebpf.VariableSpec `ebpf:"wakeup_ns"`
 }
 
 // parryObjects contains all objects after they have been loaded into the kernel.
@@ -388,6 +389,7 @@ type parryVariables struct {
 	UnusedExitRec    *ebpf.Variable `ebpf:"unused_exit_rec"`
 	UnusedOpenRec    *ebpf.Variable `ebpf:"unused_open_rec"`
 	UnusedPrivRec    *ebpf.Variable `ebpf:"unused_priv_rec"`
+	WakeupNs         *ebpf.Variable `ebpf:"wakeup_ns"`
 }
 
 // parryPrograms contains all programs after they have been loaded into the kernel.
