@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"parry.dev/parry/sensor/internal/recorder"
 )
 
 // Config configures a sensor. DefaultConfig gives every default; the zero
@@ -30,8 +32,9 @@ type Config struct {
 	RecorderAddr string
 	// RecorderTTL is how long a cgroup's events are kept.
 	RecorderTTL time.Duration
-	// RecorderMaxEvents bounds the events kept over all cgroups.
-	RecorderMaxEvents int
+	// RecorderMaxBytes bounds the memory the flight recorder holds over
+	// all cgroups, events and summaries together.
+	RecorderMaxBytes int
 	// SpoolDir holds events while the sink is down; "-" keeps no spool.
 	SpoolDir string
 	// SpoolMaxBytes bounds the spool; what does not fit is counted as lost.
@@ -103,8 +106,8 @@ func (c *Config) applyDefaults() {
 	if c.RecorderTTL == 0 {
 		c.RecorderTTL = 15 * time.Minute
 	}
-	if c.RecorderMaxEvents == 0 {
-		c.RecorderMaxEvents = 32768
+	if c.RecorderMaxBytes == 0 {
+		c.RecorderMaxBytes = recorder.DefaultMaxBytes
 	}
 	if c.SpoolDir == "" {
 		c.SpoolDir = DefaultSpoolDir
@@ -187,7 +190,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.FiltersPath, "filters", d.FiltersPath, "SensorFilters YAML (what the kernel passes on); default: built in (see sensor/filters/default.yaml)")
 	fs.StringVar(&c.RecorderAddr, "recorder-listen", d.RecorderAddr, `address of the flight recorder's HTTP API (GET /v1/pods/{uid}); "-" turns it off`)
 	fs.DurationVar(&c.RecorderTTL, "recorder-ttl", d.RecorderTTL, "how long a cgroup's events stay in the flight recorder, also after the pod is gone")
-	fs.IntVar(&c.RecorderMaxEvents, "recorder-max-events", d.RecorderMaxEvents, "events kept in the flight recorder over all cgroups")
+	fs.IntVar(&c.RecorderMaxBytes, "recorder-max-bytes", d.RecorderMaxBytes, "memory the flight recorder may hold over all cgroups, events and summaries together; the oldest events of the busiest cgroup go first")
 	fs.StringVar(&c.SpoolDir, "spool-dir", d.SpoolDir, `directory for events while the sink is down; "-" keeps no spool`)
 	fs.Int64Var(&c.SpoolMaxBytes, "spool-max-bytes", d.SpoolMaxBytes, "spool size bound; events beyond it are counted as lost")
 	fs.DurationVar(&c.SinkTimeout, "sink-timeout", d.SinkTimeout, "time allowed for one delivery to the sink")

@@ -106,6 +106,13 @@
 //	GET    /v1/blocked              blocked cgroup ids
 //	GET    /healthz, /metrics       counters, as JSON and Prometheus text
 //
+// Its memory is bounded by --recorder-max-bytes (3 MiB), events and
+// summaries together: past it, the cgroup holding the most gives up the
+// oldest eighth of its events and summary rows, so a busy pod cannot erase
+// a quiet pod's history. With the binary's pages, the ring buffer and the
+// runtime's memory limit (LimitMemory), a full recorder keeps parry-sensor
+// under 40 MB of RSS.
+//
 // # Use
 //
 //	if err := sensor.Probe(); err != nil { ... run without it, saying why ... }

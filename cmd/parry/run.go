@@ -99,6 +99,7 @@ func sensorCommand(ctx context.Context, args []string, _, stderr io.Writer) erro
 	if err := sensor.Probe(); err != nil {
 		return err
 	}
+	sensor.LimitMemory()
 	return sensor.Run(ctx, cfg, log)
 }
 

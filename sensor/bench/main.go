@@ -512,6 +512,7 @@ func runSensor(args []string) int {
 	var cfg sensor.Config
 	cfg.RegisterFlags(fs)
 	fs.Parse(args)
+	sensor.LimitMemory() // as parry-sensor does
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer cancel()
 	log := zerolog.New(os.Stderr).Level(zerolog.WarnLevel)

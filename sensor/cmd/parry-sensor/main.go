@@ -33,6 +33,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "parry-sensor:", err)
 		os.Exit(1)
 	}
+	sensor.LimitMemory()
 	if err := sensor.Run(ctx, cfg, log); err != nil {
 		fmt.Fprintln(os.Stderr, "parry-sensor:", err)
 		os.Exit(1)

@@ -6,16 +6,19 @@
 // Per cgroup it keeps the last events in a ring, and three summaries that
 // survive the ring's turnover under a storm: the process table (exec, exit,
 // parent), the connections (destination, count, first and last) and the
-// sensitive files opened. Everything is bounded: events per cgroup, events in
-// total, rows per summary, and age.
+// sensitive files opened. Everything is bounded: events per cgroup, rows per
+// summary, age, and the memory all of it holds (MaxBytes), which the
+// recorder accounts as it goes.
 package recorder
 
 import (
 	"cmp"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
 	"time"
+	"unsafe"
 
 	"parry.dev/parry/sensor/internal/attrib"
 )
@@ -89,12 +92,19 @@ type File struct {
 	Last  time.Time `json:"last"`
 }
 
+// DefaultMaxBytes is the default memory bound: with it the sensor's RSS
+// stays under 40 MB when the recorder is full (see sensor.MemoryLimit).
+const DefaultMaxBytes = 3 << 20
+
 // Options bound the recorder.
 type Options struct {
 	TTL       time.Duration // events older than this are forgotten
 	PerCgroup int           // events kept per cgroup
-	MaxEvents int           // events kept in total
-	MaxRows   int           // rows per summary table and cgroup
+	// MaxBytes bounds the memory the recorder holds, events and summaries
+	// together: an estimate from the sizes of what it keeps (struct and
+	// string bytes), which errs high, since strings are often shared.
+	MaxBytes int
+	MaxRows  int // rows per summary table and cgroup
 }
 
 func (o *Options) defaults() {
@@ -104,8 +114,8 @@ func (o *Options) defaults() {
 	if o.PerCgroup <= 0 {
 		o.PerCgroup = 2048
 	}
-	if o.MaxEvents <= 0 {
-		o.MaxEvents = 32768
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
 	}
 	if o.MaxRows <= 0 {
 		o.MaxRows = 512
@@ -120,8 +130,38 @@ type Recorder struct {
 	mu      sync.Mutex
 	cgroups map[uint64]*cgroupLog
 	pods    map[string]map[uint64]struct{}
-	total   int
+	total   int // events held
+	bytes   int // memory held, as accounted by the cgroups
 	evicted uint64
+}
+
+// Accounted sizes. A row also costs its map slot (key, pointer, control
+// byte, over the table's load factor) and its allocation's size class, a
+// cgroup its maps and identity.
+const (
+	eventSize      = int(unsafe.Sizeof(Event{}))
+	procSize       = int(unsafe.Sizeof(Process{})) + 64
+	connSize       = int(unsafe.Sizeof(Conn{})) + 128
+	fileSize       = int(unsafe.Sizeof(File{})) + 64
+	cgroupOverhead = 1024
+)
+
+// heldStrings is what an event's strings add to its slot; the kinds,
+// protocols and signals are constants and cost nothing.
+func heldStrings(ev *Event) int {
+	n := len(ev.Comm) + len(ev.Exe) + len(ev.Path)
+	for _, a := range ev.Args {
+		n += 16 + len(a)
+	}
+	return n
+}
+
+func procCost(p *Process) int {
+	n := procSize + len(p.Exe)
+	for _, a := range p.Args {
+		n += 16 + len(a)
+	}
+	return n
 }
 
 type connKey struct {
@@ -138,10 +178,12 @@ type cgroupLog struct {
 	last       time.Time
 	evicted    uint64
 	procs      map[uint32]*Process
+	procsPeak  int      // most rows procs has held since its table was last fitted
 	exited     []uint32 // pids of exited processes, oldest first, for O(1) eviction
 	conns      map[connKey]*Conn
 	files      map[string]*File
 	overflowed uint64 // summary rows not kept because a table was full
+	bytes      int    // memory held, accounted as in Recorder.bytes
 }
 
 // New returns an empty recorder.
@@ -158,8 +200,10 @@ func (r *Recorder) Add(id *attrib.Identity, ev Event) {
 		c = &cgroupLog{
 			ident: *id, first: ev.Time,
 			procs: map[uint32]*Process{}, conns: map[connKey]*Conn{}, files: map[string]*File{},
+			bytes: cgroupOverhead + len(id.CgroupPath),
 		}
 		r.cgroups[id.CgroupID] = c
+		r.bytes += c.bytes
 		if id.PodUID != "" {
 			if r.pods[id.PodUID] == nil {
 				r.pods[id.PodUID] = map[uint64]struct{}{}
@@ -174,13 +218,15 @@ func (r *Recorder) Add(id *attrib.Identity, ev Event) {
 		r.pods[id.PodUID][id.CgroupID] = struct{}{}
 	}
 	c.last = ev.Time
+	before := c.bytes
 	r.summarise(c, &ev)
 	if c.push(ev, r.o.PerCgroup) {
 		r.evicted++
 	} else {
 		r.total++
 	}
-	if r.total > r.o.MaxEvents {
+	r.bytes += c.bytes - before
+	if r.bytes > r.o.MaxBytes {
 		r.shrinkLocked()
 	}
 	r.mu.Unlock() // not deferred: Add is the hot path, and cannot panic
@@ -191,55 +237,94 @@ func (r *Recorder) Add(id *attrib.Identity, ev Event) {
 func (c *cgroupLog) push(ev Event, capacity int) bool {
 	if c.n == len(c.ring) {
 		if len(c.ring) >= capacity {
+			c.bytes += heldStrings(&ev) - heldStrings(&c.ring[c.head])
 			c.ring[c.head] = ev
 			c.head = (c.head + 1) % len(c.ring)
 			c.evicted++
 			return true
 		}
 		// most cgroups see few events: start small, double
-		grown := make([]Event, min(capacity, max(16, 2*len(c.ring))))
-		for i := range c.n {
-			grown[i] = c.ring[(c.head+i)%len(c.ring)]
-		}
-		c.ring, c.head = grown, 0
+		c.resize(min(capacity, max(16, 2*len(c.ring))))
 	}
 	c.ring[(c.head+c.n)%len(c.ring)] = ev
 	c.n++
+	c.bytes += heldStrings(&ev)
 	return false
 }
 
-// dropOldest forgets the k oldest events and returns how many went.
+// resize moves the events into a ring of the given size (at least c.n).
+func (c *cgroupLog) resize(size int) {
+	var ring []Event
+	if size > 0 {
+		ring = make([]Event, size)
+	}
+	for i := range c.n {
+		ring[i] = c.ring[(c.head+i)%len(c.ring)]
+	}
+	c.bytes += (size - len(c.ring)) * eventSize
+	c.ring, c.head = ring, 0
+}
+
+// dropOldest forgets the k oldest events and returns how many went. A ring
+// left three-quarters empty shrinks, so the memory goes too.
 func (c *cgroupLog) dropOldest(k int) int {
 	k = min(k, c.n)
 	for i := range k {
-		c.ring[(c.head+i)%len(c.ring)] = Event{}
+		slot := &c.ring[(c.head+i)%len(c.ring)]
+		c.bytes -= heldStrings(slot)
+		*slot = Event{}
 	}
 	if k > 0 {
 		c.head = (c.head + k) % len(c.ring)
 	}
 	c.n -= k
+	switch {
+	case c.n == 0:
+		c.resize(0)
+	case c.n <= len(c.ring)/4 && len(c.ring) > 16:
+		c.resize(max(16, 2*c.n))
+	}
 	return k
 }
 
-// shrinkLocked brings the total back under MaxEvents by taking the oldest
-// eighth from the cgroup with the most events: a storm in one pod cannot
-// erase every other pod's history.
+// shrinkLocked brings the memory held back under MaxBytes, taking from the
+// cgroup that holds the most: the oldest eighth of its events, of the rows
+// of its exited processes, and of its connections and files (the least
+// recently active, counted as overflowed). A storm in one pod cannot erase
+// every other pod's history. Rows of live processes stay.
 func (r *Recorder) shrinkLocked() {
-	for r.total > r.o.MaxEvents {
+	for r.bytes > r.o.MaxBytes {
 		var big *cgroupLog
 		for _, c := range r.cgroups {
-			if big == nil || c.n > big.n {
+			if (c.n > 0 || len(c.exited) > 0 || len(c.conns) > 0 || len(c.files) > 0) && (big == nil || c.bytes > big.bytes) {
 				big = c
 			}
 		}
-		if big == nil || big.n == 0 {
+		if big == nil {
 			return
 		}
-		k := max(big.n/8, 1, r.total-r.o.MaxEvents)
-		n := big.dropOldest(k)
-		big.evicted += uint64(n)
-		r.total -= n
-		r.evicted += uint64(n)
+		before := big.bytes
+		if big.n > 0 {
+			n := big.dropOldest(max(big.n/8, 1))
+			big.evicted += uint64(n)
+			r.total -= n
+			r.evicted += uint64(n)
+		}
+		if len(big.exited) > 0 {
+			big.dropExitedRows(max(len(big.exited)/8, 1))
+		}
+		if len(big.conns) > 0 {
+			gone := dropStaleRows(&big.conns, max(len(big.conns)/8, 1), func(cn *Conn) time.Time { return cn.Last })
+			big.bytes -= len(gone) * connSize
+			big.overflowed += uint64(len(gone))
+		}
+		if len(big.files) > 0 {
+			for _, f := range dropStaleRows(&big.files, max(len(big.files)/8, 1), func(f *File) time.Time { return f.Last }) {
+				big.bytes -= fileSize + len(f.Path)
+				big.overflowed++
+			}
+		}
+		r.bytes += big.bytes - before
 	}
 }
 
@@ -247,16 +332,23 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 	switch ev.Kind {
 	case "exec":
 		p, ok := c.procs[ev.PID]
-		if !ok {
-			if len(c.procs) < r.o.MaxRows {
-				p = &Process{}
-			} else if p = c.evictExited(); p == nil {
+		switch {
+		case ok: // exec again in the same process
+			c.bytes -= procCost(p)
+		case len(c.procs) < r.o.MaxRows:
+			p = &Process{}
+			c.procs[ev.PID] = p
+			c.procsPeak = max(c.procsPeak, len(c.procs))
+		default:
+			if p = c.evictExited(); p == nil {
 				c.overflowed++
 				return
 			}
+			c.bytes -= procCost(p)
 			c.procs[ev.PID] = p
 		}
 		*p = Process{PID: ev.PID, PPID: ev.PPID, UID: ev.UID, EUID: ev.EUID, Exe: ev.Exe, Args: ev.Args, Exec: ev.Time, Fileless: ev.Fileless}
+		c.bytes += procCost(p)
 	case "exit":
 		if p, ok := c.procs[ev.PID]; ok && !p.exited {
 			p.exited, p.exitTime, p.exitCode = true, ev.Time, ev.Exit.Status
@@ -275,6 +367,7 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 			}
 			cn = &Conn{DAddr: ev.DAddr, DPort: ev.DPort, Proto: ev.Proto, First: ev.Time}
 			c.conns[k] = cn
+			c.bytes += connSize
 		}
 		cn.Count++
 		if ev.Blocked {
@@ -290,6 +383,7 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 			}
 			f = &File{Path: ev.Path, First: ev.Time}
 			c.files[ev.Path] = f
+			c.bytes += fileSize + len(ev.Path)
 		}
 		f.Count++
 		f.Last = ev.Time
@@ -309,6 +403,47 @@ func (c *cgroupLog) evictExited() *Process {
 		}
 	}
 	return nil
+}
+
+// dropExitedRows forgets up to k rows of exited processes, oldest first.
+// A Go map keeps its table when entries go, so a table down to a quarter of
+// its peak is copied into a fitting one.
+func (c *cgroupLog) dropExitedRows(k int) {
+	for range k {
+		p := c.evictExited()
+		if p == nil {
+			break
+		}
+		c.bytes -= procCost(p)
+	}
+	if len(c.procs) <= c.procsPeak/4 {
+		c.procs = refit(c.procs)
+		c.procsPeak = len(c.procs)
+	}
+}
+
+// dropStaleRows forgets the k rows of *m least recently active and returns
+// them; the map is rebuilt to fit, since a Go map keeps its table.
+func dropStaleRows[K comparable, V any](m *map[K]*V, k int, last func(*V) time.Time) []*V {
+	keys := slices.Collect(maps.Keys(*m))
+	slices.SortFunc(keys, func(a, b K) int { return last((*m)[a]).Compare(last((*m)[b])) })
+	gone := make([]*V, 0, k)
+	for _, key := range keys[:min(k, len(keys))] {
+		gone = append(gone, (*m)[key])
+		delete(*m, key)
+	}
+	*m = refit(*m)
+	return gone
+}
+
+// refit copies m into a table sized for what it holds (maps.Clone keeps
+// the old table's size).
+func refit[K comparable, V any](m map[K]V) map[K]V {
+	out := make(map[K]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
 }
 
 func (c *cgroupLog) compactExited() {
@@ -333,8 +468,11 @@ func (r *Recorder) Sweep(now time.Time) {
 		for k < c.n && c.ring[(c.head+k)%len(c.ring)].Time.Before(cut) {
 			k++
 		}
+		before := c.bytes
 		r.total -= c.dropOldest(k) // aged out: not counted as evicted
+		r.bytes += c.bytes - before
 		if c.n == 0 && c.last.Before(cut) {
+			r.bytes -= c.bytes
 			delete(r.cgroups, id)
 			if set := r.pods[c.ident.PodUID]; set != nil {
 				delete(set, id)
@@ -351,6 +489,7 @@ type Stats struct {
 	Cgroups int    `json:"cgroups"`
 	Pods    int    `json:"pods"`
 	Events  int    `json:"events"`
+	Bytes   int    `json:"bytes"` // memory held, as accounted against MaxBytes
 	Evicted uint64 `json:"evicted"`
 }
 
@@ -358,7 +497,7 @@ type Stats struct {
 func (r *Recorder) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Stats{Cgroups: len(r.cgroups), Pods: len(r.pods), Events: r.total, Evicted: r.evicted}
+	return Stats{Cgroups: len(r.cgroups), Pods: len(r.pods), Events: r.total, Bytes: r.bytes, Evicted: r.evicted}
 }
 
 // CgroupRecord is one cgroup's history.

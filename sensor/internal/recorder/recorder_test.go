@@ -1,7 +1,9 @@
 package recorder
 
 import (
+	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -48,7 +50,8 @@ func TestPodHistory(t *testing.T) {
 }
 
 func TestBoundsAndTTL(t *testing.T) {
-	r := New(Options{TTL: time.Minute, PerCgroup: 50, MaxEvents: 120, MaxRows: 10})
+	const budget = 40 << 10 // three cgroups would hold about 57 KiB
+	r := New(Options{TTL: time.Minute, PerCgroup: 50, MaxBytes: budget, MaxRows: 10})
 	t0 := time.Unix(1700000000, 0)
 	for i := range 1000 {
 		r.Add(ident(1, "storm"), Event{Time: t0.Add(time.Duration(i) * time.Millisecond), Kind: "connect", DPort: uint16(i), Proto: "udp"})
@@ -58,14 +61,14 @@ func TestBoundsAndTTL(t *testing.T) {
 		r.Add(ident(3, "other"), Event{Time: t0, Kind: "exec", PID: uint32(i)})
 	}
 	st := r.Stats()
-	if st.Events > 120 {
-		t.Fatalf("total %d > 120", st.Events)
+	if st.Bytes > budget || st.Evicted == 0 {
+		t.Fatalf("holds %d bytes of a %d budget, evicted %d", st.Bytes, budget, st.Evicted)
 	}
 	storm, _ := r.Pod("storm")
 	if len(storm[0].Events) > 50 || storm[0].Evicted == 0 || storm[0].Events[len(storm[0].Events)-1].DPort != 999%65536 {
 		t.Fatalf("storm ring: %d events, evicted %d", len(storm[0].Events), storm[0].Evicted)
 	}
-	if len(storm[0].Connections) != 10 || storm[0].Overflowed == 0 {
+	if len(storm[0].Connections) == 0 || len(storm[0].Connections) > 10 || storm[0].Overflowed == 0 {
 		t.Fatalf("connections table unbounded or overflow uncounted: %d, %d", len(storm[0].Connections), storm[0].Overflowed)
 	}
 	quiet, _ := r.Pod("quiet")
@@ -73,7 +76,41 @@ func TestBoundsAndTTL(t *testing.T) {
 		t.Fatal("a storm in one pod erased another pod's history")
 	}
 	r.Sweep(t0.Add(2 * time.Minute))
-	if st := r.Stats(); st.Events != 0 || st.Cgroups != 0 || st.Pods != 0 {
+	if st := r.Stats(); st.Events != 0 || st.Cgroups != 0 || st.Pods != 0 || st.Bytes != 0 {
 		t.Fatalf("after TTL: %+v", st)
 	}
+}
+
+// TestMemoryBound fills the recorder from many cgroups with exec events of
+// unique arguments (a build) and connects: what it accounts stays under
+// MaxBytes, and the heap it really holds is no more than that.
+func TestMemoryBound(t *testing.T) {
+	const budget = 4 << 20
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	r := New(Options{TTL: time.Hour, MaxBytes: budget})
+	t0 := time.Unix(1700000000, 0)
+	for c := range 64 {
+		id := ident(uint64(c+1), fmt.Sprintf("pod-%d", c))
+		for i := range 1500 {
+			pid := uint32(c*100000 + i)
+			r.Add(id, Event{Time: t0, Kind: "exec", PID: pid, Comm: "compile", Exe: "/usr/local/go/pkg/tool/linux_amd64/compile",
+				Args: []string{"compile", "-o", fmt.Sprintf("/tmp/go-build%d/b%03d/_pkg_.a", c, i), "-p", fmt.Sprintf("example.com/pkg%d", i)}})
+			r.Add(id, Event{Time: t0, Kind: "exit", PID: pid})
+			r.Add(id, Event{Time: t0, Kind: "connect", PID: pid, DAddr: netip.AddrFrom4([4]byte{10, 0, byte(c), byte(i)}), DPort: 443, Proto: "tcp"})
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	st := r.Stats()
+	heap := int(m1.HeapAlloc) - int(m0.HeapAlloc)
+	t.Logf("%d events in %d cgroups: accounted %d bytes, heap %d bytes", st.Events, st.Cgroups, st.Bytes, heap)
+	if st.Bytes > budget || st.Evicted == 0 {
+		t.Errorf("accounted %d bytes of a %d budget (evicted %d)", st.Bytes, budget, st.Evicted)
+	}
+	if heap > budget {
+		t.Errorf("the recorder holds %d bytes of heap; its budget is %d", heap, budget)
+	}
+	runtime.KeepAlive(r)
 }
