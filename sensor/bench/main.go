@@ -4,19 +4,20 @@
 // resident memory; and the wall-time overhead of a build with the sensor
 // running.
 //
-// Every party runs in its own process, so each one's CPU is its own: this
-// binary re-executes itself as the sensor, the sink and the load
-// generators (PARRY_BENCH_ROLE), and reads their CPU time and memory from
-// /proc. The load runs inside a pod-shaped cgroup; the sensor watches pods
+// Every party runs in its own process, so each one's CPU is its own: the
+// sensor is the parry-sensor binary the DaemonSet runs (built here as
+// ko.yaml builds it, so its memory is the deployed binary's), and this binary
+// re-executes itself as the sink and the load generators
+// (PARRY_BENCH_ROLE). CPU time and memory come from /proc. The load runs inside a pod-shaped cgroup; the sensor watches pods
 // only, bpftrace filters on the same cgroup id.
 package main
 
 import (
 	"bufio"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -24,9 +25,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,7 +34,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
 	"parry.dev/parry/sensor"
@@ -44,14 +42,14 @@ import (
 
 func main() {
 	switch os.Getenv("PARRY_BENCH_ROLE") {
-	case "sensor":
-		os.Exit(runSensor(os.Args[1:]))
 	case "sink":
 		os.Exit(runSink())
 	case "exec-storm":
 		os.Exit(execStorm(os.Args[1:]))
 	case "connect-storm":
 		os.Exit(connectStorm(os.Args[1:]))
+	case "exec-unique":
+		os.Exit(execUnique(os.Args[1:]))
 	}
 	if err := orchestrate(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-sensor:", err)
@@ -70,6 +68,7 @@ type options struct {
 	variants    string
 	sensorArgs  string
 	sensorEnv   string
+	sensorBin   string
 }
 
 func orchestrate() error {
@@ -80,9 +79,10 @@ func orchestrate() error {
 	flag.IntVar(&o.buildRuns, "build-runs", 4, "runs of the build per configuration (interleaved)")
 	flag.BoolVar(&o.skipBuild, "skip-build", false, "skip the build overhead measurement")
 	flag.StringVar(&o.bpftrace, "bpftrace", "bpftrace", "bpftrace binary for the baseline (\"\" skips it)")
-	flag.StringVar(&o.storms, "storms", "exec,connect,connect-max", "storms to run")
+	flag.StringVar(&o.storms, "storms", "exec,connect,connect-max,recorder", "storms to run (recorder: fill the flight recorder from 20 pods and report the RSS)")
 	flag.StringVar(&o.sensorArgs, "sensor-args", "", "extra flags for the sensor, e.g. \"-wakeup-interval 20ms\"")
 	flag.StringVar(&o.sensorEnv, "sensor-env", "", "extra environment for the sensor, e.g. \"GOMAXPROCS=1\"")
+	flag.StringVar(&o.sensorBin, "sensor-binary", "", "parry-sensor binary to measure; default: build ./sensor/cmd/parry-sensor as ko.yaml does")
 	flag.StringVar(&o.variants, "variants", "default,every-event", "sensor configurations: default (coalescing), every-event (coalescing off)")
 	flag.Parse()
 	if err := sensor.Probe(); err != nil {
@@ -91,6 +91,19 @@ func orchestrate() error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
+	}
+	if o.sensorBin == "" {
+		dir, err := os.MkdirTemp("", "parry-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		o.sensorBin = filepath.Join(dir, "parry-sensor")
+		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", o.sensorBin, "./sensor/cmd/parry-sensor")
+		build.Env, build.Stderr = append(os.Environ(), "CGO_ENABLED=0"), os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building parry-sensor (run from the module root, or pass -sensor-binary): %w", err)
+		}
 	}
 	pod, err := newPod()
 	if err != nil {
@@ -164,7 +177,7 @@ signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
 	spool, _ := os.MkdirTemp("", "parry-bench-spool-")
 	defer os.RemoveAll(spool)
 	t0 := time.Now()
-	sens, rec, err := startRole(self, "sensor", append([]string{
+	sens, rec, err := startSensor(o.sensorBin, append([]string{
 		"-sink", sinkURL, "-filters", filters, "-recorder-listen", "127.0.0.1:0", "-spool-dir", spool,
 		"-coalesce-window", coalesce, "-node", "bench", "-health-interval", "1h",
 	}, strings.Fields(o.sensorArgs)...), strings.Fields(o.sensorEnv))
@@ -263,7 +276,50 @@ signals: [setuid, setgid, ptrace, memfd, exec-memfd, unshare, setns, module]
 			})
 		}
 	}
+	if slices.Contains(strings.Split(o.storms, ","), "recorder") && coalesce != "-1ns" {
+		if err := fillRecorder(self, sens.Process.Pid, rec, name); err != nil {
+			return nil, err
+		}
+	}
 	return rows, nil
+}
+
+// fillRecorder runs execs with unique arguments (a build's shape) in 20
+// pods, more than the flight recorder's memory bound holds, and reports
+// what the recorder keeps and the sensor's resident memory: the storms
+// above fill one cgroup only, which a per-cgroup bound caps.
+func fillRecorder(self string, pid int, rec, name string) error {
+	const pods, execs = 20, 1100
+	h0, err := health(rec)
+	if err != nil {
+		return err
+	}
+	c0 := procCPU(pid)
+	for i := range pods {
+		p, err := newPod()
+		if err != nil {
+			return err
+		}
+		out, err := p.run(self, "exec-unique", strconv.Itoa(execs), strconv.Itoa(i))
+		p.remove()
+		if err != nil {
+			return fmt.Errorf("exec-unique: %v: %s", err, out)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	h1, err := health(rec)
+	if err != nil {
+		return err
+	}
+	var records uint64
+	for k, c := range h1.Kinds {
+		records += c.Received - h0.Kinds[k].Received
+	}
+	cpu := procCPU(pid).minus(c0).total()
+	fmt.Printf("%s: recorder filled from %d pods (%d execs each, unique arguments): holds %d events in %.2f MiB (bound %.0f MiB), evicted %d; %s/record; RSS now %.1fM, peak %.1fM\n",
+		name, pods, execs, h1.Recorder.Events, float64(h1.Recorder.Bytes)/(1<<20), float64(sensor.DefaultConfig().RecorderMaxBytes)/(1<<20),
+		h1.Recorder.Evicted-h0.Recorder.Evicted, perEvent(cpu, records).Round(10*time.Nanosecond), float64(h1.RSSBytes)/(1<<20), float64(procHWM(pid))/(1<<20))
+	return nil
 }
 
 func perEvent(cpu time.Duration, n uint64) time.Duration {
@@ -321,7 +377,7 @@ func buildOverhead(self string, sink *exec.Cmd, sinkURL string, o options) error
 			var sens *exec.Cmd
 			if c.args != nil {
 				var err error
-				sens, _, err = startRole(self, "sensor", append(c.args, "-node", "bench"), nil)
+				sens, _, err = startSensor(o.sensorBin, append(c.args, "-node", "bench"), nil)
 				if err != nil {
 					return err
 				}
@@ -495,6 +551,48 @@ func startRole(self, role string, args []string, extraEnv []string) (*exec.Cmd, 
 	}
 }
 
+// startSensor runs parry-sensor and waits for its "sensor running" log
+// line, which names the flight recorder's address.
+func startSensor(bin string, args []string, extraEnv []string) (*exec.Cmd, string, error) {
+	cmd := exec.Command(bin, append([]string{"-log-format", "json", "-log-level", "info"}, args...)...)
+	cmd.Env = append(os.Environ(), extraEnv...)
+	logs, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	debug := os.Getenv("PARRY_BENCH_DEBUG") != ""
+	ready := make(chan string, 1)
+	go func() {
+		defer close(ready)
+		sc := bufio.NewScanner(logs)
+		running := false
+		for sc.Scan() { // to the end: a full pipe would stall the sensor's logging
+			if debug {
+				fmt.Fprintln(os.Stderr, sc.Text())
+			}
+			var line struct{ Message, Recorder string }
+			if !running && json.Unmarshal(sc.Bytes(), &line) == nil && line.Message == "sensor running" {
+				running = true
+				ready <- line.Recorder
+			}
+		}
+	}()
+	select {
+	case a, ok := <-ready:
+		if !ok {
+			cmd.Wait()
+			return nil, "", errors.New("parry-sensor exited before it was running (PARRY_BENCH_DEBUG=1 shows its log)")
+		}
+		return cmd, a, nil
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		return nil, "", errors.New("parry-sensor not running within 30s")
+	}
+}
+
 func stop(cmd *exec.Cmd) {
 	cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
@@ -505,37 +603,6 @@ func stop(cmd *exec.Cmd) {
 		cmd.Process.Kill()
 		<-done
 	}
-}
-
-func runSensor(args []string) int {
-	fs := flag.NewFlagSet("sensor", flag.ExitOnError)
-	var cfg sensor.Config
-	cfg.RegisterFlags(fs)
-	fs.Parse(args)
-	sensor.LimitMemory() // as parry-sensor does
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer cancel()
-	log := zerolog.New(os.Stderr).Level(zerolog.WarnLevel)
-	s, err := sensor.New(ctx, cfg, log)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer s.Close()
-	if f := os.Getenv("PARRY_BENCH_CPUPROFILE"); f != "" {
-		out, err := os.Create(fmt.Sprintf("%s.%d", f, os.Getpid()))
-		if err == nil {
-			pprof.StartCPUProfile(out)
-			defer pprof.StopCPUProfile()
-		}
-	}
-	fmt.Fprintf(os.Stderr, "after load: %s\n", memLine())
-	fmt.Println("READY", s.RecorderAddr())
-	if err := s.Run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
 }
 
 // runSink accepts CloudEvents and counts them, as cheaply as it can.
@@ -568,6 +635,23 @@ func execStorm(args []string) int {
 		syscall.Wait4(pid, &ws, 0, nil)
 	}
 	fmt.Println(n)
+	return 0
+}
+
+// execUnique runs n execs whose arguments differ each time, as a build's
+// compiler invocations do.
+func execUnique(args []string) int {
+	n, _ := strconv.Atoi(args[0])
+	attr := &syscall.ProcAttr{Files: []uintptr{0, 1, 2}}
+	for i := range n {
+		pid, err := syscall.ForkExec("/usr/bin/true", []string{"true", "-o", fmt.Sprintf("/tmp/go-build%s/b%04d/_pkg_.a", args[1], i), "-p", fmt.Sprintf("example.com/pkg%d", i)}, attr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, 0, nil)
+	}
 	return 0
 }
 
@@ -801,17 +885,6 @@ func kernelRelease() string {
 	var u unix.Utsname
 	unix.Uname(&u)
 	return unix.ByteSliceToString(u.Release[:])
-}
-
-func memLine() string {
-	b, _ := os.ReadFile("/proc/self/status")
-	var out []string
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM") || strings.HasPrefix(line, "VmRSS") || strings.HasPrefix(line, "RssAnon") || strings.HasPrefix(line, "RssFile") || strings.HasPrefix(line, "RssShmem") {
-			out = append(out, strings.Join(strings.Fields(line), " "))
-		}
-	}
-	return strings.Join(out, ", ")
 }
 
 // procMem summarises a process's memory: resident, of which anonymous
