@@ -58,6 +58,11 @@ type Config struct {
 	// unread), so no record waits longer; the first record after a quiet
 	// interval wakes it at once.
 	WakeupInterval time.Duration
+	// LimitMemory: the process runs the sensor alone, so once the kernel
+	// objects are loaded New sets the Go runtime's soft memory limit from
+	// RecorderMaxBytes (see memoryLimit), unless GOMEMLIMIT sets one. It
+	// is process-wide: leave it off where the sensor shares the process.
+	LimitMemory bool
 	// StormWakeupInterval bounds how far a storm (over 1,000 records/s)
 	// stretches the wake-up interval, so that each wake-up carries about
 	// 128 records; at or below WakeupInterval nothing stretches.
@@ -175,6 +180,12 @@ func (c *Config) validate() error {
 	}
 	if c.WakeupInterval < 100*time.Microsecond {
 		errs = append(errs, fmt.Errorf("--wakeup-interval %s: at least 100µs", c.WakeupInterval))
+	}
+	if c.StormWakeupInterval > time.Second {
+		errs = append(errs, fmt.Errorf("--storm-wakeup-interval %s: at most 1s (records wait that long in a storm)", c.StormWakeupInterval))
+	}
+	if c.RecorderMaxBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("--recorder-max-bytes %d: at least 65536", c.RecorderMaxBytes))
 	}
 	return errors.Join(errs...)
 }

@@ -29,7 +29,9 @@
 // for a BPF timer that fires --wakeup-interval after that wake-up and wakes
 // the sensor if anything is unread (or an eighth of the ring filling up
 // wakes it sooner). So under load the sensor wakes once per interval and no
-// record waits longer. Only tp_btf and cgroup programs may arm the timer;
+// record waits longer. In a storm (over 1,000 records/s) the interval
+// stretches, up to --storm-wakeup-interval, so a wake-up carries about 128
+// records (pace.go). Only tp_btf and cgroup programs may arm the timer;
 // the tracepoint hooks (opens, privilege signals) and the raw_tp fallback
 // ride on an armed flush or wake the sensor at once, and the sensor, woken
 // again within half an interval, arms it for them (a BPF_PROG_RUN of a
@@ -110,7 +112,7 @@
 // summaries together: past it, the cgroup holding the most gives up the
 // oldest eighth of its events and summary rows, so a busy pod cannot erase
 // a quiet pod's history. With the binary's pages, the ring buffer and the
-// runtime's memory limit (LimitMemory), a full recorder keeps parry-sensor
+// runtime's memory limit (Config.LimitMemory), a full recorder keeps parry-sensor
 // under 40 MB of RSS.
 //
 // # Use

@@ -45,21 +45,15 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	return s.Run(ctx)
 }
 
-// MemoryLimit is the Go runtime's soft memory limit in a process that runs
-// the sensor alone. With a full flight recorder (3 MiB) its live heap is
-// about 7 MB, which the collector would let grow to twice that: with the
-// binary's pages and the ring buffer's, 42 MB of RSS. The limit holds it at
-// 37 MB. A tighter one costs CPU: at 12 MiB the collector ran all the time
-// (17 times the CPU while the recorder filled).
-const MemoryLimit = 16 << 20
-
-// LimitMemory sets MemoryLimit, unless GOMEMLIMIT sets one. Call it from the
-// main of a process that runs the sensor alone: the limit is process-wide.
-func LimitMemory() {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(MemoryLimit)
-	}
-}
+// memoryLimit is the Go runtime's soft memory limit for a process that runs
+// the sensor alone: about 7 MB of live heap besides the flight recorder,
+// room for the collector to work, and the recorder twice. Without a limit
+// the collector lets the heap grow to twice the live heap, which with the
+// binary's pages and the ring buffer's took the RSS to 40.8 MB with a full
+// 3 MiB recorder (37.5 MB with the limit). A tighter one costs CPU: at 12
+// MiB the collector ran all the time (17 times the CPU while the recorder
+// filled).
+func memoryLimit(recorderBytes int) int64 { return 10<<20 + 2*int64(recorderBytes) }
 
 // Sensor is a loaded sensor. New loads it, Run reads until the context
 // ends, Close releases the kernel objects. Block and Unblock may be called
@@ -193,6 +187,9 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	s.interval.Store(int64(cfg.WakeupInterval))
 	// Parsing kernel BTF for CO-RE allocated tens of MB that are garbage now.
 	debug.FreeOSMemory()
+	if cfg.LimitMemory && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit(cfg.RecorderMaxBytes))
+	}
 	if err := s.applyFilters(); err != nil {
 		return nil, err
 	}
@@ -489,9 +486,10 @@ func (s *Sensor) readLoop() error {
 		}
 		if iv := s.pace.woke(read, woke.Sub(lastWake)); iv != time.Duration(s.interval.Load()) {
 			if err := s.k.SetWakeupInterval(iv); err != nil {
-				return err
+				s.log.Warn().Err(err).Msg("the wake-up interval stays as it was")
+			} else {
+				s.interval.Store(int64(iv))
 			}
-			s.interval.Store(int64(iv))
 		}
 		read = 0
 		if early && s.kickOK {

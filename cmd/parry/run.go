@@ -88,6 +88,7 @@ func sensorCommand(ctx context.Context, args []string, _, stderr io.Writer) erro
 	fs := newFlagSet("sensor", "[flags]", stderr)
 	newLog := logFlags(fs, stderr)
 	cfg := sensor.DefaultConfig()
+	cfg.LimitMemory = true // `parry sensor` runs the sensor alone
 	cfg.RegisterFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -99,7 +100,6 @@ func sensorCommand(ctx context.Context, args []string, _, stderr io.Writer) erro
 	if err := sensor.Probe(); err != nil {
 		return err
 	}
-	sensor.LimitMemory()
 	return sensor.Run(ctx, cfg, log)
 }
 

@@ -316,8 +316,8 @@ func fillRecorder(self string, pid int, rec, name string) error {
 		records += c.Received - h0.Kinds[k].Received
 	}
 	cpu := procCPU(pid).minus(c0).total()
-	fmt.Printf("%s: recorder filled from %d pods (%d execs each, unique arguments): holds %d events in %.2f MiB (bound %.0f MiB), evicted %d; %s/record; RSS now %.1fM, peak %.1fM\n",
-		name, pods, execs, h1.Recorder.Events, float64(h1.Recorder.Bytes)/(1<<20), float64(sensor.DefaultConfig().RecorderMaxBytes)/(1<<20),
+	fmt.Printf("%s: recorder filled from %d pods (%d execs each, unique arguments): holds %d events in %.2f MiB, evicted %d; %s/record; RSS now %.1fM, peak %.1fM\n",
+		name, pods, execs, h1.Recorder.Events, float64(h1.Recorder.Bytes)/(1<<20),
 		h1.Recorder.Evicted-h0.Recorder.Evicted, perEvent(cpu, records).Round(10*time.Nanosecond), float64(h1.RSSBytes)/(1<<20), float64(procHWM(pid))/(1<<20))
 	return nil
 }
@@ -579,6 +579,7 @@ func startSensor(bin string, args []string, extraEnv []string) (*exec.Cmd, strin
 				ready <- line.Recorder
 			}
 		}
+		io.Copy(io.Discard, logs) // a line too long for the scanner stops it
 	}()
 	select {
 	case a, ok := <-ready:
@@ -589,6 +590,7 @@ func startSensor(bin string, args []string, extraEnv []string) (*exec.Cmd, strin
 		return cmd, a, nil
 	case <-time.After(30 * time.Second):
 		cmd.Process.Kill()
+		cmd.Wait()
 		return nil, "", errors.New("parry-sensor not running within 30s")
 	}
 }

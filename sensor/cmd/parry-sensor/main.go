@@ -20,6 +20,7 @@ func main() {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", logging.DefaultFormat(), "console or json")
 	cfg := sensor.DefaultConfig()
+	cfg.LimitMemory = true // the sensor is alone in this process
 	cfg.RegisterFlags(fs)
 	fs.Parse(os.Args[1:])
 	log, err := logging.New(os.Stderr, *logLevel, *logFormat)
@@ -33,7 +34,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "parry-sensor:", err)
 		os.Exit(1)
 	}
-	sensor.LimitMemory()
 	if err := sensor.Run(ctx, cfg, log); err != nil {
 		fmt.Fprintln(os.Stderr, "parry-sensor:", err)
 		os.Exit(1)

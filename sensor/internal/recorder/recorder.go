@@ -93,7 +93,7 @@ type File struct {
 }
 
 // DefaultMaxBytes is the default memory bound: with it the sensor's RSS
-// stays under 40 MB when the recorder is full (see sensor.MemoryLimit).
+// stays under 40 MB when the recorder is full (see Config.LimitMemory in package sensor).
 const DefaultMaxBytes = 3 << 20
 
 // Options bound the recorder.
@@ -220,7 +220,9 @@ func (r *Recorder) Add(id *attrib.Identity, ev Event) {
 	c.last = ev.Time
 	before := c.bytes
 	r.summarise(c, &ev)
-	if c.push(ev, r.o.PerCgroup) {
+	// a ring grows only while the bound has room: past it, a full ring
+	// turns over instead, so growing never forces a shrink
+	if c.push(ev, r.o.PerCgroup, r.bytes+len(c.ring)*eventSize <= r.o.MaxBytes) {
 		r.evicted++
 	} else {
 		r.total++
@@ -234,9 +236,9 @@ func (r *Recorder) Add(id *attrib.Identity, ev Event) {
 
 // push appends to the ring, growing it up to capacity; it reports whether
 // the oldest event was overwritten to make room.
-func (c *cgroupLog) push(ev Event, capacity int) bool {
+func (c *cgroupLog) push(ev Event, capacity int, mayGrow bool) bool {
 	if c.n == len(c.ring) {
-		if len(c.ring) >= capacity {
+		if len(c.ring) > 0 && (len(c.ring) >= capacity || !mayGrow) {
 			c.bytes += heldStrings(&ev) - heldStrings(&c.ring[c.head])
 			c.ring[c.head] = ev
 			c.head = (c.head + 1) % len(c.ring)
@@ -266,7 +268,7 @@ func (c *cgroupLog) resize(size int) {
 }
 
 // dropOldest forgets the k oldest events and returns how many went. A ring
-// left three-quarters empty shrinks, so the memory goes too.
+// left half empty shrinks, so the memory goes too.
 func (c *cgroupLog) dropOldest(k int) int {
 	k = min(k, c.n)
 	for i := range k {
@@ -281,25 +283,24 @@ func (c *cgroupLog) dropOldest(k int) int {
 	switch {
 	case c.n == 0:
 		c.resize(0)
-	case c.n <= len(c.ring)/4 && len(c.ring) > 16:
-		c.resize(max(16, 2*c.n))
+	case c.n <= len(c.ring)/2 && len(c.ring) > 16:
+		c.resize(max(16, c.n+c.n/4))
 	}
 	return k
 }
 
-// shrinkLocked brings the memory held back under MaxBytes, taking from the
-// cgroup that holds the most: the oldest eighth of its events, of the rows
-// of its exited processes, and of its connections and files (the least
-// recently active, counted as overflowed). A storm in one pod cannot erase
-// every other pod's history. Rows of live processes stay.
+// shrinkLocked brings the memory held back to 15/16 of MaxBytes (so the
+// next few hundred events need no shrink), taking from the cgroup that
+// holds the most: the oldest eighth of its events, of its exited-process
+// rows, and of its connections and files (the least recently active,
+// counted as overflowed), so neither the events nor the summaries of a busy
+// pod crowd out the other. A storm in one pod cannot erase every other
+// pod's history. Rows of live processes stay: MaxRows bounds them, and the
+// TTL their cgroups.
 func (r *Recorder) shrinkLocked() {
-	for r.bytes > r.o.MaxBytes {
-		var big *cgroupLog
-		for _, c := range r.cgroups {
-			if (c.n > 0 || len(c.exited) > 0 || len(c.conns) > 0 || len(c.files) > 0) && (big == nil || c.bytes > big.bytes) {
-				big = c
-			}
-		}
+	target := r.o.MaxBytes - r.o.MaxBytes/16
+	for r.bytes > target {
+		big := r.biggest(func(c *cgroupLog) bool { return c.n > 0 || len(c.exited) > 0 || len(c.conns) > 0 || len(c.files) > 0 })
 		if big == nil {
 			return
 		}
@@ -310,21 +311,37 @@ func (r *Recorder) shrinkLocked() {
 			r.total -= n
 			r.evicted += uint64(n)
 		}
-		if len(big.exited) > 0 {
-			big.dropExitedRows(max(len(big.exited)/8, 1))
-		}
-		if len(big.conns) > 0 {
-			gone := dropStaleRows(&big.conns, max(len(big.conns)/8, 1), func(cn *Conn) time.Time { return cn.Last })
-			big.bytes -= len(gone) * connSize
-			big.overflowed += uint64(len(gone))
-		}
-		if len(big.files) > 0 {
-			for _, f := range dropStaleRows(&big.files, max(len(big.files)/8, 1), func(f *File) time.Time { return f.Last }) {
-				big.bytes -= fileSize + len(f.Path)
-				big.overflowed++
-			}
-		}
+		big.dropRows()
 		r.bytes += big.bytes - before
+	}
+}
+
+// biggest is the cgroup holding the most bytes among those ok accepts.
+func (r *Recorder) biggest(ok func(*cgroupLog) bool) *cgroupLog {
+	var big *cgroupLog
+	for _, c := range r.cgroups {
+		if ok(c) && (big == nil || c.bytes > big.bytes) {
+			big = c
+		}
+	}
+	return big
+}
+
+// dropRows forgets the oldest eighth of the summary rows that may go.
+func (c *cgroupLog) dropRows() {
+	if len(c.exited) > 0 {
+		c.dropExitedRows(max(len(c.exited)/8, 1))
+	}
+	if len(c.conns) > 0 {
+		gone := dropStaleRows(&c.conns, max(len(c.conns)/8, 1), func(cn *Conn) time.Time { return cn.Last })
+		c.bytes -= len(gone) * connSize
+		c.overflowed += uint64(len(gone))
+	}
+	if len(c.files) > 0 {
+		for _, f := range dropStaleRows(&c.files, max(len(c.files)/8, 1), func(f *File) time.Time { return f.Last }) {
+			c.bytes -= fileSize + len(f.Path)
+			c.overflowed++
+		}
 	}
 }
 
