@@ -17,7 +17,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -525,30 +524,10 @@ func startRole(self, role string, args []string, extraEnv []string) (*exec.Cmd, 
 	if err != nil {
 		return nil, "", err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, "", err
-	}
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "READY "); ok {
-				ready <- a
-			}
-		}
-		close(ready)
-	}()
-	select {
-	case a, ok := <-ready:
-		if !ok {
-			cmd.Wait()
-			return nil, "", fmt.Errorf("%s exited before it was ready (PARRY_BENCH_DEBUG=1 shows why)", role)
-		}
-		return cmd, a, nil
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		return nil, "", fmt.Errorf("%s not ready within 30s", role)
-	}
+	return startAndWait(cmd, out, role, false, func(line []byte) (string, bool) {
+		a, ok := strings.CutPrefix(string(line), "READY ")
+		return a, ok
+	})
 }
 
 // startSensor runs parry-sensor and waits for its "sensor running" log
@@ -560,38 +539,46 @@ func startSensor(bin string, args []string, extraEnv []string) (*exec.Cmd, strin
 	if err != nil {
 		return nil, "", err
 	}
+	return startAndWait(cmd, logs, "parry-sensor", os.Getenv("PARRY_BENCH_DEBUG") != "", func(line []byte) (string, bool) {
+		var l struct{ Message, Recorder string }
+		return l.Recorder, json.Unmarshal(line, &l) == nil && l.Message == "sensor running"
+	})
+}
+
+// startAndWait starts cmd and reads out to its end (a full pipe would stall
+// the child) until ready recognises a line; it returns what ready took from
+// that line.
+func startAndWait(cmd *exec.Cmd, out io.Reader, name string, echo bool, ready func([]byte) (string, bool)) (*exec.Cmd, string, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, "", err
 	}
-	debug := os.Getenv("PARRY_BENCH_DEBUG") != ""
-	ready := make(chan string, 1)
+	found := make(chan string, 1)
 	go func() {
-		defer close(ready)
-		sc := bufio.NewScanner(logs)
-		running := false
-		for sc.Scan() { // to the end: a full pipe would stall the sensor's logging
-			if debug {
+		defer close(found)
+		sc := bufio.NewScanner(out)
+		seen := false
+		for sc.Scan() {
+			if echo {
 				fmt.Fprintln(os.Stderr, sc.Text())
 			}
-			var line struct{ Message, Recorder string }
-			if !running && json.Unmarshal(sc.Bytes(), &line) == nil && line.Message == "sensor running" {
-				running = true
-				ready <- line.Recorder
+			if a, ok := ready(sc.Bytes()); ok && !seen {
+				seen = true
+				found <- a
 			}
 		}
-		io.Copy(io.Discard, logs) // a line too long for the scanner stops it
+		io.Copy(io.Discard, out) // a line too long for the scanner stops it
 	}()
 	select {
-	case a, ok := <-ready:
+	case a, ok := <-found:
 		if !ok {
 			cmd.Wait()
-			return nil, "", errors.New("parry-sensor exited before it was running (PARRY_BENCH_DEBUG=1 shows its log)")
+			return nil, "", fmt.Errorf("%s exited before it was ready (PARRY_BENCH_DEBUG=1 shows why)", name)
 		}
 		return cmd, a, nil
 	case <-time.After(30 * time.Second):
 		cmd.Process.Kill()
 		cmd.Wait()
-		return nil, "", errors.New("parry-sensor not running within 30s")
+		return nil, "", fmt.Errorf("%s not ready within 30s", name)
 	}
 }
 

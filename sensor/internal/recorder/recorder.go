@@ -149,17 +149,16 @@ const (
 // heldStrings is what an event's strings add to its slot; the kinds,
 // protocols and signals are constants and cost nothing.
 func heldStrings(ev *Event) int {
-	n := len(ev.Comm) + len(ev.Exe) + len(ev.Path)
-	for _, a := range ev.Args {
-		n += 16 + len(a)
-	}
-	return n
+	return len(ev.Comm) + len(ev.Exe) + len(ev.Path) + argsCost(ev.Args)
 }
 
-func procCost(p *Process) int {
-	n := procSize + len(p.Exe)
-	for _, a := range p.Args {
-		n += 16 + len(a)
+func procCost(p *Process) int { return procSize + len(p.Exe) + argsCost(p.Args) }
+
+// argsCost is the slice's backing array and the strings' bytes.
+func argsCost(args []string) int {
+	n := 16 * len(args)
+	for _, a := range args {
+		n += len(a)
 	}
 	return n
 }
@@ -300,7 +299,12 @@ func (c *cgroupLog) dropOldest(k int) int {
 func (r *Recorder) shrinkLocked() {
 	target := r.o.MaxBytes - r.o.MaxBytes/16
 	for r.bytes > target {
-		big := r.biggest(func(c *cgroupLog) bool { return c.n > 0 || len(c.exited) > 0 || len(c.conns) > 0 || len(c.files) > 0 })
+		var big *cgroupLog
+		for _, c := range r.cgroups {
+			if c.droppable() && (big == nil || c.bytes > big.bytes) {
+				big = c
+			}
+		}
 		if big == nil {
 			return
 		}
@@ -316,15 +320,9 @@ func (r *Recorder) shrinkLocked() {
 	}
 }
 
-// biggest is the cgroup holding the most bytes among those ok accepts.
-func (r *Recorder) biggest(ok func(*cgroupLog) bool) *cgroupLog {
-	var big *cgroupLog
-	for _, c := range r.cgroups {
-		if ok(c) && (big == nil || c.bytes > big.bytes) {
-			big = c
-		}
-	}
-	return big
+// droppable: the cgroup holds something shrinkLocked may take.
+func (c *cgroupLog) droppable() bool {
+	return c.n > 0 || len(c.exited) > 0 || len(c.conns) > 0 || len(c.files) > 0
 }
 
 // dropRows forgets the oldest eighth of the summary rows that may go.
