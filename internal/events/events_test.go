@@ -40,7 +40,10 @@ func TestNewIsDeterministic(t *testing.T) {
 	}
 	other := sensorSpec()
 	other.Key = "boot-1/123456790/4242"
-	c, _ := events.New(other)
+	c, err := events.New(other)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if c.ID() == a.ID() {
 		t.Fatal("different occurrences share an id")
 	}
@@ -60,7 +63,10 @@ func TestReplyKeepsTraceAndLinksCause(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r2, _ := events.Reply(cause, spec)
+	r2, err := events.Reply(cause, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if r1.ID() != r2.ID() {
 		t.Fatal("a redelivered cause must give the same reply id")
 	}

@@ -81,7 +81,9 @@ func TestPendingSurvivesReopenAndCompleteIsFinal(t *testing.T) {
 	if err := j.GiveUp(ctx, journal.Key{Seq: seqs[1], Trigger: "ns/t1", Target: journal.ToSubscriber}, 3, 503, "unavailable", true); err != nil {
 		t.Fatal(err)
 	}
-	j.Close()
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	j = open(t, path)
 	defer j.Close()
@@ -115,7 +117,10 @@ func TestIncidentTreeFollowsCausation(t *testing.T) {
 	j := open(t, filepath.Join(t.TempDir(), "j.db"))
 	defer j.Close()
 	root := sensorEvent(t, "root")
-	a, _ := j.Append(ctx, record(t, root, "ns/classify"))
+	a, err := j.Append(ctx, record(t, root, "ns/classify"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	opened, err := events.Reply(root, events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: "open",
 		Extensions: map[string]string{events.ExtIncident: "inc-7"}})
 	if err != nil {
@@ -124,8 +129,14 @@ func TestIncidentTreeFollowsCausation(t *testing.T) {
 	if _, err := j.Complete(ctx, journal.Key{Seq: a.Seq, Trigger: "ns/classify", Target: journal.ToSubscriber}, 1, ptr(record(t, opened, "ns/isolate"))); err != nil {
 		t.Fatal(err)
 	}
-	done, _ := events.Reply(opened, events.Spec{Type: events.StepDone("isolate"), Source: "parry://function/isolate", Key: "isolate"})
-	openedEntry, _ := j.Event(ctx, opened.ID())
+	done, err := events.Reply(opened, events.Spec{Type: events.StepDone("isolate"), Source: "parry://function/isolate", Key: "isolate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	openedEntry, err := j.Event(ctx, opened.ID())
+	if err != nil {
+		t.Fatalf("the reply was not journaled: %v", err)
+	}
 	if _, err := j.Complete(ctx, journal.Key{Seq: openedEntry.Seq, Trigger: "ns/isolate", Target: journal.ToSubscriber}, 1, ptr(record(t, done))); err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +193,9 @@ func TestConcurrentAppendsAreAllDurable(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	j.Close()
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
 	j = open(t, path)
 	defer j.Close()
 	pending, err := j.Pending(ctx)
@@ -243,11 +256,15 @@ func TestOpenErrorsSayWhatToDo(t *testing.T) {
 	if os.Geteuid() == 0 {
 		// Root ignores permission bits; a path below a regular file fails for everyone.
 		blocker := filepath.Join(dir, "file")
-		os.WriteFile(blocker, nil, 0o600)
+		if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		path = filepath.Join(blocker, "j.db")
 	} else {
 		ro := filepath.Join(dir, "ro")
-		os.Mkdir(ro, 0o500)
+		if err := os.Mkdir(ro, 0o500); err != nil {
+			t.Fatal(err)
+		}
 		path = filepath.Join(ro, "sub", "j.db")
 	}
 	if _, err := journal.Open(context.Background(), path); err == nil || !strings.Contains(err.Error(), "--journal") {
