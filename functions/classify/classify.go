@@ -30,18 +30,6 @@ import (
 // Name is the step's name: its Knative Service and reply types.
 const Name = playbook.RootFunction
 
-// Reply types besides events.TypeIncidentOpened.
-const (
-	TypeIncidentJoined     = "dev.parry.incident.joined.v1"
-	TypeIncidentSuppressed = "dev.parry.incident.suppressed.v1"
-	// ExtScore carries the score (0-100) on incident events.
-	ExtScore = "score"
-	// ExtDescription carries the playbook's human description on
-	// incident.opened and .suppressed, so that `parry trace` shows it; it
-	// is for people, not for routing, and later steps do not inherit it.
-	ExtDescription = "description"
-)
-
 // Spec declares classify's parameters.
 func Spec() function.Spec {
 	return function.Spec{
@@ -131,7 +119,7 @@ func (c *Classifier) Handle(ctx context.Context, e cloudevents.Event) (*cloudeve
 		}
 		return nil, nil
 	}
-	if !strings.HasPrefix(e.Type(), playbook.SensorTypePrefix) {
+	if !strings.HasPrefix(e.Type(), events.TypeSensorPrefix) {
 		// Incidents come from sensor events only; never from replies,
 		// which inherit the pod's extensions and could match again.
 		return nil, nil
@@ -286,7 +274,7 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 		inc.Last = now
 		inc.Events++
 		c.opts.Log.Debug().Str("incident", inc.ID).Str("playbook", pb.Name).Str("event_id", e.ID()).Msg("joined the open incident")
-		return c.reply(e, TypeIncidentJoined, pb, inc.ID, inc.Score, inc.Response,
+		return c.reply(e, events.TypeIncidentJoined, pb, inc.ID, inc.Score, inc.Response,
 			[]string{fmt.Sprintf("joined incident %s (%d events): same pod and playbook within %s of its last event", inc.ID, inc.Events, window)})
 	}
 	base := severityPoints(pb.Severity)
@@ -294,7 +282,7 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 	reasons := append([]string{fmt.Sprintf("+%d: playbook %s (%s): %s", base, pb.Name, pb.Severity, pb.Description)}, anomalyReasons...)
 	if score < threshold {
 		reasons = append(reasons, fmt.Sprintf("score %d is below the threshold %d: recorded, not acted on", score, threshold))
-		return c.reply(e, TypeIncidentSuppressed, pb, "", score, "", reasons)
+		return c.reply(e, events.TypeIncidentSuppressed, pb, "", score, "", reasons)
 	}
 	response, why := c.guard(e, pb, now)
 	reasons = append(reasons, why)
@@ -311,7 +299,7 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, now time.Time) (string, string) {
 	g := pb.Guardrails
 	if ns := events.String(e, events.ExtPodNamespace); guard.IsProtected(ns, g.ProtectedNamespaces) {
-		return playbook.ResponseEscalate, fmt.Sprintf("escalated: namespace %s is protected; parry never acts there", ns)
+		return events.ResponseEscalate, fmt.Sprintf("escalated: namespace %s is protected; parry never acts there", ns)
 	}
 	br := c.st.Breakers[pb.Name]
 	if br == nil {
@@ -322,23 +310,23 @@ func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, now time.T
 	br.Opened = slices.DeleteFunc(br.Opened, func(t time.Time) bool { return now.Sub(t) > per })
 	br.Opened = append(br.Opened, now)
 	if now.Before(br.TrippedUntil) {
-		return playbook.ResponseEscalate, fmt.Sprintf("escalated: playbook %s's circuit breaker is open until %s", pb.Name, br.TrippedUntil.UTC().Format(time.RFC3339))
+		return events.ResponseEscalate, fmt.Sprintf("escalated: playbook %s's circuit breaker is open until %s", pb.Name, br.TrippedUntil.UTC().Format(time.RFC3339))
 	}
 	if len(br.Opened) > g.RateIncidents {
 		br.TrippedUntil = now.Add(per)
-		return playbook.ResponseEscalate, fmt.Sprintf("escalated: playbook %s opened %d incidents within %s (limit %d); circuit breaker open until %s",
+		return events.ResponseEscalate, fmt.Sprintf("escalated: playbook %s opened %d incidents within %s (limit %d); circuit breaker open until %s",
 			pb.Name, len(br.Opened), per, g.RateIncidents, br.TrippedUntil.UTC().Format(time.RFC3339))
 	}
 	if g.RequireHealthySensor {
 		node := events.String(e, events.ExtNode)
 		if t, ok := c.st.Loss[node]; ok && now.Sub(t) < c.opts.SensorLossWindow {
-			return playbook.ResponseEscalate, fmt.Sprintf("escalated: the sensor on %s reported lost events at %s; this playbook requires a healthy sensor", node, t.UTC().Format(time.RFC3339))
+			return events.ResponseEscalate, fmt.Sprintf("escalated: the sensor on %s reported lost events at %s; this playbook requires a healthy sensor", node, t.UTC().Format(time.RFC3339))
 		}
 	}
 	if g.DryRun {
-		return playbook.ResponseDryRun, "dry run: steps report what they would do and change nothing"
+		return events.ResponseDryRun, "dry run: steps report what they would do and change nothing"
 	}
-	return playbook.ResponseAct, "act: guardrails passed"
+	return events.ResponseAct, "act: guardrails passed"
 }
 
 // Data is the data of classify's replies.
@@ -356,10 +344,10 @@ func (c *Classifier) reply(e cloudevents.Event, typ string, pb playbook.Compiled
 	sev := scoreSeverity(score)
 	ext := map[string]string{
 		events.ExtIncident: inc, events.ExtPlaybook: pb.Name, events.ExtSeverity: sev,
-		events.ExtRule: pb.Name, playbook.ExtResponse: response, ExtScore: strconv.Itoa(score),
+		events.ExtRule: pb.Name, events.ExtResponse: response, events.ExtScore: strconv.Itoa(score),
 	}
-	if typ != TypeIncidentJoined {
-		ext[ExtDescription] = pb.Description
+	if typ != events.TypeIncidentJoined {
+		ext[events.ExtDescription] = pb.Description
 	}
 	r, err := events.Reply(e, events.Spec{
 		Type: typ, Source: "parry://classify", Key: pb.Name,

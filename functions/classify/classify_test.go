@@ -95,7 +95,7 @@ func TestOpenJoinAndDedupWindow(t *testing.T) {
 		t.Fatalf("first event: got %v, want incident.opened", r)
 	}
 	inc := events.String(*r, events.ExtIncident)
-	for _, name := range []string{events.ExtIncident, events.ExtPlaybook, events.ExtSeverity, playbook.ExtResponse, ExtScore, ExtDescription} {
+	for _, name := range []string{events.ExtIncident, events.ExtPlaybook, events.ExtSeverity, events.ExtResponse, events.ExtScore, events.ExtDescription} {
 		if events.String(*r, name) == "" {
 			t.Errorf("incident.opened lacks %s", name)
 		}
@@ -111,7 +111,7 @@ func TestOpenJoinAndDedupWindow(t *testing.T) {
 	for range 5 {
 		clk.advance(time.Minute)
 		j := handle(t, c, exec(t, "pod-a", "dpkg", "/usr/bin/dpkg"))
-		if j == nil || j.Type() != TypeIncidentJoined || events.String(*j, events.ExtIncident) != inc {
+		if j == nil || j.Type() != events.TypeIncidentJoined || events.String(*j, events.ExtIncident) != inc {
 			t.Fatalf("burst event: got %v, want joined to %s", j, inc)
 		}
 	}
@@ -138,7 +138,7 @@ func TestBaselineAnomalyPersistsAcrossRestarts(t *testing.T) {
 	c := newClassifier(t, store, clk, pb)
 	// Learning: curl is part of the workload's normal behaviour.
 	r := handle(t, c, exec(t, "pod-a", "curl", "/usr/bin/curl", "curl", "https://api.example.com/"))
-	if r == nil || r.Type() != TypeIncidentSuppressed {
+	if r == nil || r.Type() != events.TypeIncidentSuppressed {
 		t.Fatalf("during learning: got %v, want suppressed", r)
 	}
 	if d := data(t, r); !strings.Contains(strings.Join(d.Reasons, "\n"), "still learning") || !strings.Contains(strings.Join(d.Reasons, "\n"), "below the threshold 40") {
@@ -147,7 +147,7 @@ func TestBaselineAnomalyPersistsAcrossRestarts(t *testing.T) {
 	// Restart after the learning window: the baseline came back from disk.
 	clk.advance(2 * time.Hour)
 	c = newClassifier(t, store, clk, pb)
-	if r := handle(t, c, exec(t, "pod-a", "curl", "/usr/bin/curl", "curl", "https://api.example.com/")); r == nil || r.Type() != TypeIncidentSuppressed {
+	if r := handle(t, c, exec(t, "pod-a", "curl", "/usr/bin/curl", "curl", "https://api.example.com/")); r == nil || r.Type() != events.TypeIncidentSuppressed {
 		t.Fatalf("known executable after learning: got %v, want suppressed", r)
 	}
 	// A new executable and a high-entropy host: 20 + 15 + 15 = 50 ≥ 40.
@@ -162,7 +162,7 @@ func TestBaselineAnomalyPersistsAcrossRestarts(t *testing.T) {
 	}
 	// Restart again: the open incident is remembered, the burst joins.
 	c = newClassifier(t, store, clk, pb)
-	if j := handle(t, c, exec(t, "pod-a", "curl", "/tmp/curl", "curl", "stratum+tcp://x9qk2m7vzp4lw8.pool.example.com:3333")); j == nil || j.Type() != TypeIncidentJoined {
+	if j := handle(t, c, exec(t, "pod-a", "curl", "/tmp/curl", "curl", "stratum+tcp://x9qk2m7vzp4lw8.pool.example.com:3333")); j == nil || j.Type() != events.TypeIncidentJoined {
 		t.Errorf("after restart: got %v, want joined", j)
 	}
 }
@@ -179,7 +179,7 @@ func TestGuardrails(t *testing.T) {
 		if r == nil || r.Type() != events.TypeIncidentOpened {
 			t.Fatalf("got %v, want incident.opened", r)
 		}
-		return events.String(*r, playbook.ExtResponse)
+		return events.String(*r, events.ExtResponse)
 	}
 	for i, want := range []string{"act", "act", "escalate", "escalate"} {
 		if got := response(handle(t, c, exec(t, "pod-"+string(rune('a'+i)), "nc", "/bin/nc"))); got != want {

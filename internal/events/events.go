@@ -23,8 +23,16 @@ const (
 	TypePrivilege      = "dev.parry.sensor.privilege.v1"
 	TypeSensorHealth   = "dev.parry.sensor.health.v1"
 	TypeIncidentOpened = "dev.parry.incident.opened.v1"
+	// TypeIncidentJoined: a later event of an open incident's pod and playbook.
+	TypeIncidentJoined = "dev.parry.incident.joined.v1"
+	// TypeIncidentSuppressed: a playbook matched but the score stayed under
+	// its threshold; recorded, not acted on.
+	TypeIncidentSuppressed = "dev.parry.incident.suppressed.v1"
 
-	typeStepPrefix = "dev.parry.step."
+	// TypeSensorPrefix starts the type of every sensor event: the only
+	// events classify opens incidents for.
+	TypeSensorPrefix = "dev.parry.sensor."
+	typeStepPrefix   = "dev.parry.step."
 )
 
 // StepDone is the type a step replies with when it succeeded.
@@ -64,6 +72,22 @@ const (
 	ExtTraceparent = "traceparent"
 	// ExtCausation holds the id of the event that caused this one.
 	ExtCausation = "causation"
+	// ExtResponse is set by classify on incident.opened: one of the
+	// Response values. Steps after classify do not run for escalate.
+	ExtResponse = "response"
+	// ExtScore carries the score (0-100) on incident events.
+	ExtScore = "score"
+	// ExtDescription carries the playbook's human description on
+	// incident.opened and .suppressed, so that `parry trace` shows it; it
+	// is for people, not for routing, and later steps do not inherit it.
+	ExtDescription = "description"
+)
+
+// Values of ExtResponse.
+const (
+	ResponseAct      = "act"
+	ResponseDryRun   = "dryrun"
+	ResponseEscalate = "escalate"
 )
 
 // inherited are the routing extensions a reply keeps from its cause, so that

@@ -32,18 +32,7 @@ const (
 	// owns the files with this prefix and removes stale ones.
 	TriggerFilePrefix = "400-playbook-"
 	BaselineFile      = "390-classify-baseline.yaml"
-
-	// ExtResponse is set by classify on incident.opened: act, dryrun or
-	// escalate. Steps after classify do not run for escalate.
-	ExtResponse      = "response"
-	ResponseAct      = "act"
-	ResponseDryRun   = "dryrun"
-	ResponseEscalate = "escalate"
 )
-
-// SensorTypePrefix starts the type of every sensor event: the only events
-// classify opens incidents for.
-const SensorTypePrefix = "dev.parry.sensor."
 
 // BaselineTypes are the sensor events classify learns workload baselines
 // from (and the health events it tracks loss with); one Trigger sends them
@@ -219,12 +208,12 @@ func StepFilters(c Compiled, st CompiledStep) []Filter {
 	if st.After == "" {
 		// Only sensor events: a match on inherited extensions alone (podns,
 		// say) would otherwise feed classify its own replies, in a loop.
-		return append([]Filter{{Prefix: map[string]string{"type": SensorTypePrefix}}}, c.Match...)
+		return append([]Filter{{Prefix: map[string]string{"type": events.TypeSensorPrefix}}}, c.Match...)
 	}
 	if st.After == RootFunction {
 		return []Filter{
 			{Exact: map[string]string{"type": events.TypeIncidentOpened, events.ExtPlaybook: c.Name}},
-			{Not: &Filter{Exact: map[string]string{ExtResponse: ResponseEscalate}}},
+			{Not: &Filter{Exact: map[string]string{events.ExtResponse: events.ResponseEscalate}}},
 		}
 	}
 	switch st.When {

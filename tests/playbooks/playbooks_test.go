@@ -222,7 +222,7 @@ func TestShippedPlaybooks(t *testing.T) {
 			if sev := events.String(got[0], events.ExtSeverity); sev == "" {
 				t.Errorf("incident without severity")
 			}
-			joined := rec.count(p.UID, classify.TypeIncidentJoined)
+			joined := rec.count(p.UID, events.TypeIncidentJoined)
 			t.Logf("classify received %d events of the pod, joined %d to the incident", rec.received(p.UID), joined)
 			if joined == 0 {
 				t.Errorf("the burst of %d reached classify as one event: the dedup was not exercised", burst)
