@@ -84,8 +84,11 @@ func benchIngress(b *testing.B, send sender) {
 		close(done)
 	}()
 	sink := func(_ context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
-		sent, _ := strconv.ParseInt(events.String(e, "sentns"), 10, 64)
-		lat <- time.Now().UnixNano() - sent
+		if sent, err := strconv.ParseInt(events.String(e, "sentns"), 10, 64); err != nil {
+			b.Errorf("event %s: sentns: %v", e.ID(), err)
+		} else {
+			lat <- time.Now().UnixNano() - sent
+		}
 		delivered.Add(1)
 		return nil, nil
 	}
@@ -196,7 +199,11 @@ func netHTTPSender(b *testing.B, url string, pb *testing.PB, next func() (string
 		e.SetExtension("dport", "3333")
 		e.SetExtension("poduid", "7f8e")
 		e.SetExtension("sentns", strconv.FormatInt(sent, 10))
-		req, _ := http.NewRequest(http.MethodPost, url, nil)
+		req, err := http.NewRequest(http.MethodPost, url, nil)
+		if err != nil {
+			b.Error(err)
+			return
+		}
 		if err := cehttp.WriteRequest(context.Background(), binding.ToMessage(&e), req); err != nil {
 			b.Error(err)
 			return

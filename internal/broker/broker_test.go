@@ -76,9 +76,19 @@ func newEvent(id, typ string, ext map[string]any) cloudevents.Event {
 	return e
 }
 
+// newRequest builds a request or fails the test.
+func newRequest(t testing.TB, method, url string, body io.Reader) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
 func post(t testing.TB, url string, e cloudevents.Event) int {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, url, nil)
+	req := newRequest(t, http.MethodPost, url, nil)
 	if err := cehttp.WriteRequest(context.Background(), binding.ToMessage(&e), req); err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +99,14 @@ func post(t testing.TB, url string, e cloudevents.Event) int {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// accept posts e and fails the test unless the broker accepted it.
+func accept(t testing.TB, url string, e cloudevents.Event) {
+	t.Helper()
+	if got := post(t, url, e); got != http.StatusAccepted {
+		t.Fatalf("ingress answered %d to event %s, want 202", got, e.ID())
+	}
 }
 
 // recorder is an in-process function that records what it receives.
@@ -148,22 +166,25 @@ func TestIngressStatusCodes(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
 		return resp.StatusCode, string(body)
 	}
-	req, _ := http.NewRequest(http.MethodPost, h.url, strings.NewReader(`{"specversion":"1.0","source":"s","type":"t"}`))
+	req := newRequest(t, http.MethodPost, h.url, strings.NewReader(`{"specversion":"1.0","source":"s","type":"t"}`))
 	req.Header.Set("Content-Type", "application/cloudevents+json")
 	if code, body := send(req); code != http.StatusBadRequest || !strings.Contains(body, "id") {
 		t.Fatalf("structured event without id: %d %q", code, body)
 	}
-	req, _ = http.NewRequest(http.MethodPost, h.url, nil)
+	req = newRequest(t, http.MethodPost, h.url, nil)
 	for k, v := range map[string]string{"ce-specversion": "1.0", "ce-id": "2", "ce-source": "s", "ce-type": "t", "ce-traceparent": "bogus"} {
 		req.Header.Set(k, v)
 	}
 	if code, body := send(req); code != http.StatusBadRequest || !strings.Contains(body, "traceparent") {
 		t.Fatalf("bad traceparent: %d %q", code, body)
 	}
-	req, _ = http.NewRequest(http.MethodPost, h.url, strings.NewReader(`{}`))
+	req = newRequest(t, http.MethodPost, h.url, strings.NewReader(`{}`))
 	req.Header.Set("Content-Type", "application/json")
 	if code, body := send(req); code != http.StatusBadRequest || !strings.Contains(body, "not a CloudEvent") {
 		t.Fatalf("plain JSON: %d %q", code, body)
@@ -173,7 +194,7 @@ func TestIngressStatusCodes(t *testing.T) {
 	if got := post(t, h.url, big); got != http.StatusRequestEntityTooLarge {
 		t.Fatalf("oversized event: %d", got)
 	}
-	req, _ = http.NewRequest(http.MethodGet, h.url, nil)
+	req = newRequest(t, http.MethodGet, h.url, nil)
 	if code, _ := send(req); code != http.StatusMethodNotAllowed {
 		t.Fatalf("GET: %d", code)
 	}
@@ -261,24 +282,45 @@ spec:
 			name := fmt.Sprintf("f%d", i)
 			h := start(t, trigger(name, c.spec), map[string]broker.Handler{name: rec.handle})
 			for _, e := range c.miss {
-				if got := post(t, h.url, e); got != http.StatusAccepted {
-					t.Fatalf("ingress: %d", got)
-				}
+				accept(t, h.url, e)
 			}
 			for _, e := range c.match {
-				if got := post(t, h.url, e); got != http.StatusAccepted {
-					t.Fatalf("ingress: %d", got)
-				}
+				accept(t, h.url, e)
 			}
 			got := rec.wait(t, len(c.match))
 			for i, e := range c.match {
 				if got[i] != e.ID() && !contains(got, e.ID()) {
 					t.Errorf("matching event %s not delivered (got %v)", e.ID(), got)
 				}
+				if ds := routed(t, h, e.ID()); len(ds) != 1 || ds[0] != "parry-system/"+name {
+					t.Errorf("matching event %s journaled with deliveries to %v, want [parry-system/%s]", e.ID(), ds, name)
+				}
+			}
+			// The misses reached the broker and its filter: each is
+			// journaled, with no delivery to the Trigger.
+			for _, e := range c.miss {
+				if ds := routed(t, h, e.ID()); len(ds) != 0 {
+					t.Errorf("event %s must not match, but was routed to %v", e.ID(), ds)
+				}
 			}
 			rec.none(t, 100*time.Millisecond)
 		})
 	}
+}
+
+// routed returns the Triggers the journal routed the event with id to; it
+// fails the test when the event was never journaled.
+func routed(t testing.TB, h *harness, id string) []string {
+	t.Helper()
+	entry, err := h.journal.Event(context.Background(), id)
+	if err != nil {
+		t.Fatalf("event %s never reached the broker's journal: %v", id, err)
+	}
+	var triggers []string
+	for _, d := range entry.Deliveries {
+		triggers = append(triggers, d.Trigger)
+	}
+	return triggers
 }
 
 func withSubject(e cloudevents.Event, s string) cloudevents.Event { e.SetSubject(s); return e }
@@ -318,7 +360,7 @@ spec:
     deadLetterSink:
       ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: dls}
 `, down.URL), map[string]broker.Handler{"dls": dls.handle})
-	post(t, h.url, newEvent("doomed", "t", nil))
+	accept(t, h.url, newEvent("doomed", "t", nil))
 	dls.wait(t, 1)
 	mu.Lock()
 	if attempts != 3 {
@@ -335,19 +377,25 @@ spec:
 	if got := events.String(dead, "knativeerrordest"); !strings.HasPrefix(got, down.URL) {
 		t.Errorf("knativeerrordest = %q", got)
 	}
-	data, _ := base64.StdEncoding.DecodeString(events.String(dead, "knativeerrordata"))
+	data, err := base64.StdEncoding.DecodeString(events.String(dead, "knativeerrordata"))
+	if err != nil {
+		t.Fatalf("knativeerrordata: %v", err)
+	}
 	if !strings.Contains(string(data), "subscriber is down") {
 		t.Errorf("knativeerrordata = %q", data)
 	}
 	var entry journal.Entry
 	eventually(t, func() bool {
-		entry, _ = h.journal.Event(context.Background(), "doomed")
+		entry, err = h.journal.Event(context.Background(), "doomed")
+		if err != nil {
+			return false
+		}
 		states := map[journal.Target]journal.State{}
 		for _, d := range entry.Deliveries {
 			states[d.Target] = d.State
 		}
 		return states[journal.ToSubscriber] == journal.Failed && states[journal.ToDeadLetter] == journal.Done
-	}, func() string { return fmt.Sprintf("journaled deliveries: %+v", entry.Deliveries) })
+	}, func() string { return fmt.Sprintf("journaled deliveries: %+v (%v)", entry.Deliveries, err) })
 }
 
 func TestNonRetryableAnswerGoesStraightToDeadLetter(t *testing.T) {
@@ -372,7 +420,7 @@ spec:
     retry: 5
     deadLetterSink: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: dls}}
 `, reject.URL), map[string]broker.Handler{"dls": dls.handle})
-	post(t, h.url, newEvent("rejected", "t", nil))
+	accept(t, h.url, newEvent("rejected", "t", nil))
 	dls.wait(t, 1)
 	mu.Lock()
 	defer mu.Unlock()
@@ -389,7 +437,9 @@ func TestReplyReentersWithCausationAndTrace(t *testing.T) {
 	// A foreign HTTP subscriber that replies without any parry attributes.
 	foreign := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		reply := newEvent("foreign-reply", "vendor.reply", nil)
-		cehttp.WriteResponseWriter(r.Context(), binding.ToMessage(&reply), http.StatusOK, w)
+		if err := cehttp.WriteResponseWriter(r.Context(), binding.ToMessage(&reply), http.StatusOK, w); err != nil {
+			t.Errorf("the foreign subscriber's reply: %v", err)
+		}
 	}))
 	defer foreign.Close()
 	final := newRecorder()
@@ -424,7 +474,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	post(t, h.url, root)
+	accept(t, h.url, root)
 	final.wait(t, 1)
 	got := final.got[0]
 	if events.TraceID(got) != events.TraceID(root) {
