@@ -43,7 +43,9 @@ func TestCompileGolden(t *testing.T) {
 	}
 	dir := "testdata/golden/out"
 	if *update {
-		os.RemoveAll(dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
 		if err := out.Write(dir); err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +62,10 @@ func TestCompileGolden(t *testing.T) {
 		t.Fatalf("files: got %v, golden has %v (go test -update)", got, want)
 	}
 	for name, data := range out {
-		golden, _ := os.ReadFile(filepath.Join(dir, name))
+		golden, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
 		if string(golden) != string(data) {
 			t.Errorf("%s differs from the golden file (go test -run Golden -update to accept):\n%s", name, data)
 		}
@@ -77,7 +82,7 @@ func TestCompileGolden(t *testing.T) {
 	}
 	// Knative accepts every Trigger, the Broker included, as parry run loads them.
 	tmp := t.TempDir()
-	os.WriteFile(filepath.Join(tmp, "200-broker.yaml"), brokerYAML(), 0o644)
+	writeFile(t, filepath.Join(tmp, "200-broker.yaml"), brokerYAML())
 	if err := out.Write(tmp); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +159,7 @@ func TestBadInput(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			file := filepath.Join(dir, "bad.yaml")
-			os.WriteFile(file, []byte(c.in), 0o644)
+			writeFile(t, file, []byte(c.in))
 			srcs, err := Load(file)
 			var out Output
 			if err == nil {
@@ -193,8 +198,8 @@ func TestExcludingProtectedNamespacesIsFine(t *testing.T) {
 func TestDuplicateNames(t *testing.T) {
 	dir := t.TempDir()
 	y := "apiVersion: parry.dev/v1alpha1\nkind: Playbook\nmetadata: {name: same}\ndescription: d\nseverity: high\nmatch: [{exact: {type: t}}]\nsteps: [{function: classify}]\n"
-	os.WriteFile(filepath.Join(dir, "a.yaml"), []byte(y), 0o644)
-	os.WriteFile(filepath.Join(dir, "b.yaml"), []byte(y), 0o644)
+	writeFile(t, filepath.Join(dir, "a.yaml"), []byte(y))
+	writeFile(t, filepath.Join(dir, "b.yaml"), []byte(y))
 	srcs, err := Load(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -202,6 +207,13 @@ func TestDuplicateNames(t *testing.T) {
 	errs := Validate(srcs, testRegistry())
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "b.yaml:3:18: playbook \"same\" is also defined at") {
 		t.Fatalf("got %v", errs)
+	}
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
