@@ -80,8 +80,9 @@
 // cluster, node/<node> outside pods). Extension attributes for Triggers:
 // node, podns, podname, poduid, container (name), containerid, image,
 // owner, exe, comm, uid; dport, daddr, proto and action=blocked on
-// connects; path on opens; signal on privilege events. Data is EventData
-// (Health for health events). Ids derive from boot id, record kind, kernel
+// connects; path on opens; signal on privilege events. Data is
+// api.EventData (api.Health for health events; package sensor/api holds
+// every type of the events and the HTTP API). Ids derive from boot id, record kind, kernel
 // time and thread id: a redelivered event has the same id.
 //
 // Identical events (same cgroup, kind and details: exe and argv, address
@@ -98,7 +99,8 @@
 // # Flight recorder
 //
 // The HTTP API on --recorder-listen (loopback by default) serves what
-// happened in each cgroup, also after the pod is gone:
+// happened in each cgroup, also after the pod is gone (routes and answers
+// in package sensor/api; sensor/client calls them):
 //
 //	GET    /v1/pods                 pods with recorded history
 //	GET    /v1/pods/{uid}           processes, connections, files and the last events (PodHistory)

@@ -8,74 +8,18 @@ import (
 	"time"
 
 	"parry.dev/parry/internal/events"
-	"parry.dev/parry/sensor/internal/emit"
+	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/kernel"
-	"parry.dev/parry/sensor/internal/recorder"
 	"parry.dev/parry/sensor/internal/wire"
 )
 
-// Health is the data of dev.parry.sensor.health.v1 and of GET /healthz.
-// Counters are cumulative since the sensor started, so a lost health event
-// is made good by the next.
-type Health struct {
-	Node      string              `json:"node"`
-	BootID    string              `json:"bootID"`
-	Started   time.Time           `json:"started"`
-	UptimeSec int64               `json:"uptimeSec"`
-	StartupMs int64               `json:"startupMs"` // New until the first record was read
-	Hooks     []kernel.HookStatus `json:"hooks"`
-	// Kinds: per record kind, the kernel's seen and dropped (no room in
-	// the ring buffer) and the sensor's received. seen = received +
-	// dropped + inFlight, where inFlight is what sits unread in the ring.
-	Kinds map[string]KindCounts `json:"kinds"`
-	// Lost totals every event that did not make it: ring buffer drops,
-	// malformed records, events that could not be built, spool overflow
-	// and sink rejections.
-	Lost       Loss           `json:"lost"`
-	LostTotal  uint64         `json:"lostTotal"`
-	NewLoss    bool           `json:"newLoss"` // lost something since the previous health event
-	Emitted    uint64         `json:"emitted"`
-	Coalesced  uint64         `json:"coalesced"`
-	OutOfScope uint64         `json:"outOfScope,omitempty"`
-	Emitter    *emit.Stats    `json:"emitter,omitempty"`
-	Recorder   recorder.Stats `json:"recorder"`
-	Cgroups    int            `json:"cgroupsAttributed"`
-	// Wakeups counts the times the reader slept and the kernel woke it,
-	// StretchedWakeups those at an interval a storm stretched (see
-	// pacer), WakeupIntervalUs is the interval now; FlushKicks the times
-	// the reader armed the kernel's flush timer for records that cannot
-	// (see readLoop).
-	Wakeups          uint64 `json:"wakeups"`
-	StretchedWakeups uint64 `json:"stretchedWakeups"`
-	WakeupIntervalUs int64  `json:"wakeupIntervalUs"`
-	FlushKicks       uint64 `json:"flushKicks"`
-	RSSBytes         int64  `json:"rssBytes"`
-}
-
-// KindCounts are the counters of one record kind.
-type KindCounts struct {
-	Seen     uint64 `json:"seen"`
-	Dropped  uint64 `json:"dropped"`
-	Received uint64 `json:"received"`
-	InFlight uint64 `json:"inFlight"`
-}
-
-// Loss breaks down lost events by cause.
-type Loss struct {
-	RingBuffer    uint64 `json:"ringBuffer"`
-	Malformed     uint64 `json:"malformed"`
-	Build         uint64 `json:"build"`
-	SpoolOverflow uint64 `json:"spoolOverflow"`
-	Rejected      uint64 `json:"rejected"`
-}
-
 // Health returns the current counters.
-func (s *Sensor) Health() Health {
-	h := Health{
+func (s *Sensor) Health() api.Health {
+	h := api.Health{
 		Node: s.cfg.Node, BootID: s.bootID, Started: s.start,
 		UptimeSec:        int64(time.Since(s.start).Seconds()),
 		Hooks:            s.k.Hooks(),
-		Kinds:            map[string]KindCounts{},
+		Kinds:            map[string]api.KindCounts{},
 		Emitted:          s.emitted.Load(),
 		Coalesced:        s.coalesced.Load(),
 		OutOfScope:       s.outScope.Load(),
@@ -92,7 +36,7 @@ func (s *Sensor) Health() Health {
 	}
 	c := s.kernelCounters()
 	for k := wire.KindExec; k < wire.NumKinds; k++ {
-		kc := KindCounts{Seen: c.Seen[k], Dropped: c.Dropped[k], Received: s.received[k].Load()}
+		kc := api.KindCounts{Seen: c.Seen[k], Dropped: c.Dropped[k], Received: s.received[k].Load()}
 		if kc.Seen > kc.Dropped+kc.Received {
 			kc.InFlight = kc.Seen - kc.Dropped - kc.Received
 		}
@@ -108,8 +52,8 @@ func (s *Sensor) Health() Health {
 
 // losses totals what was lost; the housekeeping loop polls it every second,
 // so it reads only counters (Health also reads /proc and the tables).
-func (s *Sensor) losses(c kernel.Counts, em *emit.Stats) (Loss, uint64) {
-	var l Loss
+func (s *Sensor) losses(c kernel.Counts, em *api.EmitterStats) (api.Loss, uint64) {
+	var l api.Loss
 	for k := wire.KindExec; k < wire.NumKinds; k++ {
 		l.RingBuffer += c.Dropped[k]
 	}
@@ -140,7 +84,7 @@ func (s *Sensor) housekeeping(ctx context.Context) {
 	var lastHealth time.Time
 	lastSweep, lastScope := time.Now(), time.Now()
 	report := func(now time.Time, force bool) {
-		var em *emit.Stats
+		var em *api.EmitterStats
 		if s.em != nil {
 			st := s.em.Stats()
 			em = &st
@@ -185,7 +129,7 @@ func (s *Sensor) housekeeping(ctx context.Context) {
 	}
 }
 
-func (s *Sensor) sendHealth(h Health) {
+func (s *Sensor) sendHealth(h api.Health) {
 	if s.em == nil {
 		return
 	}

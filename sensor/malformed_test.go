@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"parry.dev/parry/internal/events"
+	"parry.dev/parry/sensor/api"
 )
 
 // TestMalformedRecord: garbage in the ring buffer's place is counted as a
@@ -26,11 +27,11 @@ func TestMalformedRecord(t *testing.T) {
 		t.Skip(err)
 	}
 	var mu sync.Mutex
-	var health []Health
+	var health []api.Health
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ev, err := cehttp.NewEventFromHTTPRequest(r)
 		if err == nil && ev.Type() == events.TypeSensorHealth {
-			var h Health
+			var h api.Health
 			json.Unmarshal(ev.Data(), &h)
 			mu.Lock()
 			health = append(health, h)
@@ -56,7 +57,7 @@ func TestMalformedRecord(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		mu.Lock()
-		var got *Health
+		var got *api.Health
 		for i := range health {
 			if health[i].Lost.Malformed == 4 && health[i].NewLoss {
 				got = &health[i]

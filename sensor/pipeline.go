@@ -3,7 +3,6 @@ package sensor
 import (
 	"fmt"
 	"hash/maphash"
-	"net/netip"
 	"os"
 	"strconv"
 	"time"
@@ -11,8 +10,8 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"parry.dev/parry/internal/events"
+	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/attrib"
-	"parry.dev/parry/sensor/internal/recorder"
 	"parry.dev/parry/sensor/internal/wire"
 )
 
@@ -106,8 +105,8 @@ func (s *Sensor) trackExe(r *wire.Record) string {
 	return exe
 }
 
-func recorderEvent(r *wire.Record, t time.Time, cg uint64, exe string) recorder.Event {
-	ev := recorder.Event{
+func recorderEvent(r *wire.Record, t time.Time, cg uint64, exe string) api.RecordedEvent {
+	ev := api.RecordedEvent{
 		Time: t, Kind: r.Kind.String(), CgroupID: cg, PID: r.PID, PPID: r.PPID,
 		UID: r.UID, EUID: r.EUID, Comm: r.Comm, Truncated: r.Truncated,
 	}
@@ -116,7 +115,7 @@ func recorderEvent(r *wire.Record, t time.Time, cg uint64, exe string) recorder.
 		ev.Exe, ev.Args, ev.Fileless = r.Exe, r.Args, r.Fileless
 	case wire.KindExit:
 		ev.Exe = exe
-		ev.Exit = recorder.Exit{Status: r.ExitCode, Start: time.Unix(0, t.UnixNano()-int64(r.Ktime-r.StartKtime))}
+		ev.Exit = api.RecordedExit{Status: r.ExitCode, Start: time.Unix(0, t.UnixNano()-int64(r.Ktime-r.StartKtime))}
 	case wire.KindConnect:
 		ev.Exe, ev.DAddr, ev.DPort, ev.Proto, ev.Blocked = exe, r.DAddr, r.DPort, wire.ProtoName(r.Proto), r.Blocked
 	case wire.KindOpen:
@@ -235,7 +234,7 @@ func b2u(b bool) uint64 {
 type waitingEvent struct {
 	rec      wire.Record
 	id       *attrib.Identity
-	ev       recorder.Event
+	ev       api.RecordedEvent
 	n        uint32
 	deadline time.Time
 }
@@ -259,7 +258,7 @@ func (s *Sensor) mustWait(id *attrib.Identity) bool {
 	return !ok
 }
 
-func (s *Sensor) hold(r *wire.Record, id *attrib.Identity, ev recorder.Event, n uint32) {
+func (s *Sensor) hold(r *wire.Record, id *attrib.Identity, ev api.RecordedEvent, n uint32) {
 	s.waiting = append(s.waiting, waitingEvent{rec: *r, id: id, ev: ev, n: n, deadline: time.Now().Add(s.cfg.AttributionWait)})
 	s.waitPods[id.PodUID]++
 }
@@ -290,7 +289,7 @@ func (s *Sensor) releaseWaiting(now time.Time) {
 // ---- building CloudEvents ----
 
 // emitRecord builds the CloudEvent for a record and queues it.
-func (s *Sensor) emitRecord(r *wire.Record, id *attrib.Identity, ev *recorder.Event, coalesced uint32) {
+func (s *Sensor) emitRecord(r *wire.Record, id *attrib.Identity, ev *api.RecordedEvent, coalesced uint32) {
 	ce, err := s.build(r, id, ev, coalesced)
 	if err != nil {
 		s.buildErrs.Add(1)
@@ -302,13 +301,13 @@ func (s *Sensor) emitRecord(r *wire.Record, id *attrib.Identity, ev *recorder.Ev
 	s.emitted.Add(1)
 }
 
-func (s *Sensor) build(r *wire.Record, id *attrib.Identity, ev *recorder.Event, coalesced uint32) (cloudevents.Event, error) {
-	data := EventData{
-		Process: Process{
+func (s *Sensor) build(r *wire.Record, id *attrib.Identity, ev *api.RecordedEvent, coalesced uint32) (cloudevents.Event, error) {
+	data := api.EventData{
+		Process: api.Process{
 			PID: r.PID, TID: r.TID, PPID: r.PPID, UID: r.UID, EUID: r.EUID, GID: r.GID, EGID: r.EGID,
 			Comm: r.Comm, Exe: ev.Exe,
 		},
-		Cgroup:    Cgroup{ID: id.CgroupID, Path: id.CgroupPath},
+		Cgroup:    api.Cgroup{ID: id.CgroupID, Path: id.CgroupPath},
 		Truncated: r.Truncated,
 		Coalesced: coalesced,
 	}
@@ -320,7 +319,7 @@ func (s *Sensor) build(r *wire.Record, id *attrib.Identity, ev *recorder.Event, 
 	}
 	subject := "node/" + s.cfg.Node
 	if id.InPod() {
-		p := &Pod{UID: id.PodUID, ContainerID: id.ContainerID, Runtime: id.Runtime, QoS: id.QoS}
+		p := &api.Pod{UID: id.PodUID, ContainerID: id.ContainerID, Runtime: id.Runtime, QoS: id.QoS}
 		ext[events.ExtPodUID] = id.PodUID
 		ext[events.ExtContainerID] = id.ContainerID
 		subject = "pod/" + id.PodUID
@@ -344,10 +343,10 @@ func (s *Sensor) build(r *wire.Record, id *attrib.Identity, ev *recorder.Event, 
 	case wire.KindExit:
 		typ = events.TypeProcessExit
 		code := r.ExitCode
-		data.Exit = &Exit{Status: code, Code: code >> 8 & 0xff, Signal: code & 0x7f, LifetimeNs: int64(r.Ktime - r.StartKtime)}
+		data.Exit = &api.Exit{Status: code, Code: code >> 8 & 0xff, Signal: code & 0x7f, LifetimeNs: int64(r.Ktime - r.StartKtime)}
 	case wire.KindConnect:
 		typ = events.TypeNetworkConnect
-		data.Connect = &Connect{DAddr: r.DAddr, DPort: r.DPort, Proto: wire.ProtoName(r.Proto), Blocked: r.Blocked}
+		data.Connect = &api.Connect{DAddr: r.DAddr, DPort: r.DPort, Proto: wire.ProtoName(r.Proto), Blocked: r.Blocked}
 		ext[events.ExtDestPort] = strconv.Itoa(int(r.DPort))
 		ext[events.ExtDestAddr] = r.DAddr.String()
 		ext[events.ExtProto] = data.Connect.Proto
@@ -356,14 +355,14 @@ func (s *Sensor) build(r *wire.Record, id *attrib.Identity, ev *recorder.Event, 
 		}
 	case wire.KindOpen:
 		typ = events.TypeFileOpen
-		data.File = &File{Path: r.Path, Flags: r.FileFlags, Write: r.FileFlags&3 != 0}
+		data.File = &api.File{Path: r.Path, Flags: r.FileFlags, Write: r.FileFlags&3 != 0}
 		ext[events.ExtPath] = r.Path
 	case wire.KindPriv:
 		typ = events.TypePrivilege
-		data.Signal = &Signal{
+		data.Signal = &api.Signal{
 			Name: r.Signal.String(), Syscall: r.Syscall, Ret: r.Ret, Args: r.SysArgs,
-			Old:  &Creds{UID: r.OldUID, EUID: r.OldEUID, GID: r.OldGID, EGID: r.OldEGID},
-			New:  &Creds{UID: r.UID, EUID: r.EUID, GID: r.GID, EGID: r.EGID},
+			Old:  &api.Creds{UID: r.OldUID, EUID: r.OldEUID, GID: r.OldGID, EGID: r.OldEGID},
+			New:  &api.Creds{UID: r.UID, EUID: r.EUID, GID: r.GID, EGID: r.EGID},
 			File: r.Name,
 		}
 		if r.Signal == wire.SigExecMemfd {
@@ -388,106 +387,4 @@ func (s *Sensor) kickLoss() {
 	case s.lossKick <- struct{}{}:
 	default:
 	}
-}
-
-// EventData is the JSON data of the sensor's process, network, file and
-// privilege events. Fields a kind does not use are omitted.
-type EventData struct {
-	Process Process `json:"process"`
-	Cgroup  Cgroup  `json:"cgroup"`
-	Pod     *Pod    `json:"pod,omitempty"`
-	// exec
-	Args     []string `json:"args,omitempty"`
-	Fileless bool     `json:"fileless,omitempty"`
-	// exit
-	Exit *Exit `json:"exit,omitempty"`
-	// connect
-	Connect *Connect `json:"connect,omitempty"`
-	// open
-	File *File `json:"file,omitempty"`
-	// privilege
-	Signal *Signal `json:"signal,omitempty"`
-	// Truncated: a path or argv was longer than the kernel keeps.
-	Truncated bool `json:"truncated,omitempty"`
-	// Coalesced counts the identical events (same cgroup, kind and details)
-	// not emitted since the previous one of this kind; the flight recorder
-	// has them all.
-	Coalesced uint32 `json:"coalesced,omitempty"`
-}
-
-// Process identifies the task.
-type Process struct {
-	PID  uint32 `json:"pid"`
-	TID  uint32 `json:"tid"`
-	PPID uint32 `json:"ppid"`
-	UID  uint32 `json:"uid"`
-	EUID uint32 `json:"euid"`
-	GID  uint32 `json:"gid"`
-	EGID uint32 `json:"egid"`
-	Comm string `json:"comm"`
-	Exe  string `json:"exe,omitempty"`
-}
-
-// Cgroup is the task's cgroup.
-type Cgroup struct {
-	ID   uint64 `json:"id"`
-	Path string `json:"path,omitempty"`
-}
-
-// Pod is the attribution of the cgroup.
-type Pod struct {
-	UID         string `json:"uid"`
-	Namespace   string `json:"namespace,omitempty"`
-	Name        string `json:"name,omitempty"`
-	Container   string `json:"container,omitempty"`
-	ContainerID string `json:"containerID,omitempty"`
-	Runtime     string `json:"runtime,omitempty"`
-	Image       string `json:"image,omitempty"`
-	ImageID     string `json:"imageID,omitempty"`
-	Owner       string `json:"owner,omitempty"`
-	QoS         string `json:"qos,omitempty"`
-	Deleted     bool   `json:"deleted,omitempty"`
-}
-
-// Exit is a process's end.
-type Exit struct {
-	Status     int32 `json:"status"` // wait status
-	Code       int32 `json:"code"`
-	Signal     int32 `json:"signal,omitempty"`
-	LifetimeNs int64 `json:"lifetimeNs"`
-}
-
-// Connect is an outbound connect attempt.
-type Connect struct {
-	DAddr   netip.Addr `json:"daddr"`
-	DPort   uint16     `json:"dport"`
-	Proto   string     `json:"proto"`
-	Blocked bool       `json:"blocked,omitempty"`
-}
-
-// File is an open of a watched path.
-type File struct {
-	Path  string `json:"path"`
-	Flags uint32 `json:"flags"`
-	Write bool   `json:"write,omitempty"`
-}
-
-// Signal is a privilege or evasion signal.
-type Signal struct {
-	Name    string    `json:"name"`
-	Syscall int32     `json:"syscall"`
-	Ret     int64     `json:"ret"`
-	Args    [3]uint64 `json:"args"`
-	Old     *Creds    `json:"old,omitempty"`
-	New     *Creds    `json:"new,omitempty"`
-	// File is the memfd name, or the fileless executable's name.
-	File string `json:"file,omitempty"`
-}
-
-// Creds are a task's credentials.
-type Creds struct {
-	UID  uint32 `json:"uid"`
-	EUID uint32 `json:"euid"`
-	GID  uint32 `json:"gid"`
-	EGID uint32 `json:"egid"`
 }

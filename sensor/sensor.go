@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"parry.dev/parry/internal/httpclient"
+	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/filters"
 	"parry.dev/parry/sensor/internal/attrib"
 	"parry.dev/parry/sensor/internal/cgroups"
@@ -257,7 +258,7 @@ func resolverOrNil(r *cgroups.Resolver) attrib.Resolver {
 func (s *Sensor) RecorderAddr() string { return s.srvAddr }
 
 // Hooks reports which hooks are active and why the others are not.
-func (s *Sensor) Hooks() []kernel.HookStatus { return s.k.Hooks() }
+func (s *Sensor) Hooks() []api.HookStatus { return s.k.Hooks() }
 
 // chooseV1 decides the attribution hierarchy: cgroup v2 unless the kubelet
 // evidently runs on v1 only (pod cgroups under the v1 memory controller and

@@ -20,6 +20,7 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/sensor"
+	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/cgroups"
 	"parry.dev/parry/tests/podcgroup"
 )
@@ -38,9 +39,9 @@ func isType(typ string) func(cloudevents.Event) bool {
 	return func(ev cloudevents.Event) bool { return ev.Type() == typ }
 }
 
-func decode(t *testing.T, ev cloudevents.Event) sensor.EventData {
+func decode(t *testing.T, ev cloudevents.Event) api.EventData {
 	t.Helper()
-	var d sensor.EventData
+	var d api.EventData
 	if err := json.Unmarshal(ev.Data(), &d); err != nil {
 		t.Fatalf("data of %s: %v", ev.Type(), err)
 	}
@@ -117,7 +118,7 @@ func TestPodWorkload(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		var h sensor.PodHistory
+		var h api.PodHistory
 		if err := json.NewDecoder(resp.Body).Decode(&h); err != nil || resp.StatusCode != 200 {
 			t.Fatalf("%d %v", resp.StatusCode, err)
 		}
@@ -209,7 +210,7 @@ func TestPodWorkload(t *testing.T) {
 			t.Errorf("lost events under a light load: %+v", h.Lost)
 		}
 		ev := sink.wait(t, 5*time.Second, "health event", isType(events.TypeSensorHealth))
-		var hd sensor.Health
+		var hd api.Health
 		if err := json.Unmarshal(ev.Data(), &hd); err != nil || len(hd.Hooks) == 0 {
 			t.Errorf("health data: %v %+v", err, hd)
 		}
@@ -316,7 +317,7 @@ func TestPrivilegeStormWakesBounded(t *testing.T) {
 		t.Fatalf("helper: %v: %s", err, out)
 	}
 	took := time.Since(start)
-	var h1 sensor.Health
+	var h1 api.Health
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		h1 = s.Health()
 		if h1.Kinds["privilege"].Received-h0.Kinds["privilege"].Received >= n {
@@ -420,7 +421,7 @@ func TestDropCounterExact(t *testing.T) {
 	go func() { done <- s.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	var h sensor.Health
+	var h api.Health
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		h = s.Health()
@@ -449,7 +450,7 @@ func TestDropCounterExact(t *testing.T) {
 		if ev.Type() != events.TypeSensorHealth || ext(ev, events.ExtSeverity) != "warning" {
 			return false
 		}
-		var hd sensor.Health
+		var hd api.Health
 		json.Unmarshal(ev.Data(), &hd)
 		return hd.NewLoss && hd.Lost.RingBuffer == h.Lost.RingBuffer && hd.Lost.RingBuffer >= c.Dropped
 	})

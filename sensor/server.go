@@ -8,18 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"parry.dev/parry/sensor/internal/recorder"
+	"parry.dev/parry/sensor/api"
 )
-
-// PodHistory is the flight recorder's answer for one pod
-// (GET /v1/pods/{uid}).
-type PodHistory struct {
-	PodUID  string                  `json:"podUID"`
-	Pod     *Pod                    `json:"pod,omitempty"`
-	Node    string                  `json:"node"`
-	Taken   time.Time               `json:"taken"`
-	Cgroups []recorder.CgroupRecord `json:"cgroups"`
-}
 
 // handler serves the flight recorder, health and the egress block.
 //
@@ -33,10 +23,10 @@ type PodHistory struct {
 //	GET    /metrics                 the same counters, Prometheus text format
 func (s *Sensor) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/pods", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.RoutePods, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.rec.Pods())
 	})
-	mux.HandleFunc("GET /v1/pods/{uid}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.RoutePod, func(w http.ResponseWriter, r *http.Request) {
 		h, ok := s.PodHistory(r.PathValue("uid"))
 		if !ok {
 			httpError(w, http.StatusNotFound, "no history of pod %s on node %s (never seen, or older than --recorder-ttl %s)", r.PathValue("uid"), s.cfg.Node, s.cfg.RecorderTTL)
@@ -44,7 +34,7 @@ func (s *Sensor) handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, h)
 	})
-	mux.HandleFunc("GET /v1/cgroups/{id}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.RouteCgroup, func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 		if err != nil {
 			httpError(w, http.StatusBadRequest, "cgroup id %q: a decimal number", r.PathValue("id"))
@@ -72,12 +62,12 @@ func (s *Sensor) handler() http.Handler {
 				return
 			}
 			s.log.Info().Str("pod_uid", uid).Uint64("cgroup", id).Bool("blocked", on).Msg("egress block changed")
-			writeJSON(w, http.StatusOK, map[string]any{"podUID": uid, "cgroupId": id, "blocked": on})
+			writeJSON(w, http.StatusOK, api.BlockResult{PodUID: uid, CgroupID: id, Blocked: on})
 		}
 	}
-	mux.HandleFunc("PUT /v1/pods/{uid}/block", block(true))
-	mux.HandleFunc("DELETE /v1/pods/{uid}/block", block(false))
-	mux.HandleFunc("GET /v1/blocked", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("PUT "+api.RouteBlock, block(true))
+	mux.HandleFunc("DELETE "+api.RouteBlock, block(false))
+	mux.HandleFunc("GET "+api.RouteBlocked, func(w http.ResponseWriter, r *http.Request) {
 		ids, err := s.Blocked()
 		if err != nil {
 			httpError(w, http.StatusInternalServerError, "%v", err)
@@ -85,10 +75,10 @@ func (s *Sensor) handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, ids)
 	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.RouteHealth, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Health())
 	})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.RouteMetrics, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		writeMetrics(w, s.Health())
 	})
@@ -97,12 +87,12 @@ func (s *Sensor) handler() http.Handler {
 
 // PodHistory returns what the flight recorder holds about a pod, with its
 // metadata when the API server knows (or knew) it.
-func (s *Sensor) PodHistory(uid string) (PodHistory, bool) {
+func (s *Sensor) PodHistory(uid string) (api.PodHistory, bool) {
 	cgs, ok := s.rec.Pod(uid)
 	if !ok {
-		return PodHistory{}, false
+		return api.PodHistory{}, false
 	}
-	h := PodHistory{PodUID: uid, Node: s.cfg.Node, Taken: time.Now(), Cgroups: cgs, Pod: &Pod{UID: uid}}
+	h := api.PodHistory{PodUID: uid, Node: s.cfg.Node, Taken: time.Now(), Cgroups: cgs, Pod: &api.Pod{UID: uid}}
 	for _, id := range s.attr.OfPod(uid) {
 		if pm, _, ok := s.attr.Meta(&id); ok {
 			h.Pod.Namespace, h.Pod.Name, h.Pod.Owner, h.Pod.Deleted = pm.Namespace, pm.Name, pm.Owner, pm.Deleted
@@ -121,10 +111,10 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func httpError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
+	writeJSON(w, code, api.Error{Error: fmt.Sprintf(format, args...)})
 }
 
-func writeMetrics(w http.ResponseWriter, h Health) {
+func writeMetrics(w http.ResponseWriter, h api.Health) {
 	var b strings.Builder
 	metric := func(name, help, typ string) {
 		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)

@@ -36,6 +36,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"parry.dev/parry/sensor"
+	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/cgroups"
 )
 
@@ -852,9 +853,9 @@ func procHWM(pid int) int64 {
 	return 0
 }
 
-func health(addr string) (sensor.Health, error) {
-	var h sensor.Health
-	resp, err := http.Get("http://" + addr + "/healthz")
+func health(addr string) (api.Health, error) {
+	var h api.Health
+	resp, err := http.Get("http://" + addr + api.RouteHealth)
 	if err != nil {
 		return h, err
 	}

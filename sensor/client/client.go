@@ -11,10 +11,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 
-	"parry.dev/parry/sensor"
+	"parry.dev/parry/sensor/api"
 )
 
 // ErrNoHistory is returned when the sensor holds no history of a pod.
@@ -33,23 +32,23 @@ func New(base string, hc *http.Client) *Client {
 
 // BlockPod makes the kernel refuse every connect() from the pod's cgroups.
 func (c *Client) BlockPod(ctx context.Context, podUID string) error {
-	_, err := c.do(ctx, http.MethodPut, "/v1/pods/"+url.PathEscape(podUID)+"/block")
+	_, err := c.do(ctx, http.MethodPut, api.BlockPath(podUID))
 	return err
 }
 
 // UnblockPod lifts BlockPod.
 func (c *Client) UnblockPod(ctx context.Context, podUID string) error {
-	_, err := c.do(ctx, http.MethodDelete, "/v1/pods/"+url.PathEscape(podUID)+"/block")
+	_, err := c.do(ctx, http.MethodDelete, api.BlockPath(podUID))
 	return err
 }
 
 // PodHistory returns the flight recorder's history of a pod.
-func (c *Client) PodHistory(ctx context.Context, podUID string) (sensor.PodHistory, []byte, error) {
-	body, err := c.do(ctx, http.MethodGet, "/v1/pods/"+url.PathEscape(podUID))
+func (c *Client) PodHistory(ctx context.Context, podUID string) (api.PodHistory, []byte, error) {
+	body, err := c.do(ctx, http.MethodGet, api.PodPath(podUID))
 	if err != nil {
-		return sensor.PodHistory{}, nil, err
+		return api.PodHistory{}, nil, err
 	}
-	var h sensor.PodHistory
+	var h api.PodHistory
 	if err := json.Unmarshal(body, &h); err != nil {
 		return h, nil, fmt.Errorf("sensor %s: malformed pod history: %w", c.base, err)
 	}
@@ -57,12 +56,12 @@ func (c *Client) PodHistory(ctx context.Context, podUID string) (sensor.PodHisto
 }
 
 // Health returns the sensor's counters, as in its health events.
-func (c *Client) Health(ctx context.Context) (sensor.Health, error) {
-	body, err := c.do(ctx, http.MethodGet, "/healthz")
+func (c *Client) Health(ctx context.Context) (api.Health, error) {
+	body, err := c.do(ctx, http.MethodGet, api.RouteHealth)
 	if err != nil {
-		return sensor.Health{}, err
+		return api.Health{}, err
 	}
-	var h sensor.Health
+	var h api.Health
 	if err := json.Unmarshal(body, &h); err != nil {
 		return h, fmt.Errorf("sensor %s: malformed health: %w", c.base, err)
 	}

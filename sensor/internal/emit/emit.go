@@ -25,6 +25,8 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/rs/zerolog"
+
+	"parry.dev/parry/sensor/api"
 )
 
 // Options configure an Emitter.
@@ -39,19 +41,6 @@ type Options struct {
 	RetryMin  time.Duration
 	RetryMax  time.Duration
 	Log       zerolog.Logger
-}
-
-// Stats are cumulative except Queued, Spooled and SpoolBytes.
-type Stats struct {
-	Sent          uint64 `json:"sent"`
-	Failures      uint64 `json:"failures"`      // attempts that failed and will be retried
-	Rejected      uint64 `json:"rejected"`      // events the sink refused for good (4xx)
-	SpoolOverflow uint64 `json:"spoolOverflow"` // events lost: queue and spool full
-	SpoolCorrupt  uint64 `json:"spoolCorrupt"`  // spool segments cut short by a crash
-	Queued        int    `json:"queued"`
-	Spooled       int    `json:"spooled"`
-	SpoolBytes    int64  `json:"spoolBytes"`
-	SinkUp        bool   `json:"sinkUp"`
 }
 
 // Emitter sends events; Emit never blocks on the network.
@@ -326,9 +315,9 @@ func (e *Emitter) send(ctx context.Context, ev cloudevents.Event) error {
 	}
 }
 
-// Stats returns the counters.
-func (e *Emitter) Stats() Stats {
-	s := Stats{
+// Stats returns the delivery counters, as the health event reports them.
+func (e *Emitter) Stats() api.EmitterStats {
+	s := api.EmitterStats{
 		Sent: e.sent.Load(), Failures: e.failures.Load(), Rejected: e.rejected.Load(),
 		SpoolOverflow: e.overflow.Load(), SinkUp: e.sinkUp.Load(),
 	}

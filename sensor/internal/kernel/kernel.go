@@ -22,6 +22,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/rs/zerolog"
+
+	"parry.dev/parry/sensor/api"
 )
 
 // Record kinds, as in bpf/parry.h; they index the counters.
@@ -52,16 +54,9 @@ type Options struct {
 	WakeupInterval time.Duration
 }
 
-// HookStatus says whether one hook runs and, if not, why.
-type HookStatus struct {
-	Name    string `json:"name"`
-	Kind    string `json:"kind"` // tp_btf, raw_tp, tracepoint, cgroup, fentry, lsm, kprobe
-	Program string `json:"program,omitempty"`
-	Active  bool   `json:"active"`
-	// Optional hooks are probed only; the sensor does not need them.
-	Optional bool   `json:"optional,omitempty"`
-	Reason   string `json:"reason,omitempty"`
-}
+// HookStatus says whether one hook runs and, if not, why; the sensor's
+// health reports it as is.
+type HookStatus = api.HookStatus
 
 // Kernel holds the loaded objects. Close releases them.
 type Kernel struct {

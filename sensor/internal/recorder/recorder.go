@@ -20,76 +20,18 @@ import (
 	"time"
 	"unsafe"
 
+	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/attrib"
 )
 
-// Event is one kernel record as the recorder keeps and serves it.
-type Event struct {
-	Time      time.Time  `json:"time"`
-	Kind      string     `json:"kind"`
-	CgroupID  uint64     `json:"cgroupId"`
-	PID       uint32     `json:"pid"`
-	PPID      uint32     `json:"ppid,omitempty"`
-	UID       uint32     `json:"uid"`
-	EUID      uint32     `json:"euid"`
-	Comm      string     `json:"comm,omitempty"`
-	Exe       string     `json:"exe,omitempty"`
-	Args      []string   `json:"args,omitempty"`
-	Path      string     `json:"path,omitempty"`
-	DAddr     netip.Addr `json:"daddr,omitzero"`
-	DPort     uint16     `json:"dport,omitempty"`
-	Proto     string     `json:"proto,omitempty"`
-	Signal    string     `json:"signal,omitempty"`
-	Ret       int64      `json:"ret,omitempty"`
-	Exit      Exit       `json:"exit,omitzero"` // a value: no allocation per exit
-	Truncated bool       `json:"truncated,omitempty"`
-	Blocked   bool       `json:"blocked,omitempty"`
-	Fileless  bool       `json:"fileless,omitempty"`
-}
-
-// Exit is the outcome of an exit event.
-type Exit struct {
-	Status int32     `json:"status"` // wait status: code<<8 | signal
-	Start  time.Time `json:"start"`
-}
-
-// Process is a row of a cgroup's process table.
-type Process struct {
-	PID        uint32     `json:"pid"`
-	PPID       uint32     `json:"ppid"`
-	UID        uint32     `json:"uid"`
-	EUID       uint32     `json:"euid"`
-	Exe        string     `json:"exe"`
-	Args       []string   `json:"args,omitempty"`
-	Exec       time.Time  `json:"exec"`
-	ExitTime   *time.Time `json:"exitTime,omitempty"`
-	ExitStatus *int32     `json:"exitStatus,omitempty"`
-	Fileless   bool       `json:"fileless,omitempty"`
-
-	// The table keeps the exit by value (no allocation per exit); a
-	// snapshot points ExitTime and ExitStatus at its own copy.
-	exited   bool
+// proc is a row of a cgroup's process table. It keeps the exit by value
+// (no allocation per exit); a snapshot points ExitTime and ExitStatus at
+// its own copy.
+type proc struct {
+	api.RecordedProcess
 	exitTime time.Time
 	exitCode int32
-}
-
-// Conn summarises the connects to one destination.
-type Conn struct {
-	DAddr   netip.Addr `json:"daddr"`
-	DPort   uint16     `json:"dport"`
-	Proto   string     `json:"proto"`
-	Count   uint64     `json:"count"`
-	Blocked uint64     `json:"blocked,omitempty"`
-	First   time.Time  `json:"first"`
-	Last    time.Time  `json:"last"`
-}
-
-// File summarises the opens of one path.
-type File struct {
-	Path  string    `json:"path"`
-	Count uint64    `json:"count"`
-	First time.Time `json:"first"`
-	Last  time.Time `json:"last"`
+	exited   bool
 }
 
 // DefaultMaxBytes is the default memory bound: with it the sensor's RSS
@@ -139,20 +81,20 @@ type Recorder struct {
 // byte, over the table's load factor) and its allocation's size class, a
 // cgroup its maps and identity.
 const (
-	eventSize      = int(unsafe.Sizeof(Event{}))
-	procSize       = int(unsafe.Sizeof(Process{})) + 64
-	connSize       = int(unsafe.Sizeof(Conn{})) + 128
-	fileSize       = int(unsafe.Sizeof(File{})) + 64
+	eventSize      = int(unsafe.Sizeof(api.RecordedEvent{}))
+	procSize       = int(unsafe.Sizeof(proc{})) + 64
+	connSize       = int(unsafe.Sizeof(api.RecordedConn{})) + 128
+	fileSize       = int(unsafe.Sizeof(api.RecordedFile{})) + 64
 	cgroupOverhead = 1024
 )
 
 // heldStrings is what an event's strings add to its slot; the kinds,
 // protocols and signals are constants and cost nothing.
-func heldStrings(ev *Event) int {
+func heldStrings(ev *api.RecordedEvent) int {
 	return len(ev.Comm) + len(ev.Exe) + len(ev.Path) + argsCost(ev.Args)
 }
 
-func procCost(p *Process) int { return procSize + len(p.Exe) + argsCost(p.Args) }
+func procCost(p *proc) int { return procSize + len(p.Exe) + argsCost(p.Args) }
 
 // argsCost is the slice's backing array and the strings' bytes.
 func argsCost(args []string) int {
@@ -171,16 +113,16 @@ type connKey struct {
 
 type cgroupLog struct {
 	ident      attrib.Identity
-	ring       []Event
+	ring       []api.RecordedEvent
 	head, n    int
 	first      time.Time
 	last       time.Time
 	evicted    uint64
-	procs      map[uint32]*Process
+	procs      map[uint32]*proc
 	procsPeak  int      // most rows procs has held since its table was last fitted
 	exited     []uint32 // pids of exited processes, oldest first, for O(1) eviction
-	conns      map[connKey]*Conn
-	files      map[string]*File
+	conns      map[connKey]*api.RecordedConn
+	files      map[string]*api.RecordedFile
 	overflowed uint64 // summary rows not kept because a table was full
 	bytes      int    // memory held, accounted as in Recorder.bytes
 }
@@ -192,13 +134,13 @@ func New(o Options) *Recorder {
 }
 
 // Add records ev for the cgroup id describes.
-func (r *Recorder) Add(id *attrib.Identity, ev Event) {
+func (r *Recorder) Add(id *attrib.Identity, ev api.RecordedEvent) {
 	r.mu.Lock()
 	c := r.cgroups[id.CgroupID]
 	if c == nil {
 		c = &cgroupLog{
 			ident: *id, first: ev.Time,
-			procs: map[uint32]*Process{}, conns: map[connKey]*Conn{}, files: map[string]*File{},
+			procs: map[uint32]*proc{}, conns: map[connKey]*api.RecordedConn{}, files: map[string]*api.RecordedFile{},
 			bytes: cgroupOverhead + len(id.CgroupPath),
 		}
 		r.cgroups[id.CgroupID] = c
@@ -235,7 +177,7 @@ func (r *Recorder) Add(id *attrib.Identity, ev Event) {
 
 // push appends to the ring, growing it up to capacity; it reports whether
 // the oldest event was overwritten to make room.
-func (c *cgroupLog) push(ev Event, capacity int, mayGrow bool) bool {
+func (c *cgroupLog) push(ev api.RecordedEvent, capacity int, mayGrow bool) bool {
 	if c.n == len(c.ring) {
 		if len(c.ring) > 0 && (len(c.ring) >= capacity || !mayGrow) {
 			c.bytes += heldStrings(&ev) - heldStrings(&c.ring[c.head])
@@ -255,9 +197,9 @@ func (c *cgroupLog) push(ev Event, capacity int, mayGrow bool) bool {
 
 // resize moves the events into a ring of the given size (at least c.n).
 func (c *cgroupLog) resize(size int) {
-	var ring []Event
+	var ring []api.RecordedEvent
 	if size > 0 {
-		ring = make([]Event, size)
+		ring = make([]api.RecordedEvent, size)
 	}
 	for i := range c.n {
 		ring[i] = c.ring[(c.head+i)%len(c.ring)]
@@ -273,7 +215,7 @@ func (c *cgroupLog) dropOldest(k int) int {
 	for i := range k {
 		slot := &c.ring[(c.head+i)%len(c.ring)]
 		c.bytes -= heldStrings(slot)
-		*slot = Event{}
+		*slot = api.RecordedEvent{}
 	}
 	if k > 0 {
 		c.head = (c.head + k) % len(c.ring)
@@ -331,19 +273,19 @@ func (c *cgroupLog) dropRows() {
 		c.dropExitedRows(max(len(c.exited)/8, 1))
 	}
 	if len(c.conns) > 0 {
-		gone := dropStaleRows(&c.conns, max(len(c.conns)/8, 1), func(cn *Conn) time.Time { return cn.Last })
+		gone := dropStaleRows(&c.conns, max(len(c.conns)/8, 1), func(cn *api.RecordedConn) time.Time { return cn.Last })
 		c.bytes -= len(gone) * connSize
 		c.overflowed += uint64(len(gone))
 	}
 	if len(c.files) > 0 {
-		for _, f := range dropStaleRows(&c.files, max(len(c.files)/8, 1), func(f *File) time.Time { return f.Last }) {
+		for _, f := range dropStaleRows(&c.files, max(len(c.files)/8, 1), func(f *api.RecordedFile) time.Time { return f.Last }) {
 			c.bytes -= fileSize + len(f.Path)
 			c.overflowed++
 		}
 	}
 }
 
-func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
+func (r *Recorder) summarise(c *cgroupLog, ev *api.RecordedEvent) {
 	switch ev.Kind {
 	case "exec":
 		p, ok := c.procs[ev.PID]
@@ -351,7 +293,7 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 		case ok: // exec again in the same process
 			c.bytes -= procCost(p)
 		case len(c.procs) < r.o.MaxRows:
-			p = &Process{}
+			p = &proc{}
 			c.procs[ev.PID] = p
 			c.procsPeak = max(c.procsPeak, len(c.procs))
 		default:
@@ -362,7 +304,7 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 			c.bytes -= procCost(p)
 			c.procs[ev.PID] = p
 		}
-		*p = Process{PID: ev.PID, PPID: ev.PPID, UID: ev.UID, EUID: ev.EUID, Exe: ev.Exe, Args: ev.Args, Exec: ev.Time, Fileless: ev.Fileless}
+		*p = proc{RecordedProcess: api.RecordedProcess{PID: ev.PID, PPID: ev.PPID, UID: ev.UID, EUID: ev.EUID, Exe: ev.Exe, Args: ev.Args, Exec: ev.Time, Fileless: ev.Fileless}}
 		c.bytes += procCost(p)
 	case "exit":
 		if p, ok := c.procs[ev.PID]; ok && !p.exited {
@@ -380,7 +322,7 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 				c.overflowed++
 				return
 			}
-			cn = &Conn{DAddr: ev.DAddr, DPort: ev.DPort, Proto: ev.Proto, First: ev.Time}
+			cn = &api.RecordedConn{DAddr: ev.DAddr, DPort: ev.DPort, Proto: ev.Proto, First: ev.Time}
 			c.conns[k] = cn
 			c.bytes += connSize
 		}
@@ -396,7 +338,7 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 				c.overflowed++
 				return
 			}
-			f = &File{Path: ev.Path, First: ev.Time}
+			f = &api.RecordedFile{Path: ev.Path, First: ev.Time}
 			c.files[ev.Path] = f
 			c.bytes += fileSize + len(ev.Path)
 		}
@@ -408,7 +350,7 @@ func (r *Recorder) summarise(c *cgroupLog, ev *Event) {
 // evictExited frees the row of the earliest exited process and returns it
 // for reuse (a pid reused since is skipped: its row belongs to the new
 // process), or nil when every process is alive.
-func (c *cgroupLog) evictExited() *Process {
+func (c *cgroupLog) evictExited() *proc {
 	for len(c.exited) > 0 {
 		pid := c.exited[0]
 		c.exited = c.exited[1:]
@@ -499,83 +441,47 @@ func (r *Recorder) Sweep(now time.Time) {
 	}
 }
 
-// Stats reports the recorder's size.
-type Stats struct {
-	Cgroups int    `json:"cgroups"`
-	Pods    int    `json:"pods"`
-	Events  int    `json:"events"`
-	Bytes   int    `json:"bytes"` // memory held, as accounted against MaxBytes
-	Evicted uint64 `json:"evicted"`
-}
-
 // Stats returns the current counts.
-func (r *Recorder) Stats() Stats {
+func (r *Recorder) Stats() api.RecorderStats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Stats{Cgroups: len(r.cgroups), Pods: len(r.pods), Events: r.total, Bytes: r.bytes, Evicted: r.evicted}
-}
-
-// CgroupRecord is one cgroup's history.
-type CgroupRecord struct {
-	ID          uint64    `json:"id"`
-	Path        string    `json:"path,omitempty"`
-	PodUID      string    `json:"podUID,omitempty"`
-	ContainerID string    `json:"containerID,omitempty"`
-	Runtime     string    `json:"runtime,omitempty"`
-	First       time.Time `json:"first"`
-	Last        time.Time `json:"last"`
-	// Evicted events made room for newer ones; Overflowed summary rows did
-	// not fit their table. Both say the history is incomplete.
-	Evicted     uint64    `json:"evicted,omitempty"`
-	Overflowed  uint64    `json:"overflowed,omitempty"`
-	Processes   []Process `json:"processes"`
-	Connections []Conn    `json:"connections"`
-	Files       []File    `json:"files"`
-	Events      []Event   `json:"events"`
+	return api.RecorderStats{Cgroups: len(r.cgroups), Pods: len(r.pods), Events: r.total, Bytes: r.bytes, Evicted: r.evicted}
 }
 
 // Cgroup returns one cgroup's history.
-func (r *Recorder) Cgroup(id uint64) (CgroupRecord, bool) {
+func (r *Recorder) Cgroup(id uint64) (api.CgroupRecord, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c, ok := r.cgroups[id]
 	if !ok {
-		return CgroupRecord{}, false
+		return api.CgroupRecord{}, false
 	}
 	return c.snapshot(), true
 }
 
 // Pod returns the histories of every cgroup of a pod, oldest first.
-func (r *Recorder) Pod(uid string) ([]CgroupRecord, bool) {
+func (r *Recorder) Pod(uid string) ([]api.CgroupRecord, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	set, ok := r.pods[uid]
 	if !ok {
 		return nil, false
 	}
-	out := make([]CgroupRecord, 0, len(set))
+	out := make([]api.CgroupRecord, 0, len(set))
 	for id := range set {
 		out = append(out, r.cgroups[id].snapshot())
 	}
-	slices.SortFunc(out, func(a, b CgroupRecord) int { return a.First.Compare(b.First) })
+	slices.SortFunc(out, func(a, b api.CgroupRecord) int { return a.First.Compare(b.First) })
 	return out, true
 }
 
-// PodSummary lists a pod the recorder holds.
-type PodSummary struct {
-	PodUID  string    `json:"podUID"`
-	Cgroups int       `json:"cgroups"`
-	Events  int       `json:"events"`
-	Last    time.Time `json:"last"`
-}
-
 // Pods lists the pods with history, most recently active first.
-func (r *Recorder) Pods() []PodSummary {
+func (r *Recorder) Pods() []api.PodSummary {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]PodSummary, 0, len(r.pods))
+	out := make([]api.PodSummary, 0, len(r.pods))
 	for uid, set := range r.pods {
-		s := PodSummary{PodUID: uid, Cgroups: len(set)}
+		s := api.PodSummary{PodUID: uid, Cgroups: len(set)}
 		for id := range set {
 			c := r.cgroups[id]
 			s.Events += c.n
@@ -585,35 +491,39 @@ func (r *Recorder) Pods() []PodSummary {
 		}
 		out = append(out, s)
 	}
-	slices.SortFunc(out, func(a, b PodSummary) int { return b.Last.Compare(a.Last) })
+	slices.SortFunc(out, func(a, b api.PodSummary) int { return b.Last.Compare(a.Last) })
 	return out
 }
 
-func (c *cgroupLog) snapshot() CgroupRecord {
-	rec := CgroupRecord{
+func (c *cgroupLog) snapshot() api.CgroupRecord {
+	rec := api.CgroupRecord{
 		ID: c.ident.CgroupID, Path: c.ident.CgroupPath, PodUID: c.ident.PodUID,
 		ContainerID: c.ident.ContainerID, Runtime: c.ident.Runtime,
 		First: c.first, Last: c.last, Evicted: c.evicted, Overflowed: c.overflowed,
-		Processes: make([]Process, 0, len(c.procs)), Connections: make([]Conn, 0, len(c.conns)),
-		Files: make([]File, 0, len(c.files)), Events: make([]Event, 0, c.n),
+		Processes: make([]api.RecordedProcess, len(c.procs)), Connections: make([]api.RecordedConn, 0, len(c.conns)),
+		Files: make([]api.RecordedFile, 0, len(c.files)), Events: make([]api.RecordedEvent, 0, c.n),
 	}
+	// the copies the exit pointers point at
+	procs := make([]proc, 0, len(c.procs))
 	for _, p := range c.procs {
-		rec.Processes = append(rec.Processes, *p)
+		procs = append(procs, *p)
 	}
-	slices.SortFunc(rec.Processes, func(a, b Process) int { return cmp.Or(a.Exec.Compare(b.Exec), cmp.Compare(a.PID, b.PID)) })
-	for i := range rec.Processes {
-		if p := &rec.Processes[i]; p.exited {
+	slices.SortFunc(procs, func(a, b proc) int { return cmp.Or(a.Exec.Compare(b.Exec), cmp.Compare(a.PID, b.PID)) })
+	for i := range procs {
+		p := &procs[i]
+		if p.exited {
 			p.ExitTime, p.ExitStatus = &p.exitTime, &p.exitCode
 		}
+		rec.Processes[i] = p.RecordedProcess
 	}
 	for _, cn := range c.conns {
 		rec.Connections = append(rec.Connections, *cn)
 	}
-	slices.SortFunc(rec.Connections, func(a, b Conn) int { return a.First.Compare(b.First) })
+	slices.SortFunc(rec.Connections, func(a, b api.RecordedConn) int { return a.First.Compare(b.First) })
 	for _, f := range c.files {
 		rec.Files = append(rec.Files, *f)
 	}
-	slices.SortFunc(rec.Files, func(a, b File) int { return a.First.Compare(b.First) })
+	slices.SortFunc(rec.Files, func(a, b api.RecordedFile) int { return a.First.Compare(b.First) })
 	for i := range c.n {
 		rec.Events = append(rec.Events, c.ring[(c.head+i)%len(c.ring)])
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/attrib"
 	"parry.dev/parry/sensor/internal/cgroups"
 )
@@ -19,13 +20,13 @@ func TestPodHistory(t *testing.T) {
 	r := New(Options{TTL: time.Minute})
 	t0 := time.Unix(1700000000, 0)
 	id := ident(1, "pod-a")
-	r.Add(id, Event{Time: t0, Kind: "exec", PID: 10, PPID: 1, Exe: "/bin/sh", Args: []string{"sh"}})
-	r.Add(id, Event{Time: t0.Add(time.Second), Kind: "open", PID: 10, Path: "/etc/shadow"})
+	r.Add(id, api.RecordedEvent{Time: t0, Kind: "exec", PID: 10, PPID: 1, Exe: "/bin/sh", Args: []string{"sh"}})
+	r.Add(id, api.RecordedEvent{Time: t0.Add(time.Second), Kind: "open", PID: 10, Path: "/etc/shadow"})
 	for i := range 100 {
-		r.Add(id, Event{Time: t0.Add(2 * time.Second), Kind: "connect", PID: 10, DAddr: netip.MustParseAddr("10.0.0.1"), DPort: 4444, Proto: "tcp", Blocked: i%2 == 0})
+		r.Add(id, api.RecordedEvent{Time: t0.Add(2 * time.Second), Kind: "connect", PID: 10, DAddr: netip.MustParseAddr("10.0.0.1"), DPort: 4444, Proto: "tcp", Blocked: i%2 == 0})
 	}
-	r.Add(id, Event{Time: t0.Add(3 * time.Second), Kind: "exit", PID: 10, Exit: Exit{Status: 256, Start: t0}})
-	r.Add(ident(2, "pod-b"), Event{Time: t0, Kind: "exec", PID: 20})
+	r.Add(id, api.RecordedEvent{Time: t0.Add(3 * time.Second), Kind: "exit", PID: 10, Exit: api.RecordedExit{Status: 256, Start: t0}})
+	r.Add(ident(2, "pod-b"), api.RecordedEvent{Time: t0, Kind: "exec", PID: 20})
 
 	recs, ok := r.Pod("pod-a")
 	if !ok || len(recs) != 1 {
@@ -54,11 +55,11 @@ func TestBoundsAndTTL(t *testing.T) {
 	r := New(Options{TTL: time.Minute, PerCgroup: 50, MaxBytes: budget, MaxRows: 10})
 	t0 := time.Unix(1700000000, 0)
 	for i := range 1000 {
-		r.Add(ident(1, "storm"), Event{Time: t0.Add(time.Duration(i) * time.Millisecond), Kind: "connect", DPort: uint16(i), Proto: "udp"})
+		r.Add(ident(1, "storm"), api.RecordedEvent{Time: t0.Add(time.Duration(i) * time.Millisecond), Kind: "connect", DPort: uint16(i), Proto: "udp"})
 	}
 	for i := range 60 {
-		r.Add(ident(2, "quiet"), Event{Time: t0, Kind: "exec", PID: uint32(i)})
-		r.Add(ident(3, "other"), Event{Time: t0, Kind: "exec", PID: uint32(i)})
+		r.Add(ident(2, "quiet"), api.RecordedEvent{Time: t0, Kind: "exec", PID: uint32(i)})
+		r.Add(ident(3, "other"), api.RecordedEvent{Time: t0, Kind: "exec", PID: uint32(i)})
 	}
 	st := r.Stats()
 	if st.Bytes > budget || st.Evicted == 0 {
@@ -95,10 +96,10 @@ func TestMemoryBound(t *testing.T) {
 		id := ident(uint64(c+1), fmt.Sprintf("pod-%d", c))
 		for i := range 1500 {
 			pid := uint32(c*100000 + i)
-			r.Add(id, Event{Time: t0, Kind: "exec", PID: pid, Comm: "compile", Exe: "/usr/local/go/pkg/tool/linux_amd64/compile",
+			r.Add(id, api.RecordedEvent{Time: t0, Kind: "exec", PID: pid, Comm: "compile", Exe: "/usr/local/go/pkg/tool/linux_amd64/compile",
 				Args: []string{"compile", "-o", fmt.Sprintf("/tmp/go-build%d/b%03d/_pkg_.a", c, i), "-p", fmt.Sprintf("example.com/pkg%d", i)}})
-			r.Add(id, Event{Time: t0, Kind: "exit", PID: pid})
-			r.Add(id, Event{Time: t0, Kind: "connect", PID: pid, DAddr: netip.AddrFrom4([4]byte{10, 0, byte(c), byte(i)}), DPort: 443, Proto: "tcp"})
+			r.Add(id, api.RecordedEvent{Time: t0, Kind: "exit", PID: pid})
+			r.Add(id, api.RecordedEvent{Time: t0, Kind: "connect", PID: pid, DAddr: netip.AddrFrom4([4]byte{10, 0, byte(c), byte(i)}), DPort: 443, Proto: "tcp"})
 		}
 	}
 	runtime.GC()
