@@ -25,6 +25,7 @@ import (
 	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/sensor/api"
 )
 
 // Name is the step's name: its Knative Service and reply types.
@@ -162,9 +163,7 @@ func observe(e cloudevents.Event) observation {
 		o.dest = a + ":" + o.port
 	}
 	if e.Type() == events.TypeProcessExec {
-		var d struct {
-			Args []string `json:"args"`
-		}
+		var d api.EventData
 		if json.Unmarshal(e.Data(), &d) == nil {
 			o.hosts = hostNames(d.Args)
 		}
