@@ -46,11 +46,11 @@ func TestPlaybookBadInputWritesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(in, "good.yaml"), good, 0o644)
+	writeFile(t, filepath.Join(in, "good.yaml"), good)
 	bad := strings.Replace(string(good), "  - function: respawn\n    after: snapshot\n", "  - function: respawn\n    after: snapshot\n  - function: nuke\n    after: classify\n", 1)
 	bad = strings.Replace(bad, "name: ptrace", "name: ptrace-bad", 1)
 	bad = strings.Replace(bad, "severity: high", "severity: high\nsevrity: low", 1)
-	os.WriteFile(filepath.Join(in, "bad.yaml"), []byte(bad), 0o644)
+	writeFile(t, filepath.Join(in, "bad.yaml"), []byte(bad))
 
 	for _, args := range [][]string{{"playbook", "validate", in}, {"playbook", "compile", "--out", filepath.Join(in, "out"), in}} {
 		out, stderr, code := runParry(t, args...)
@@ -72,7 +72,7 @@ func TestPlaybookBadInputWritesNothing(t *testing.T) {
 		t.Errorf("compile of bad input wrote %s", filepath.Join(in, "out"))
 	}
 	// Fix the unknown field: the unknown step is still reported.
-	os.WriteFile(filepath.Join(in, "bad.yaml"), []byte(strings.Replace(bad, "sevrity: low\n", "", 1)), 0o644)
+	writeFile(t, filepath.Join(in, "bad.yaml"), []byte(strings.Replace(bad, "sevrity: low\n", "", 1)))
 	_, stderr, code := runParry(t, "playbook", "compile", "--out", filepath.Join(in, "out"), in)
 	if code != 1 || !regexp.MustCompile(`bad\.yaml:\d+:\d+: unknown step "nuke"`).MatchString(stderr) {
 		t.Errorf("exit %d:\n%s", code, stderr)
@@ -83,6 +83,17 @@ func TestPlaybookBadInputWritesNothing(t *testing.T) {
 	if _, _, code := runParry(t, "playbook"); code != 2 {
 		t.Errorf("parry playbook without a subcommand: exit %d, want 2", code)
 	}
+	// The control: without the bad file the same command writes the output
+	// where the checks above found none.
+	if err := os.Remove(filepath.Join(in, "bad.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if o, stderr, code := runParry(t, "playbook", "compile", "--out", filepath.Join(in, "out"), in); code != 0 {
+		t.Fatalf("compile of the good playbook alone: exit %d\n%s%s", code, o, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(in, "out", "400-playbook-ptrace.yaml")); err != nil {
+		t.Fatalf("compile of the good playbook alone wrote no Triggers: %v", err)
+	}
 }
 
 func TestPlaybookCompileLoadsAsParryRunDoes(t *testing.T) {
@@ -90,8 +101,11 @@ func TestPlaybookCompileLoadsAsParryRunDoes(t *testing.T) {
 	if o, stderr, code := runParry(t, "playbook", "compile", "--out", out, "../../playbooks"); code != 0 {
 		t.Fatalf("exit %d\n%s%s", code, o, stderr)
 	}
-	broker, _ := os.ReadFile("../../config/200-broker.yaml")
-	os.WriteFile(filepath.Join(out, "200-broker.yaml"), broker, 0o644)
+	broker, err := os.ReadFile("../../config/200-broker.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(out, "200-broker.yaml"), broker)
 	set, err := manifest.LoadDir(context.Background(), out)
 	if err != nil {
 		t.Fatal(err)
@@ -100,8 +114,14 @@ func TestPlaybookCompileLoadsAsParryRunDoes(t *testing.T) {
 		t.Errorf("%d Triggers", len(set.Triggers))
 	}
 	for _, name := range []string{"300-sensor-filters.yaml", "310-playbooks.yaml", "400-playbook-reverse-shell.yaml"} {
-		got, _ := os.ReadFile(filepath.Join(out, name))
-		want, _ := os.ReadFile(filepath.Join("../../config", name))
+		got, err := os.ReadFile(filepath.Join(out, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := os.ReadFile(filepath.Join("../../config", name))
+		if err != nil {
+			t.Fatal(err)
+		}
 		if !bytes.Equal(got, want) {
 			t.Errorf("%s differs from config/: run parry playbook compile --out config/ playbooks/", name)
 		}

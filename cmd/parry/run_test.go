@@ -63,7 +63,10 @@ func startParry(t *testing.T, configDir, journalPath, addr string) *parryProcess
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "run", "--no-sensor", "--config", configDir, "--journal", journalPath, "--listen", addr, "--log-format", "json")
-	stderr, _ := cmd.StderrPipe()
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +101,10 @@ func postEvent(t *testing.T, url, id string) int {
 	e.SetID(id)
 	e.SetSource("crash-test")
 	e.SetType("dev.parry.test.v1")
-	req, _ := http.NewRequest(http.MethodPost, url, nil)
+	req, err := http.NewRequest(http.MethodPost, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cehttp.WriteRequest(context.Background(), binding.ToMessage(&e), req); err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +131,11 @@ func TestCrashLosesNothingAndRepeatsNoCompletedDelivery(t *testing.T) {
 	sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("ce-id")
 		var i int
-		fmt.Sscanf(id, "ev-%d", &i)
+		if _, err := fmt.Sscanf(id, "ev-%d", &i); err != nil {
+			t.Errorf("the subscriber got an event id %q not of the test's: %v", id, err)
+			http.Error(w, "unknown id", http.StatusBadRequest)
+			return
+		}
 		select {
 		case <-phase2:
 		default:
@@ -148,8 +158,8 @@ func TestCrashLosesNothingAndRepeatsNoCompletedDelivery(t *testing.T) {
 
 	dir := t.TempDir()
 	config := filepath.Join(dir, "config")
-	os.Mkdir(config, 0o755)
-	os.WriteFile(filepath.Join(config, "broker.yaml"), []byte(fmt.Sprintf(`apiVersion: eventing.knative.dev/v1
+	mkdir(t, config)
+	writeFile(t, filepath.Join(config, "broker.yaml"), []byte(fmt.Sprintf(`apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata: {name: parry, namespace: parry-system}
 ---
@@ -160,7 +170,7 @@ spec:
   broker: parry
   subscriber: {uri: %q}
   delivery: {retry: 50, backoffPolicy: linear, backoffDelay: PT2S, timeout: PT60S}
-`, sub.URL)), 0o644)
+`, sub.URL)))
 	journalPath := filepath.Join(dir, "journal.db")
 	addr := freeAddr(t)
 
@@ -199,7 +209,7 @@ spec:
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd.Wait()
+	p.cmd.Wait() // "signal: killed", as intended
 	close(phase2)
 
 	p = startParry(t, config, journalPath, addr)
@@ -212,6 +222,28 @@ spec:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("after the restart only %d of %d events reached the subscriber", got, n)
+		}
+	}
+	// Every delivery the restarted broker owns is done, as its journal
+	// says: nothing is left that may legitimately be delivered again.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		entries, err := j.Last(context.Background(), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := 0
+		for _, e := range entries {
+			for _, d := range e.Deliveries {
+				if d.State == journal.Done {
+					done++
+				}
+			}
+		}
+		if len(entries) == n && done == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the restart the journal holds %d events with %d of %d deliveries done", len(entries), done, n)
 		}
 	}
 	time.Sleep(300 * time.Millisecond) // let any wrongful redelivery show up
@@ -237,17 +269,17 @@ func TestRunFailsClearly(t *testing.T) {
 	}
 	defer busy.Close()
 	blocker := filepath.Join(dir, "file")
-	os.WriteFile(blocker, nil, 0o600)
+	writeFile(t, blocker, nil)
 	badConfig := filepath.Join(dir, "bad")
-	os.Mkdir(badConfig, 0o755)
-	os.WriteFile(filepath.Join(badConfig, "t.yaml"), []byte(`apiVersion: eventing.knative.dev/v1
+	mkdir(t, badConfig)
+	writeFile(t, filepath.Join(badConfig, "t.yaml"), []byte(`apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata: {name: t, namespace: parry-system}
 spec:
   broker: parry
   filters: [{cesql: "type = "}]
   subscriber: {uri: "http://127.0.0.1:9/"}
-`), 0o644)
+`))
 	cases := []struct {
 		name string
 		args []string
@@ -272,5 +304,19 @@ spec:
 				}
 			}
 		})
+	}
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mkdir(t *testing.T, path string) {
+	t.Helper()
+	if err := os.Mkdir(path, 0o755); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -2,13 +2,13 @@ package main_test
 
 import (
 	"context"
-
 	"encoding/json"
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
@@ -27,12 +27,21 @@ func TestTraceShowsTheChainAndWhy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, _ := events.New(events.Spec{Type: events.TypeNetworkConnect, Source: "parry://sensor/n1", Key: "k",
+	root, err := events.New(events.Spec{Type: events.TypeNetworkConnect, Source: "parry://sensor/n1", Key: "k",
 		Extensions: map[string]string{events.ExtPodName: "web-1", events.ExtDestPort: "3333"}})
-	opened, _ := events.Reply(root, events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: "c",
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened, err := events.Reply(root, events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: "c",
 		Extensions: map[string]string{events.ExtIncident: "inc-t"}, Data: map[string]any{"reasons": []string{"+70: playbook crypto-miner (high)"}}})
-	failed, _ := events.Reply(opened, events.Spec{Type: events.StepFailed("isolate"), Source: "parry://function/isolate", Key: "i",
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed, err := events.Reply(opened, events.Spec{Type: events.StepFailed("isolate"), Source: "parry://function/isolate", Key: "i",
 		Data: map[string]string{"reason": "refused: namespace kube-system is protected"}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, err := j.Append(ctx, record(t, root))
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +53,9 @@ func TestTraceShowsTheChainAndWhy(t *testing.T) {
 	if _, err := j.Complete(ctx, journal.Key{Seq: b.Seq, Trigger: "parry-system/next", Target: journal.ToSubscriber}, 1, ptr(record(t, failed))); err != nil {
 		t.Fatal(err)
 	}
-	j.Close()
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	out, err := exec.Command(bin, "trace", "--journal", path, "inc-t").CombinedOutput()
 	if err != nil {
