@@ -27,6 +27,7 @@ func commands() []command {
 		{"run", "run the embedded default: broker, journal, functions and sensor in one process", runCommand},
 		{"sensor", "run the eBPF sensor alone, sending to --sink or $K_SINK (the DaemonSet's command)", sensorCommand},
 		{"playbook", "validate playbooks and compile them into Triggers and sensor filters", playbookCommand},
+		{"steps", "describe the response steps: parameters, permissions and an example", stepsCommand},
 		{"trace", "show an incident's causal chain from the first syscall to the last step", traceCommand},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, buildinfo.String())

@@ -8,7 +8,7 @@ import (
 
 	"parry.dev/parry/internal/manifest"
 	"parry.dev/parry/internal/playbook"
-	"parry.dev/parry/internal/steps"
+	"parry.dev/parry/internal/stack"
 )
 
 func playbookCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -32,7 +32,7 @@ func playbookCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		}
 		// Compile in memory: validation then catches all compile would,
 		// Knative's own Trigger validation included.
-		if _, err := playbook.Compile(ctx, srcs, steps.Specs()); err != nil {
+		if _, err := playbook.Compile(ctx, srcs, stack.Registry()); err != nil {
 			return positioned(err, stderr)
 		}
 		fmt.Fprintf(stdout, "%d playbooks valid\n", len(srcs))
@@ -51,7 +51,7 @@ func playbookCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		if err != nil {
 			return positioned(err, stderr)
 		}
-		files, err := playbook.Compile(ctx, srcs, steps.Specs())
+		files, err := playbook.Compile(ctx, srcs, stack.Registry())
 		if err != nil {
 			return positioned(err, stderr)
 		}

@@ -5,15 +5,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 
 	"github.com/rs/zerolog"
 
-	"parry.dev/parry/internal/broker"
+	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/logging"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
-	"parry.dev/parry/internal/steps"
 	"parry.dev/parry/sensor"
 )
 
@@ -38,11 +38,11 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dirs := steps.Dirs{Config: *configDir, State: filepath.Dir(*journalPath)}
+	stateDir := filepath.Dir(*journalPath)
 	if sensorCfg.FiltersPath == "" {
 		// The sensor watches what the playbooks need: the compiled
 		// ConfigMap in config/, as the DaemonSet mounts it in a cluster.
-		path, ok, err := playbook.SensorFiltersFromConfig(*configDir, dirs.State)
+		path, ok, err := playbook.SensorFiltersFromConfig(*configDir, stateDir)
 		if err != nil {
 			return fmt.Errorf("writing the sensor's filters beside the journal: %w (pass --journal with a writable path)", err)
 		}
@@ -52,7 +52,19 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	opts := stack.Options{
 		ConfigDir: *configDir, JournalPath: *journalPath, Listen: *listen, MaxEventBytes: *maxEvent, Log: log,
-		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) { return steps.InProcess(s, log, dirs) },
+		Steps: stack.Steps(), StateDir: stateDir,
+	}
+	// The steps act on the cluster in $KUBECONFIG, if any, and revoke Vault
+	// credentials with $VAULT_ADDR and $VAULT_TOKEN, if set.
+	if path := os.Getenv("KUBECONFIG"); path != "" {
+		if opts.Kube, err = clients.KubeConfig(path); err != nil {
+			return err
+		}
+	}
+	if addr := os.Getenv("VAULT_ADDR"); addr != "" {
+		if opts.Vault, err = clients.Vault(addr, os.Getenv("VAULT_TOKEN")); err != nil {
+			return err
+		}
 	}
 	if !*noSensor {
 		opts.Sensor = &sensorCfg

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -22,25 +23,47 @@ import (
 	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
 
 	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/internal/step"
 	"parry.dev/parry/sensor/api"
 )
 
 // Name is the step's name: its Knative Service and reply types.
 const Name = playbook.RootFunction
 
-// Spec declares classify's parameters.
-func Spec() function.Spec {
-	return function.Spec{
+// Definition declares classify and builds it from the compiled playbook
+// bundle (Deps.Playbooks: classify evaluates the playbooks' match filters
+// itself, so it needs the whole bundle), keeping baselines, open incidents
+// and circuit breakers in Deps.StateDir/classify.json.
+func Definition() step.Definition {
+	return step.Definition{Spec: spec(), New: func(_ context.Context, d step.Deps) (step.Action, error) {
+		bundle, ok := d.Playbooks.(*playbook.Bundle)
+		if !ok {
+			return nil, fmt.Errorf("classify needs the compiled playbook bundle, got %T", d.Playbooks)
+		}
+		c, err := New(Options{Bundle: bundle, StorePath: filepath.Join(d.StateDir, "classify.json"), Log: d.Log})
+		if err != nil {
+			return nil, err
+		}
+		return c.act, nil
+	}}
+}
+
+func spec() step.Spec {
+	return step.Spec{
 		Name:        Name,
-		Description: "opens an incident for a playbook's matching events (or joins the open one), scores it against the workload's baseline, and applies the guardrails",
-		Params: []function.Param{
-			{Name: "threshold", Type: function.Int, Default: "40", Description: "score (0-100) at which an incident opens; below it the event is recorded as suppressed"},
-			{Name: "dedupWindow", Type: function.Duration, Default: "10m", Description: "events of the same pod and playbook within this time of the incident's last event join it"},
+		Description: "Open an incident for a playbook's matching events (or join the open one), score it against the workload's baseline, and apply the guardrails.",
+		Params: []step.Param{
+			{Name: "threshold", Type: step.Int, Default: "40", Description: "score (0-100) at which an incident opens; below it the event is recorded as suppressed"},
+			{Name: "dedupWindow", Type: step.Duration, Default: "10m", Description: "events of the same pod and playbook within this time of the incident's last event join it"},
 		},
-		Example: "- function: classify\n  params: {threshold: 40, dedupWindow: 10m}\n",
+		Example:       "- function: classify\n  params: {threshold: 40, dedupWindow: 10m}\n",
+		Playbook:      true,
+		Root:          true,
+		Replies:       true,
+		State:         true,
+		SingleReplica: true,
 	}
 }
 
@@ -108,8 +131,10 @@ func New(opts Options) (*Classifier, error) {
 	return c, nil
 }
 
-// Handle classifies one event.
-func (c *Classifier) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
+// act classifies one event: a step.Reply, or nil when the event opens,
+// joins or suppresses no incident.
+func (c *Classifier) act(ctx context.Context, r *step.Request) (any, error) {
+	e := r.Event
 	now := c.opts.Now()
 	if e.Type() == events.TypeSensorHealth {
 		if events.String(e, events.ExtSeverity) == "warning" {
@@ -148,7 +173,10 @@ func (c *Classifier) Handle(ctx context.Context, e cloudevents.Event) (*cloudeve
 	if err != nil {
 		return nil, err
 	}
-	return reply, c.st.save(c.opts.StorePath)
+	if err := c.st.save(c.opts.StorePath); err != nil {
+		return nil, err
+	}
+	return reply, nil
 }
 
 // observation is what an event tells about its workload's behaviour.
@@ -256,10 +284,10 @@ func (c *Classifier) learn(wl string, o observation, now time.Time) bool {
 	return changed
 }
 
-func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl string, anomalyReasons []string, anomaly int, now time.Time) (*cloudevents.Event, error) {
+func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl string, anomalyReasons []string, anomaly int, now time.Time) (step.Reply, error) {
 	params, ok := c.opts.Bundle.Step(pb.Name, Name)
 	if !ok {
-		return nil, fmt.Errorf("playbook %s has no classify step in the bundle (recompile the playbooks)", pb.Name)
+		return step.Reply{}, fmt.Errorf("playbook %s has no classify step in the bundle (recompile the playbooks)", pb.Name)
 	}
 	threshold := params.Int("threshold")
 	window := params.Duration("dedupWindow")
@@ -268,12 +296,12 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 		if inc.First == e.ID() {
 			// The same event again (another Trigger, or a redelivery):
 			// the same reply, with the same id.
-			return c.reply(e, events.TypeIncidentOpened, pb, inc.ID, inc.Score, inc.Response, inc.Reasons)
+			return c.reply(events.TypeIncidentOpened, pb, inc.ID, inc.Score, inc.Response, inc.Reasons)
 		}
 		inc.Last = now
 		inc.Events++
 		c.opts.Log.Debug().Str("incident", inc.ID).Str("playbook", pb.Name).Str("event_id", e.ID()).Msg("joined the open incident")
-		return c.reply(e, events.TypeIncidentJoined, pb, inc.ID, inc.Score, inc.Response,
+		return c.reply(events.TypeIncidentJoined, pb, inc.ID, inc.Score, inc.Response,
 			[]string{fmt.Sprintf("joined incident %s (%d events): same pod and playbook within %s of its last event", inc.ID, inc.Events, window)})
 	}
 	base := severityPoints(pb.Severity)
@@ -281,40 +309,35 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 	reasons := append([]string{fmt.Sprintf("+%d: playbook %s (%s): %s", base, pb.Name, pb.Severity, pb.Description)}, anomalyReasons...)
 	if score < threshold {
 		reasons = append(reasons, fmt.Sprintf("score %d is below the threshold %d: recorded, not acted on", score, threshold))
-		return c.reply(e, events.TypeIncidentSuppressed, pb, "", score, "", reasons)
+		return c.reply(events.TypeIncidentSuppressed, pb, "", score, "", reasons)
 	}
-	response, why := c.guard(e, pb, now)
+	id := incidentID(e, pb.Name)
+	response, why := c.guard(e, pb, id, now)
 	reasons = append(reasons, why)
-	inc := &incident{ID: incidentID(e, pb.Name), Playbook: pb.Name, Pod: pod(e), Workload: wl, First: e.ID(),
+	inc := &incident{ID: id, Playbook: pb.Name, Pod: pod(e), Workload: wl, First: e.ID(),
 		Opened: now, Last: now, Events: 1, Score: score, Response: response, Reasons: reasons}
 	c.st.Incidents[key] = inc
 	c.st.expire(now)
 	c.opts.Log.Info().Str("incident", inc.ID).Str("playbook", pb.Name).Int("score", score).Str("response", response).
 		Str("pod", inc.Pod).Msg("incident opened")
-	return c.reply(e, events.TypeIncidentOpened, pb, inc.ID, score, response, reasons)
+	return c.reply(events.TypeIncidentOpened, pb, inc.ID, score, response, reasons)
 }
 
 // guard applies the guardrails to a new incident.
-func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, now time.Time) (string, string) {
+func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, incident string, now time.Time) (string, string) {
 	g := pb.Guardrails
 	if ns := events.String(e, events.ExtPodNamespace); guard.IsProtected(ns, g.ProtectedNamespaces) {
 		return events.ResponseEscalate, fmt.Sprintf("escalated: namespace %s is protected; parry never acts there", ns)
 	}
-	br := c.st.Breakers[pb.Name]
-	if br == nil {
-		br = &breaker{}
-		c.st.Breakers[pb.Name] = br
-	}
-	per := g.Per()
-	br.Opened = slices.DeleteFunc(br.Opened, func(t time.Time) bool { return now.Sub(t) > per })
-	br.Opened = append(br.Opened, now)
-	if now.Before(br.TrippedUntil) {
-		return events.ResponseEscalate, fmt.Sprintf("escalated: playbook %s's circuit breaker is open until %s", pb.Name, br.TrippedUntil.UTC().Format(time.RFC3339))
-	}
-	if len(br.Opened) > g.RateIncidents {
-		br.TrippedUntil = now.Add(per)
-		return events.ResponseEscalate, fmt.Sprintf("escalated: playbook %s opened %d incidents within %s (limit %d); circuit breaker open until %s",
-			pb.Name, len(br.Opened), per, g.RateIncidents, br.TrippedUntil.UTC().Format(time.RFC3339))
+	if g.RateIncidents > 0 {
+		br := c.st.Breakers[pb.Name]
+		if br == nil {
+			br = &guard.Breaker{}
+			c.st.Breakers[pb.Name] = br
+		}
+		if refusal := br.Admit(now, pb.Name, incident, g); refusal != nil {
+			return events.ResponseEscalate, "escalated: " + refusal.Reason
+		}
 	}
 	if g.RequireHealthySensor {
 		node := events.String(e, events.ExtNode)
@@ -339,7 +362,7 @@ type Data struct {
 	Reasons     []string `json:"reasons"`
 }
 
-func (c *Classifier) reply(e cloudevents.Event, typ string, pb playbook.Compiled, inc string, score int, response string, reasons []string) (*cloudevents.Event, error) {
+func (c *Classifier) reply(typ string, pb playbook.Compiled, inc string, score int, response string, reasons []string) (step.Reply, error) {
 	sev := scoreSeverity(score)
 	ext := map[string]string{
 		events.ExtIncident: inc, events.ExtPlaybook: pb.Name, events.ExtSeverity: sev,
@@ -348,15 +371,10 @@ func (c *Classifier) reply(e cloudevents.Event, typ string, pb playbook.Compiled
 	if typ != events.TypeIncidentJoined {
 		ext[events.ExtDescription] = pb.Description
 	}
-	r, err := events.Reply(e, events.Spec{
-		Type: typ, Source: "parry://classify", Key: pb.Name,
-		Extensions: ext,
-		Data:       Data{Incident: inc, Playbook: pb.Name, Description: pb.Description, Score: score, Severity: sev, Response: response, Reasons: reasons},
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &r, nil
+	return step.Reply{
+		Type: typ, Key: pb.Name, Extensions: ext,
+		Data: Data{Incident: inc, Playbook: pb.Name, Description: pb.Description, Score: score, Severity: sev, Response: response, Reasons: reasons},
+	}, nil
 }
 
 // incidentID derives from the first event and the playbook, so a

@@ -12,9 +12,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/internal/step"
 )
 
 // clock is a settable time source.
@@ -23,9 +23,9 @@ type clock struct{ t time.Time }
 func (c *clock) now() time.Time          { return c.t }
 func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
-func compiled(name, severity string, match []playbook.Filter, params function.Params, g playbook.CompiledGuardrails) playbook.Compiled {
+func compiled(name, severity string, match []playbook.Filter, params step.Params, g guard.Rules) playbook.Compiled {
 	if params == nil {
-		params = function.Params{"threshold": "40", "dedupWindow": "10m"}
+		params = step.Params{"threshold": "40", "dedupWindow": "10m"}
 	}
 	if g.RateIncidents == 0 {
 		g.RateIncidents, g.RatePer = 10, "10m"
@@ -68,9 +68,10 @@ func exec(t *testing.T, pod, comm, exe string, args ...string) cloudevents.Event
 	return sensorEvent(t, events.TypeProcessExec, map[string]string{"poduid": pod, "comm": comm, "exe": exe}, map[string]any{"args": args})
 }
 
+// handle runs c as the step runtime does.
 func handle(t *testing.T, c *Classifier, e cloudevents.Event) *cloudevents.Event {
 	t.Helper()
-	r, err := c.Handle(context.Background(), e)
+	r, err := step.Handler(Definition(), c.act, step.Deps{Log: zerolog.Nop()})(context.Background(), e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +89,7 @@ func data(t *testing.T, e *cloudevents.Event) Data {
 
 func TestOpenJoinAndDedupWindow(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	c := newClassifier(t, "", clk, compiled("pm", "medium", execOf("dpkg"), nil, playbook.CompiledGuardrails{}))
+	c := newClassifier(t, "", clk, compiled("pm", "medium", execOf("dpkg"), nil, guard.Rules{}))
 	first := exec(t, "pod-a", "dpkg", "/usr/bin/dpkg")
 	r := handle(t, c, first)
 	if r == nil || r.Type() != events.TypeIncidentOpened {
@@ -134,7 +135,7 @@ func TestBaselineAnomalyPersistsAcrossRestarts(t *testing.T) {
 	store := filepath.Join(t.TempDir(), "classify.json")
 	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	// low severity (20) with threshold 40: only anomalies can open it.
-	pb := compiled("curl", "low", execOf("curl"), nil, playbook.CompiledGuardrails{})
+	pb := compiled("curl", "low", execOf("curl"), nil, guard.Rules{})
 	c := newClassifier(t, store, clk, pb)
 	// Learning: curl is part of the workload's normal behaviour.
 	r := handle(t, c, exec(t, "pod-a", "curl", "/usr/bin/curl", "curl", "https://api.example.com/"))
@@ -170,9 +171,9 @@ func TestBaselineAnomalyPersistsAcrossRestarts(t *testing.T) {
 func TestGuardrails(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	c := newClassifier(t, "", clk,
-		compiled("limited", "high", execOf("nc"), nil, playbook.CompiledGuardrails{RateIncidents: 2, RatePer: "1m"}),
-		compiled("dry", "high", execOf("dd"), nil, playbook.CompiledGuardrails{DryRun: true, ProtectedNamespaces: []string{"payments"}}),
-		compiled("healthy", "high", execOf("hh"), nil, playbook.CompiledGuardrails{RequireHealthySensor: true}),
+		compiled("limited", "high", execOf("nc"), nil, guard.Rules{RateIncidents: 2, RatePer: "1m"}),
+		compiled("dry", "high", execOf("dd"), nil, guard.Rules{DryRun: true, ProtectedNamespaces: []string{"payments"}}),
+		compiled("healthy", "high", execOf("hh"), nil, guard.Rules{RequireHealthySensor: true}),
 	)
 	response := func(r *cloudevents.Event) string {
 		t.Helper()
@@ -215,8 +216,8 @@ func TestGuardrails(t *testing.T) {
 func TestMostSevereMatchWins(t *testing.T) {
 	clk := &clock{t: time.Now()}
 	c := newClassifier(t, "", clk,
-		compiled("a-medium", "medium", execOf("sh"), nil, playbook.CompiledGuardrails{}),
-		compiled("z-critical", "critical", execOf("sh"), nil, playbook.CompiledGuardrails{}),
+		compiled("a-medium", "medium", execOf("sh"), nil, guard.Rules{}),
+		compiled("z-critical", "critical", execOf("sh"), nil, guard.Rules{}),
 	)
 	r := handle(t, c, exec(t, "p", "sh", "/bin/sh"))
 	if r == nil || events.String(*r, events.ExtPlaybook) != "z-critical" || events.String(*r, events.ExtSeverity) != "critical" {
@@ -238,10 +239,10 @@ func TestEntropy(t *testing.T) {
 }
 
 func TestSpecValidates(t *testing.T) {
-	if _, err := Spec().Validate(map[string]any{"threshold": 50, "dedupWindow": "1m"}); err != nil {
+	if _, err := Definition().Spec.Validate(map[string]any{"threshold": 50, "dedupWindow": "1m"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Spec().Validate(map[string]any{"threshold": "x"}); err == nil {
+	if _, err := Definition().Spec.Validate(map[string]any{"threshold": "x"}); err == nil {
 		t.Fatal("bad threshold accepted")
 	}
 }

@@ -7,15 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"parry.dev/parry/internal/guard"
 )
 
 // state is what classify remembers across restarts: workload baselines,
 // open incidents (for dedup), circuit breakers and sensor loss per node.
 type state struct {
-	Workloads map[string]*baseline `json:"workloads"`
-	Incidents map[string]*incident `json:"incidents"`
-	Breakers  map[string]*breaker  `json:"breakers"`
-	Loss      map[string]time.Time `json:"loss"`
+	Workloads map[string]*baseline      `json:"workloads"`
+	Incidents map[string]*incident      `json:"incidents"`
+	Breakers  map[string]*guard.Breaker `json:"breakers"`
+	Loss      map[string]time.Time      `json:"loss"`
 }
 
 type set map[string]bool
@@ -39,11 +41,6 @@ type incident struct {
 	Score    int       `json:"score"`
 	Response string    `json:"response"`
 	Reasons  []string  `json:"reasons"`
-}
-
-type breaker struct {
-	Opened       []time.Time `json:"opened"`
-	TrippedUntil time.Time   `json:"trippedUntil"`
 }
 
 // maxWorkloads bounds the baselines kept: short-lived pods without an owner
@@ -87,7 +84,7 @@ func loadState(path string) (*state, error) {
 		st.Incidents = map[string]*incident{}
 	}
 	if st.Breakers == nil {
-		st.Breakers = map[string]*breaker{}
+		st.Breakers = map[string]*guard.Breaker{}
 	}
 	if st.Loss == nil {
 		st.Loss = map[string]time.Time{}

@@ -14,6 +14,7 @@ package failed
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -25,19 +26,32 @@ import (
 	"knative.dev/eventing/pkg/kncloudevents/attributes"
 
 	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/internal/step"
 )
 
 // Name is the function's name: the dead-letter sink of every step Trigger
 // that playbooks compile.
 const Name = playbook.DeadLetterFunction
 
-// Spec declares the function.
-func Spec() function.Spec {
-	return function.Spec{
+// Definition declares the function and builds it, publishing to the
+// Broker's ingress (Deps.Sink) with Deps.HTTP.
+func Definition() step.Definition {
+	return step.Definition{Spec: spec(), New: func(_ context.Context, d step.Deps) (step.Action, error) {
+		if d.Sink == "" {
+			return nil, errors.New("no Broker to publish to: K_SINK is unset (bind this Service to the Broker with a SinkBinding)")
+		}
+		return (&failer{publish: HTTPPublisher(d.Sink, d.HTTP)}).act, nil
+	}}
+}
+
+func spec() step.Spec {
+	return step.Spec{
 		Name:        Name,
 		Description: "Turn a dead-lettered step delivery into dev.parry.step.<step>.failed.v1 with the reason.",
+		Replies:     true,
+		Publishes:   true,
+		Account:     Name,
 	}
 }
 
@@ -66,17 +80,14 @@ func HTTPPublisher(sink string, hc *http.Client) Publisher {
 	}
 }
 
-// Failer is the function with its publisher.
-type Failer struct{ publish Publisher }
+type failer struct{ publish Publisher }
 
-// New returns the function.
-func New(publish Publisher) *Failer { return &Failer{publish: publish} }
-
-// Handle publishes the failed event of the step that gave up on e.
-func (f *Failer) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
+// act publishes the failed event of the step that gave up on the event.
+func (f *failer) act(ctx context.Context, r *step.Request) (any, error) {
+	e := r.Event
 	dest := events.String(e, attributes.KnativeErrorDestExtensionKey)
-	step := StepOf(dest)
-	if step == "" {
+	name := StepOf(dest)
+	if name == "" {
 		return nil, fmt.Errorf("dead-lettered event %s names no step in knativeerrordest %q", e.ID(), dest)
 	}
 	reason, _ := base64.StdEncoding.DecodeString(events.String(e, attributes.KnativeErrorDataExtensionKey))
@@ -84,7 +95,7 @@ func (f *Failer) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.
 	for _, k := range []string{attributes.KnativeErrorDestExtensionKey, attributes.KnativeErrorCodeExtensionKey, attributes.KnativeErrorDataExtensionKey} {
 		clean.SetExtension(k, nil)
 	}
-	out, err := function.Failed(clean, step, fmt.Sprintf("gave up after the Trigger's retries: %s answered %s: %s",
+	out, err := step.FailedReply(clean, name, fmt.Sprintf("gave up after the Trigger's retries: %s answered %s: %s",
 		dest, events.String(e, attributes.KnativeErrorCodeExtensionKey), strings.TrimSpace(string(reason))))
 	if err != nil {
 		return nil, err

@@ -5,19 +5,23 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/rs/zerolog"
 
 	"parry.dev/parry/functions/failed"
-	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/stack"
+	"parry.dev/parry/internal/step"
 )
 
 func TestStepOf(t *testing.T) {
@@ -33,16 +37,37 @@ func TestStepOf(t *testing.T) {
 }
 
 func TestHandlePublishesTheStepsFailure(t *testing.T) {
-	cause, _ := events.New(events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: "k",
+	cause, err := events.New(events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: "k",
 		Extensions: map[string]string{events.ExtIncident: "inc-9", events.ExtPodName: "web-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cause.SetExtension("knativeerrordest", "function:isolate")
 	cause.SetExtension("knativeerrorcode", "500")
 	cause.SetExtension("knativeerrordata", base64.StdEncoding.EncodeToString([]byte("the API server is unavailable")))
+	var mu sync.Mutex
 	var got []cloudevents.Event
-	f := failed.New(func(_ context.Context, e cloudevents.Event) error { got = append(got, e); return nil })
-	if _, err := f.Handle(context.Background(), cause); err != nil {
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		got = append(got, *e)
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer sink.Close()
+	h, err := step.Build(t.Context(), failed.Definition(), step.Deps{Sink: sink.URL, HTTP: sink.Client(), Log: zerolog.Nop()})
+	if err != nil {
 		t.Fatal(err)
 	}
+	if reply, err := h(context.Background(), cause); err != nil || reply != nil {
+		t.Fatalf("reply %v, error %v: want none (the failed event is published)", reply, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
 	if len(got) != 1 || got[0].Type() != events.StepFailed("isolate") || events.String(got[0], events.ExtIncident) != "inc-9" ||
 		events.String(got[0], events.ExtCausation) != cause.ID() || !strings.Contains(string(got[0].Data()), "the API server is unavailable") {
 		t.Fatalf("published %+v", got)
@@ -56,7 +81,7 @@ func TestHandlePublishesTheStepsFailure(t *testing.T) {
 // parry-failed, whose failed event re-enters the broker and the journal.
 func TestThroughTheBroker(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(`apiVersion: eventing.knative.dev/v1
+	writeErr := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(`apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata: {name: parry, namespace: parry-system}
 ---
@@ -73,21 +98,25 @@ spec:
     backoffDelay: PT0.01S
     deadLetterSink: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: parry-failed}}
 `), 0o644)
+	if writeErr != nil {
+		t.Fatal(writeErr)
+	}
 	s, err := stack.Start(context.Background(), stack.Options{ConfigDir: dir, JournalPath: filepath.Join(dir, "j.db"), Listen: "127.0.0.1:0", Log: zerolog.Nop(),
-		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) {
-			return map[string]broker.Handler{
-				"flaky": func(context.Context, cloudevents.Event) (*cloudevents.Event, error) {
-					return nil, errors.New("the API server is unavailable")
-				},
-				failed.Name: failed.New(failed.HTTPPublisher(s.BrokerURL(stack.DefaultBroker), http.DefaultClient)).Handle,
-			}, nil
+		Steps: []step.Definition{failed.Definition()},
+		Functions: map[string]events.Handler{
+			"flaky": func(context.Context, cloudevents.Event) (*cloudevents.Event, error) {
+				return nil, errors.New("the API server is unavailable")
+			},
 		}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Stop()
-	cause, _ := events.New(events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: "k2",
+	cause, err := events.New(events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: "k2",
 		Extensions: map[string]string{events.ExtIncident: "inc-dl"}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := failed.HTTPPublisher(s.BrokerURL(stack.DefaultBroker), http.DefaultClient)(context.Background(), cause); err != nil {
 		t.Fatal(err)
 	}

@@ -6,13 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/rs/zerolog"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -22,30 +19,30 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
-	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/function"
-	"parry.dev/parry/internal/guard"
-	"parry.dev/parry/sensor/client"
+	"parry.dev/parry/internal/labels"
+	"parry.dev/parry/internal/step"
 )
 
 // Name is the step's name: its Knative Service and its event types.
 const Name = "isolate"
 
-// Labels and annotations isolate writes.
-const (
-	QuarantineLabel  = "parry.dev/quarantine"
-	IncidentAnnot    = "parry.dev/incident"
-	QuarantinedAnnot = "parry.dev/quarantined-at"
-)
+// Definition declares the step and builds it: the in-kernel block goes
+// through the node's sensor (Deps.Sensors, nil where none runs: the block is
+// then reported as not applied), the label and policy through Deps.Kube
+// (nil without a cluster: reported as skipped).
+func Definition() step.Definition {
+	return step.Definition{Spec: spec(), New: func(_ context.Context, d step.Deps) (step.Action, error) {
+		return (&isolator{kube: d.Kube, sensors: d.Sensors, now: time.Now}).act, nil
+	}}
+}
 
-// Spec declares the step.
-func Spec() function.Spec {
-	return function.Spec{
+func spec() step.Spec {
+	return step.Spec{
 		Name:        Name,
 		Description: "Cut one pod off the network: in-kernel connect block on its node, quarantine label, and a deny-all NetworkPolicy for the incident's pods.",
-		Params: []function.Param{
-			{Name: "allowEgress", Type: function.StringList, Description: `egress the quarantined pod keeps: "dns" (port 53 to kube-dns) or "CIDR:port" (e.g. a forensics collector 10.0.0.5/32:443)`},
-			{Name: "kernelBlock", Type: function.Bool, Default: "true", Description: "also block connects in the kernel on the pod's node (at once, whatever the CNI enforces)"},
+		Params: []step.Param{
+			{Name: "allowEgress", Type: step.StringList, Description: `egress the quarantined pod keeps: "dns" (port 53 to kube-dns) or "CIDR:port" (e.g. a forensics collector 10.0.0.5/32:443)`},
+			{Name: "kernelBlock", Type: step.Bool, Default: "true", Description: "also block connects in the kernel on the pod's node (at once, whatever the CNI enforces)"},
 		},
 		ClusterRules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "patch"}},
@@ -56,6 +53,10 @@ func Spec() function.Spec {
   function: isolate
   params:
     allowEgress: [dns]`,
+		Target:   step.TargetPod,
+		Playbook: true,
+		DryRun:   true,
+		Sensors:  true,
 	}
 }
 
@@ -63,24 +64,10 @@ func Spec() function.Spec {
 // a cluster; the in-kernel block still applies.
 const noCluster = "skipped: no Kubernetes cluster (KUBECONFIG is unset); only the in-kernel block applies"
 
-// SensorLocator returns the API of the sensor on a node.
-type SensorLocator func(ctx context.Context, node string) (*client.Client, error)
-
-// Isolator is the isolate step with its clients.
-type Isolator struct {
-	kube      kubernetes.Interface
-	sensors   SensorLocator
-	playbooks function.Playbooks
-	guard     *guard.Guard
-	log       zerolog.Logger
-	now       func() time.Time
-}
-
-// New returns the step. sensors may be nil where no sensor runs; the kernel
-// block is then reported as not applied. kube may be nil without a cluster;
-// the label and policy are then reported as skipped.
-func New(kube kubernetes.Interface, sensors SensorLocator, playbooks function.Playbooks, log zerolog.Logger) *Isolator {
-	return &Isolator{kube: kube, sensors: sensors, playbooks: playbooks, guard: guard.New(), log: log.With().Str("component", Name).Logger(), now: time.Now}
+type isolator struct {
+	kube    kubernetes.Interface
+	sensors step.SensorLocator
+	now     func() time.Time
 }
 
 // Result is the reply's data.
@@ -102,42 +89,31 @@ type Result struct {
 	Intended []any `json:"intended,omitempty"`
 }
 
-// Handle isolates the pod an incident names.
-func (s *Isolator) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
-	ns, name, uid := events.String(e, events.ExtPodNamespace), events.String(e, events.ExtPodName), events.String(e, events.ExtPodUID)
-	incident, playbook := events.String(e, events.ExtIncident), events.String(e, events.ExtPlaybook)
-	if incident == "" || (uid == "" && (ns == "" || name == "")) {
-		return s.failed(e, "the event names no pod (poduid, or podns and podname) or no incident: nothing to isolate")
-	}
-	cfg, err := s.playbooks.StepConfig(playbook, Name)
-	if err != nil {
-		return s.failed(e, fmt.Sprintf("playbook %q: %v", playbook, err))
-	}
-	res := Result{Namespace: ns, Pod: name, PodUID: uid, Node: events.String(e, events.ExtNode), DryRun: cfg.DryRun,
-		Label: QuarantineLabel + "=" + labelValue(incident), NetworkPolicy: policyName(incident), KernelBlock: "off"}
+// act isolates the pod an incident names.
+func (s *isolator) act(ctx context.Context, r *step.Request) (any, error) {
+	ns, name, uid, incident := r.Pod.Namespace, r.Pod.Name, r.Pod.UID, r.Incident
+	res := Result{Namespace: ns, Pod: name, PodUID: uid, Node: r.Node, DryRun: r.DryRun,
+		Label: labels.Quarantine + "=" + labels.Value(incident), NetworkPolicy: policyName(incident), KernelBlock: "off"}
 
-	// The in-kernel block is the fast path (the issue's goal is < 10 ms
-	// from the kernel event): it needs only the pod UID the sensor put in
-	// the event, so it goes first, once the namespace and the breaker allow
-	// acting; the pod's labels (is it parry's own?) are checked after, and
-	// the block is lifted if they forbid it.
-	target := guard.Target{Playbook: playbook, Incident: incident, Namespace: ns}
-	if r := s.guard.Admit(target, cfg.Guard); r != nil {
-		return s.failed(e, r.Reason)
-	}
-	policy, err := quarantinePolicy(ns, incident, cfg.Params.List("allowEgress"))
+	// The in-kernel block is the fast path (the goal is < 10 ms from the
+	// kernel event): it needs only the pod UID the sensor put in the
+	// event, so it goes first, once the namespace and the breaker allow
+	// acting (the runtime checked both); the pod's labels (is it parry's
+	// own?) are checked after, and the block is lifted if they forbid it.
+	policy, err := quarantinePolicy(ns, incident, r.Params().List("allowEgress"))
 	if err != nil {
-		return s.failed(e, err.Error())
+		return nil, step.Fail("%v", err)
 	}
 	patch := labelPatch(incident, s.now())
-	if cfg.DryRun {
+	if r.DryRun {
 		res.KernelBlock = "dry-run"
 		res.Intended = []any{map[string]any{"patch": fmt.Sprintf("pods/%s/%s", ns, name), "mergePatch": json.RawMessage(patch)}, policy}
-		return s.done(e, res)
+		return res, nil
 	}
+	kernelBlock := r.Params().Bool("kernelBlock")
 	blocked := false
-	if cfg.Params.Bool("kernelBlock") && uid != "" {
-		res.KernelBlock, res.KernelBlockAt = s.blockInKernel(ctx, res.Node, uid)
+	if kernelBlock && uid != "" {
+		res.KernelBlock, res.KernelBlockAt = s.blockInKernel(ctx, r, res.Node, uid)
 		blocked = res.KernelBlock == "applied"
 	}
 
@@ -157,7 +133,7 @@ func (s *Isolator) Handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 	case apierrors.IsNotFound(err):
 		res.PodGone = true
 	case err != nil:
-		return nil, s.transient(err, "reading pod %s/%s", ns, name)
+		return nil, transient(err, "reading pod %s/%s", ns, name)
 	default:
 		if uid == "" {
 			res.PodUID = string(pod.UID)
@@ -170,20 +146,19 @@ func (s *Isolator) Handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 			res.Node = pod.Spec.NodeName
 		}
 		if !res.PodGone {
-			target.PodLabels = pod.Labels
-			if r := s.guard.Admit(target, cfg.Guard); r != nil {
+			if err := r.AdmitPod(pod.Labels); err != nil {
 				if blocked {
-					s.unblock(ctx, res.Node, uid)
+					s.unblock(ctx, r, res.Node, uid)
 				}
-				return s.failed(e, r.Reason)
+				return nil, err
 			}
 		}
 	}
-	if cfg.Params.Bool("kernelBlock") && uid == "" && res.PodUID != "" {
-		res.KernelBlock, res.KernelBlockAt = s.blockInKernel(ctx, res.Node, res.PodUID)
+	if kernelBlock && uid == "" && res.PodUID != "" {
+		res.KernelBlock, res.KernelBlockAt = s.blockInKernel(ctx, r, res.Node, res.PodUID)
 	}
 	if res.Kubernetes != "" {
-		return s.done(e, res)
+		return res, nil
 	}
 	if !res.PodGone {
 		_, err := s.kube.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "parry-isolate"})
@@ -191,9 +166,9 @@ func (s *Isolator) Handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 		case apierrors.IsNotFound(err):
 			res.PodGone = true
 		case apierrors.IsForbidden(err):
-			return s.failed(e, "RBAC: "+err.Error())
+			return nil, step.Fail("RBAC: %v", err)
 		case err != nil:
-			return nil, s.transient(err, "labelling pod %s/%s", ns, name)
+			return nil, transient(err, "labelling pod %s/%s", ns, name)
 		}
 	}
 	_, err = s.kube.NetworkingV1().NetworkPolicies(ns).Create(ctx, policy, metav1.CreateOptions{FieldManager: "parry-isolate"})
@@ -201,17 +176,17 @@ func (s *Isolator) Handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 	case err == nil, apierrors.IsAlreadyExists(err):
 		res.PolicyAt = s.now()
 	case apierrors.IsForbidden(err):
-		return s.failed(e, "RBAC: "+err.Error())
+		return nil, step.Fail("RBAC: %v", err)
 	default:
-		return nil, s.transient(err, "creating NetworkPolicy %s/%s", ns, policy.Name)
+		return nil, transient(err, "creating NetworkPolicy %s/%s", ns, policy.Name)
 	}
-	return s.done(e, res)
+	return res, nil
 }
 
 // blockInKernel asks the node's sensor to refuse the pod's connects. A
 // failure is reported in the reply, not fatal: the label and the policy
 // still isolate the pod where the CNI enforces them.
-func (s *Isolator) blockInKernel(ctx context.Context, node, podUID string) (string, time.Time) {
+func (s *isolator) blockInKernel(ctx context.Context, r *step.Request, node, podUID string) (string, time.Time) {
 	if s.sensors == nil {
 		return "unavailable: no sensor is configured", time.Time{}
 	}
@@ -220,58 +195,37 @@ func (s *Isolator) blockInKernel(ctx context.Context, node, podUID string) (stri
 		err = c.BlockPod(ctx, podUID)
 	}
 	if err != nil {
-		s.log.Warn().Err(err).Str("node", node).Str("pod_uid", podUID).Msg("in-kernel block not applied")
+		r.Log.Warn().Err(err).Str("node", node).Msg("in-kernel block not applied")
 		return "failed: " + err.Error(), time.Time{}
 	}
 	return "applied", s.now()
 }
 
 // unblock lifts a block that a later check forbade.
-func (s *Isolator) unblock(ctx context.Context, node, podUID string) {
+func (s *isolator) unblock(ctx context.Context, r *step.Request, node, podUID string) {
 	c, err := s.sensors(ctx, node)
 	if err == nil {
 		err = c.UnblockPod(ctx, podUID)
 	}
 	if err != nil {
-		s.log.Error().Err(err).Str("pod_uid", podUID).Msg("could not lift an in-kernel block on a pod parry must not act on")
+		r.Log.Error().Err(err).Msg("could not lift an in-kernel block on a pod parry must not act on")
 	}
 }
 
-func (s *Isolator) done(cause cloudevents.Event, res Result) (*cloudevents.Event, error) {
-	return function.Done(cause, Name, res)
-}
-
-func (s *Isolator) failed(cause cloudevents.Event, reason string) (*cloudevents.Event, error) {
-	s.log.Warn().Str("event_id", cause.ID()).Str("incident", events.String(cause, events.ExtIncident)).Str("reason", reason).Msg("not isolating")
-	return function.Failed(cause, Name, reason)
-}
-
-func (s *Isolator) transient(err error, format string, args ...any) error {
+func transient(err error, format string, args ...any) error {
 	return fmt.Errorf(format+": %w (retried per the Trigger's delivery spec)", append(args, err)...)
 }
 
 func labelPatch(incident string, at time.Time) []byte {
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
-		"labels":      map[string]string{QuarantineLabel: labelValue(incident)},
-		"annotations": map[string]string{IncidentAnnot: incident, QuarantinedAnnot: at.UTC().Format(time.RFC3339Nano)},
+		"labels":      map[string]string{labels.Quarantine: labels.Value(incident)},
+		"annotations": map[string]string{labels.Incident: incident, labels.QuarantinedAt: at.UTC().Format(time.RFC3339Nano)},
 	}})
 	return patch
 }
 
-var notLabelChar = regexp.MustCompile(`[^A-Za-z0-9._-]`)
-
-// labelValue makes an incident id a valid label value (≤ 63 characters of
-// [A-Za-z0-9._-], alphanumeric at both ends).
-func labelValue(incident string) string {
-	v := notLabelChar.ReplaceAllString(incident, "-")
-	if len(v) > 63 {
-		v = v[:63]
-	}
-	return strings.Trim(v, "-._")
-}
-
 func policyName(incident string) string {
-	name := "parry-quarantine-" + strings.ToLower(labelValue(incident))
+	name := "parry-quarantine-" + strings.ToLower(labels.Value(incident))
 	if len(name) > 253 {
 		name = name[:253]
 	}
@@ -292,10 +246,10 @@ func quarantinePolicy(ns, incident string, allow []string) (*networkingv1.Networ
 	return &networkingv1.NetworkPolicy{
 		TypeMeta: metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "NetworkPolicy"},
 		ObjectMeta: metav1.ObjectMeta{Name: policyName(incident), Namespace: ns,
-			Labels:      map[string]string{guard.PartOfLabel: "parry"},
-			Annotations: map[string]string{IncidentAnnot: incident}},
+			Labels:      map[string]string{labels.PartOf: labels.PartOfParry},
+			Annotations: map[string]string{labels.Incident: incident}},
 		Spec: networkingv1.NetworkPolicySpec{
-			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{QuarantineLabel: labelValue(incident)}},
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{labels.Quarantine: labels.Value(incident)}},
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
 			Egress:      egress,
 		},

@@ -19,30 +19,50 @@ import (
 
 	"parry.dev/parry/functions/isolate"
 	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/guard"
+	"parry.dev/parry/internal/labels"
+	"parry.dev/parry/internal/step"
 	"parry.dev/parry/tests/devenv"
 )
 
 func TestMain(m *testing.M) { devenv.Main(m) }
 
 // playbooks is a fixed configuration: which playbook asks what of isolate.
-type playbooks map[string]function.StepConfig
+type playbooks map[string]step.StepConfig
 
-func (p playbooks) StepConfig(playbook, step string) (function.StepConfig, error) {
+func (p playbooks) StepConfig(playbook, _ string) (step.StepConfig, error) {
 	c, ok := p[playbook]
 	if !ok {
 		return c, fmt.Errorf("no playbook %q", playbook)
 	}
-	params, err := isolate.Spec().Validate(map[string]any{"allowEgress": []any{"dns", "10.0.0.5/32:443"}, "kernelBlock": false})
+	params, err := isolate.Definition().Spec.Validate(map[string]any{"allowEgress": []any{"dns", "10.0.0.5/32:443"}, "kernelBlock": false})
 	c.Params = params
 	return c, err
 }
 
 var config = playbooks{
 	"miner":   {},
-	"dry":     {DryRun: true},
-	"limited": {Guard: guard.Rules{RateLimit: 2, RatePer: time.Minute}},
+	"dry":     {Guard: guard.Rules{DryRun: true}},
+	"limited": {Guard: guard.Rules{RateIncidents: 2, RatePer: "1m"}},
+}
+
+// newStep is the step as the runtime runs it, without a sensor.
+func newStep(t *testing.T, kube kubernetes.Interface) events.Handler {
+	t.Helper()
+	h, err := step.Build(t.Context(), isolate.Definition(), step.Deps{Kube: kube, Playbooks: config, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func getPod(t *testing.T, cs kubernetes.Interface, ns, name string) *corev1.Pod {
+	t.Helper()
+	p, err := cs.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func makePod(t *testing.T, cs kubernetes.Interface, ns, name string) *corev1.Pod {
@@ -98,33 +118,33 @@ func TestIsolateLabelsAndStoresPolicyIdempotently(t *testing.T) {
 	ctx := context.Background()
 	pod := makePod(t, cs, "shop", "web-1")
 	sibling := makePod(t, cs, "shop", "web-2")
-	step := isolate.New(cs, nil, config, zerolog.Nop())
+	handle := newStep(t, cs)
 
 	ev := incident(pod, "miner", "inc-42")
-	reply, err := step.Handle(ctx, ev)
+	reply, err := handle(ctx, ev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	res := result(t, reply, events.StepDone(isolate.Name))
-	got, _ := cs.CoreV1().Pods("shop").Get(ctx, "web-1", metav1.GetOptions{})
-	if got.Labels[isolate.QuarantineLabel] != "inc-42" || got.Annotations[isolate.IncidentAnnot] != "inc-42" {
+	got := getPod(t, cs, "shop", "web-1")
+	if got.Labels[labels.Quarantine] != "inc-42" || got.Annotations[labels.Incident] != "inc-42" {
 		t.Fatalf("pod not labelled: %v %v", got.Labels, got.Annotations)
 	}
-	if s, _ := cs.CoreV1().Pods("shop").Get(ctx, "web-2", metav1.GetOptions{}); s.Labels[isolate.QuarantineLabel] != "" {
+	if s := getPod(t, cs, "shop", "web-2"); s.Labels[labels.Quarantine] != "" {
 		t.Fatalf("sibling %s was quarantined too", sibling.Name)
 	}
 	np, err := cs.NetworkingV1().NetworkPolicies("shop").Get(ctx, res.NetworkPolicy, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("NetworkPolicy %s not stored: %v", res.NetworkPolicy, err)
 	}
-	if np.Spec.PodSelector.MatchLabels[isolate.QuarantineLabel] != "inc-42" || len(np.Spec.Ingress) != 0 || len(np.Spec.Egress) != 2 || len(np.Spec.PolicyTypes) != 2 {
+	if np.Spec.PodSelector.MatchLabels[labels.Quarantine] != "inc-42" || len(np.Spec.Ingress) != 0 || len(np.Spec.Egress) != 2 || len(np.Spec.PolicyTypes) != 2 {
 		t.Fatalf("policy does not deny all but the allow-list: %+v", np.Spec)
 	}
 	if res.KernelBlock == "applied" {
 		t.Fatal("kernel block reported without a sensor")
 	}
 
-	again, err := step.Handle(ctx, ev)
+	again, err := handle(ctx, ev)
 	if err != nil {
 		t.Fatalf("redelivery failed: %v", err)
 	}
@@ -138,7 +158,7 @@ func TestDryRunWritesNothing(t *testing.T) {
 	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
 	ctx := context.Background()
 	pod := makePod(t, cs, "dry", "web-1")
-	reply, err := isolate.New(cs, nil, config, zerolog.Nop()).Handle(ctx, incident(pod, "dry", "inc-dry"))
+	reply, err := newStep(t, cs)(ctx, incident(pod, "dry", "inc-dry"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +166,7 @@ func TestDryRunWritesNothing(t *testing.T) {
 	if !res.DryRun || len(res.Intended) != 2 {
 		t.Fatalf("dry run did not record the intended change: %+v", res)
 	}
-	if got, _ := cs.CoreV1().Pods("dry").Get(ctx, "web-1", metav1.GetOptions{}); got.Labels[isolate.QuarantineLabel] != "" {
+	if got := getPod(t, cs, "dry", "web-1"); got.Labels[labels.Quarantine] != "" {
 		t.Fatal("dry run labelled the pod")
 	}
 	if _, err := cs.NetworkingV1().NetworkPolicies("dry").Get(ctx, res.NetworkPolicy, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
@@ -158,21 +178,21 @@ func TestGuardrails(t *testing.T) {
 	env := devenv.Require(t)
 	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
 	ctx := context.Background()
-	step := isolate.New(cs, nil, config, zerolog.Nop())
+	handle := newStep(t, cs)
 
 	system := makePod(t, cs, "kube-system", "miner")
-	reply, err := step.Handle(ctx, incident(system, "miner", "inc-sys"))
+	reply, err := handle(ctx, incident(system, "miner", "inc-sys"))
 	if err != nil || reply.Type() != events.StepFailed(isolate.Name) || !strings.Contains(string(reply.Data()), "kube-system is protected") {
 		t.Fatalf("protected namespace: %v %v", reply, err)
 	}
-	if got, _ := cs.CoreV1().Pods("kube-system").Get(ctx, "miner", metav1.GetOptions{}); got.Labels[isolate.QuarantineLabel] != "" {
+	if got := getPod(t, cs, "kube-system", "miner"); got.Labels[labels.Quarantine] != "" {
 		t.Fatal("a pod in kube-system was touched")
 	}
 
 	var refused int
 	for i := range 5 {
 		pod := makePod(t, cs, "burst", fmt.Sprint("p", i))
-		reply, err := step.Handle(ctx, incident(pod, "limited", fmt.Sprint("inc-burst-", i)))
+		reply, err := handle(ctx, incident(pod, "limited", fmt.Sprint("inc-burst-", i)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -192,8 +212,10 @@ func TestForbiddenNamesTheMissingVerb(t *testing.T) {
 	pod := makePod(t, admin, "rbac", "web-1")
 	// The step's ServiceAccount with its declared rules minus patch on pods.
 	sa := "isolate-without-patch"
-	admin.CoreV1().ServiceAccounts("rbac").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
-	rules := isolate.Spec().ClusterRules
+	if _, err := admin.CoreV1().ServiceAccounts("rbac").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rules := isolate.Definition().Spec.ClusterRules
 	rules[0].Verbs = []string{"get"}
 	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: sa}, Rules: rules}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -206,7 +228,7 @@ func TestForbiddenNamesTheMissingVerb(t *testing.T) {
 	cfg := rest.CopyConfig(env.RESTConfig())
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:rbac:" + sa}
 	limited := kubernetes.NewForConfigOrDie(cfg)
-	reply, err := isolate.New(limited, nil, config, zerolog.Nop()).Handle(ctx, incident(pod, "miner", "inc-rbac"))
+	reply, err := newStep(t, limited)(ctx, incident(pod, "miner", "inc-rbac"))
 	if err != nil {
 		t.Fatal(err)
 	}

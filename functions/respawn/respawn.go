@@ -6,43 +6,46 @@ import (
 	"fmt"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/rs/zerolog"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
+	k8slabels "k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/function"
-	"parry.dev/parry/internal/guard"
+	"parry.dev/parry/internal/labels"
+	"parry.dev/parry/internal/step"
 )
 
 // Name is the step's name.
 const Name = "respawn"
 
-// Annotations respawn writes on the orphaned pod.
-const (
-	OriginalLabelsAnnot = "parry.dev/original-labels"
-	OrphanedFromAnnot   = "parry.dev/orphaned-from"
-	// DeleteAfterAnnot holds when Reap may delete a kept quarantined pod
-	// (RFC 3339): the playbook's deleteAfter, for pods whose snapshot never
-	// succeeded. The deadline lives on the pod, so a restart loses nothing.
-	DeleteAfterAnnot = "parry.dev/delete-after"
-)
+// reapInterval is how often the reaper looks for kept quarantined pods
+// past their deleteAfter deadline.
+const reapInterval = 30 * time.Second
 
-// Spec declares the step.
-func Spec() function.Spec {
-	return function.Spec{
+// Definition declares the step and builds it. Building starts the reaper of
+// kept quarantined pods under ctx (it reads the deadlines from the pods
+// themselves, so it may run in every replica and restart at any time).
+func Definition() step.Definition {
+	return step.Definition{Spec: spec(), New: func(ctx context.Context, d step.Deps) (step.Action, error) {
+		s := &respawner{kube: d.Kube, log: d.Log.With().Str("step", Name).Logger()}
+		go s.reap(ctx, reapInterval)
+		return s.act, nil
+	}}
+}
+
+func spec() step.Spec {
+	return step.Spec{
 		Name:        Name,
 		Description: "Orphan the quarantined pod so its controller starts a clean replacement, wait for it to be Ready, delete the quarantined pod once its evidence is saved.",
-		Params: []function.Param{
-			{Name: "readyTimeout", Type: function.Duration, Default: "60s", Description: "how long to wait for the replacement to be Ready"},
-			{Name: "barePods", Type: function.String, Enum: []string{"refuse", "recreate"}, Default: "refuse", Description: "a pod without a controller: refuse, or recreate it from its spec"},
-			{Name: "deleteAfter", Type: function.Duration, Description: "delete a kept quarantined pod this long after it was orphaned even without a snapshot (unset: keep it until a respawn after snapshot.done)"},
+		Params: []step.Param{
+			{Name: "readyTimeout", Type: step.Duration, Default: "60s", Description: "how long to wait for the replacement to be Ready"},
+			{Name: "barePods", Type: step.String, Enum: []string{"refuse", "recreate"}, Default: "refuse", Description: "a pod without a controller: refuse, or recreate it from its spec"},
+			{Name: "deleteAfter", Type: step.Duration, Description: "delete a kept quarantined pod this long after it was orphaned even without a snapshot (unset: keep it until a respawn after snapshot.done)"},
 		},
 		ClusterRules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "patch", "create", "delete"}},
@@ -52,20 +55,15 @@ func Spec() function.Spec {
   function: respawn
   after: [snapshot]
   when: succeeded`,
+		Target:   step.TargetPodName,
+		Playbook: true,
+		DryRun:   true,
 	}
 }
 
-// Respawner is the respawn step with its client.
-type Respawner struct {
-	kube      kubernetes.Interface
-	playbooks function.Playbooks
-	guard     *guard.Guard
-	log       zerolog.Logger
-}
-
-// New returns the step.
-func New(kube kubernetes.Interface, playbooks function.Playbooks, log zerolog.Logger) *Respawner {
-	return &Respawner{kube: kube, playbooks: playbooks, guard: guard.New(), log: log.With().Str("component", Name).Logger()}
+type respawner struct {
+	kube kubernetes.Interface
+	log  zerolog.Logger
 }
 
 // Result is the reply's data.
@@ -82,74 +80,68 @@ type Result struct {
 	Intended    any       `json:"intended,omitempty"`
 }
 
-// Handle respawns the pod an incident names.
-func (s *Respawner) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
-	ns, name, uid := events.String(e, events.ExtPodNamespace), events.String(e, events.ExtPodName), events.String(e, events.ExtPodUID)
-	incident, playbook := events.String(e, events.ExtIncident), events.String(e, events.ExtPlaybook)
-	if ns == "" || name == "" {
-		return s.failed(e, "the event names no pod (podns, podname): nothing to respawn")
-	}
-	cfg, err := s.playbooks.StepConfig(playbook, Name)
-	if err != nil {
-		return s.failed(e, fmt.Sprintf("playbook %q: %v", playbook, err))
-	}
+// act respawns the pod an incident names.
+func (s *respawner) act(ctx context.Context, r *step.Request) (any, error) {
+	ns, name, uid := r.Pod.Namespace, r.Pod.Name, r.Pod.UID
 	if s.kube == nil {
-		return s.failed(e, "skipped: no Kubernetes cluster (KUBECONFIG is unset): nothing to respawn")
+		return nil, step.Fail("skipped: no Kubernetes cluster (KUBECONFIG is unset): nothing to respawn")
 	}
+	e := r.Event
+	cfg := r.Config
 	evidenceSaved := e.Type() == events.StepDone("snapshot")
-	res := Result{Namespace: ns, Pod: name, DryRun: cfg.DryRun}
+	res := Result{Namespace: ns, Pod: name, DryRun: r.DryRun}
 
 	pod, err := s.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err) || (err == nil && uid != "" && string(pod.UID) != uid):
 		res.DeleteNote = "the quarantined pod is already gone; its controller replaces it as usual"
-		return s.done(e, res)
+		return res, nil
 	case apierrors.IsForbidden(err):
-		return s.failed(e, "RBAC: "+err.Error())
+		return nil, step.Fail("RBAC: %v", err)
 	case err != nil:
 		return nil, fmt.Errorf("reading pod %s/%s: %w (retried per the Trigger's delivery spec)", ns, name, err)
 	}
-	if r := s.guard.Admit(guard.Target{Playbook: playbook, Incident: incident, Namespace: ns, PodLabels: pod.Labels}, cfg.Guard); r != nil {
-		return s.failed(e, r.Reason)
+	if err := r.AdmitPod(pod.Labels); err != nil {
+		return nil, err
 	}
 	owner := metav1.GetControllerOf(pod)
-	if pod.Annotations[OrphanedFromAnnot] != "" {
+	if pod.Annotations[labels.OrphanedFrom] != "" {
 		// A redelivery or a second respawn step: orphaned before.
-		res.Controller, res.Orphaned = pod.Annotations[OrphanedFromAnnot], true
+		res.Controller, res.Orphaned = pod.Annotations[labels.OrphanedFrom], true
 		owner = nil
 	}
 	switch {
 	case owner != nil && owner.Kind == "ReplicaSet":
 		res.Controller = "ReplicaSet/" + owner.Name
-		return s.orphan(ctx, e, pod, owner.Name, cfg, evidenceSaved, res)
+		return s.orphan(ctx, r, pod, owner.Name, cfg, evidenceSaved, res)
 	case owner != nil && owner.Kind == "StatefulSet":
 		res.Controller = "StatefulSet/" + owner.Name
 		if !evidenceSaved {
-			return s.failed(e, "a StatefulSet pod comes back under the same name, so it can only be replaced by deleting it, and its evidence is not saved yet: chain respawn after snapshot")
+			return nil, step.Fail("a StatefulSet pod comes back under the same name, so it can only be replaced by deleting it, and its evidence is not saved yet: chain respawn after snapshot")
 		}
-		return s.deleteAndWait(ctx, e, pod, cfg, res)
+		return s.deleteAndWait(ctx, r, pod, cfg, res)
 	case owner != nil:
-		return s.failed(e, fmt.Sprintf("pods owned by a %s are not respawned (only ReplicaSet and StatefulSet pods)", owner.Kind))
+		return nil, step.Fail("pods owned by a %s are not respawned (only ReplicaSet and StatefulSet pods)", owner.Kind)
 	case res.Orphaned:
-		return s.finish(ctx, e, pod, evidenceSaved, cfg.Params.Duration("deleteAfter"), res)
+		return s.finish(ctx, r, pod, evidenceSaved, cfg.Params.Duration("deleteAfter"), res)
 	case cfg.Params.String("barePods") == "recreate":
-		return s.recreate(ctx, e, pod, cfg, evidenceSaved, res)
+		return s.recreate(ctx, r, pod, cfg, evidenceSaved, res)
 	default:
-		return s.failed(e, "a bare pod has no controller to replace it; set barePods: recreate to recreate it from its spec")
+		return nil, step.Fail("a bare pod has no controller to replace it; set barePods: recreate to recreate it from its spec")
 	}
 }
 
 // orphan moves the labels the ReplicaSet selects on into an annotation and
 // drops the owner reference: the ReplicaSet no longer counts the pod and
 // starts a replacement; the pod keeps running, quarantined, for evidence.
-func (s *Respawner) orphan(ctx context.Context, e cloudevents.Event, pod *corev1.Pod, rsName string, cfg function.StepConfig, evidenceSaved bool, res Result) (*cloudevents.Event, error) {
+func (s *respawner) orphan(ctx context.Context, r *step.Request, pod *corev1.Pod, rsName string, cfg step.StepConfig, evidenceSaved bool, res Result) (any, error) {
 	rs, err := s.kube.AppsV1().ReplicaSets(pod.Namespace).Get(ctx, rsName, metav1.GetOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("reading ReplicaSet %s/%s: %w", pod.Namespace, rsName, err)
 	}
 	selector, err := metav1.LabelSelectorAsSelector(rs.Spec.Selector)
 	if err != nil {
-		return s.failed(e, fmt.Sprintf("ReplicaSet %s has an invalid selector: %v", rsName, err))
+		return nil, step.Fail("ReplicaSet %s has an invalid selector: %v", rsName, err)
 	}
 	moved := map[string]string{}
 	patchLabels := map[string]any{}
@@ -163,14 +155,14 @@ func (s *Respawner) orphan(ctx context.Context, e cloudevents.Event, pod *corev1
 			moved[k], patchLabels[k] = v, nil
 		}
 	}
-	remaining := labels.Set{}
+	remaining := k8slabels.Set{}
 	for k, v := range pod.Labels {
 		if _, gone := moved[k]; !gone {
 			remaining[k] = v
 		}
 	}
 	if selector.Matches(remaining) {
-		return s.failed(e, fmt.Sprintf("ReplicaSet %s would still select the pod without its selector labels (NotIn/DoesNotExist expressions); not orphaning", rsName))
+		return nil, step.Fail("ReplicaSet %s would still select the pod without its selector labels (NotIn/DoesNotExist expressions); not orphaning", rsName)
 	}
 	// The replacement is a pod the selector matches that did not exist
 	// before the orphaning: a sibling being Ready proves nothing.
@@ -185,60 +177,59 @@ func (s *Respawner) orphan(ctx context.Context, e cloudevents.Event, pod *corev1
 	original, _ := json.Marshal(moved)
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
 		"labels":          patchLabels,
-		"annotations":     map[string]string{OriginalLabelsAnnot: string(original), OrphanedFromAnnot: "ReplicaSet/" + rsName},
+		"annotations":     map[string]string{labels.OriginalLabels: string(original), labels.OrphanedFrom: "ReplicaSet/" + rsName},
 		"ownerReferences": []any{},
 	}})
-	if cfg.DryRun {
+	if r.DryRun {
 		res.Intended = map[string]any{"patch": "pods/" + pod.Namespace + "/" + pod.Name, "mergePatch": json.RawMessage(patch)}
-		return s.done(e, res)
+		return res, nil
 	}
 	if _, err := s.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "parry-respawn"}); err != nil {
 		if apierrors.IsForbidden(err) {
-			return s.failed(e, "RBAC: "+err.Error())
+			return nil, step.Fail("RBAC: %v", err)
 		}
 		return nil, fmt.Errorf("orphaning pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	res.Orphaned = true
 	replacement, at, err := s.waitReady(ctx, pod.Namespace, selector, existing, cfg.Params.Duration("readyTimeout"))
 	if err != nil {
-		return s.failed(e, err.Error()+"; the quarantined pod is kept")
+		return nil, step.Fail("%v; the quarantined pod is kept", err)
 	}
 	res.Replacement, res.ReadyAt = replacement, at
-	return s.finish(ctx, e, pod, evidenceSaved, cfg.Params.Duration("deleteAfter"), res)
+	return s.finish(ctx, r, pod, evidenceSaved, cfg.Params.Duration("deleteAfter"), res)
 }
 
 // finish deletes the quarantined pod once its evidence is saved.
-func (s *Respawner) finish(ctx context.Context, e cloudevents.Event, pod *corev1.Pod, evidenceSaved bool, ttl time.Duration, res Result) (*cloudevents.Event, error) {
+func (s *respawner) finish(ctx context.Context, r *step.Request, pod *corev1.Pod, evidenceSaved bool, ttl time.Duration, res Result) (any, error) {
 	if !evidenceSaved {
 		res.DeleteNote = "kept: the quarantined pod is deleted by a respawn step chained after snapshot.done"
 		if ttl > 0 {
 			at := time.Now().Add(ttl).UTC().Format(time.RFC3339)
-			patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{DeleteAfterAnnot: at}}})
+			patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{labels.DeleteAfter: at}}})
 			if _, err := s.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "parry-respawn"}); err != nil {
 				return nil, fmt.Errorf("setting the deletion deadline of %s/%s: %w", pod.Namespace, pod.Name, err)
 			}
 			res.DeleteNote = "kept until " + at + " (deleteAfter), or until a respawn after snapshot.done"
 		}
-		return s.done(e, res)
+		return res, nil
 	}
 	if err := s.kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		if apierrors.IsForbidden(err) {
-			return s.failed(e, "RBAC: "+err.Error())
+			return nil, step.Fail("RBAC: %v", err)
 		}
 		return nil, fmt.Errorf("deleting quarantined pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	res.Deleted = true
-	return s.done(e, res)
+	return res, nil
 }
 
-func (s *Respawner) deleteAndWait(ctx context.Context, e cloudevents.Event, pod *corev1.Pod, cfg function.StepConfig, res Result) (*cloudevents.Event, error) {
-	if cfg.DryRun {
+func (s *respawner) deleteAndWait(ctx context.Context, r *step.Request, pod *corev1.Pod, cfg step.StepConfig, res Result) (any, error) {
+	if r.DryRun {
 		res.Intended = map[string]string{"delete": "pods/" + pod.Namespace + "/" + pod.Name}
-		return s.done(e, res)
+		return res, nil
 	}
-	out, err := s.finish(ctx, e, pod, true, 0, res)
-	if err != nil || out.Type() != events.StepDone(Name) {
-		return out, err
+	if _, err := s.finish(ctx, r, pod, true, 0, res); err != nil {
+		return nil, err
 	}
 	res.Deleted = true
 	deadline := time.Now().Add(cfg.Params.Duration("readyTimeout"))
@@ -246,31 +237,31 @@ func (s *Respawner) deleteAndWait(ctx context.Context, e cloudevents.Event, pod 
 		p, err := s.kube.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
 		if err == nil && p.UID != pod.UID && isReady(p) {
 			res.Replacement, res.ReadyAt = p.Name, time.Now()
-			return s.done(e, res)
+			return res, nil
 		}
 	}
-	return s.failed(e, fmt.Sprintf("StatefulSet pod %s was deleted but not Ready again within %s", pod.Name, cfg.Params.Duration("readyTimeout")))
+	return nil, step.Fail("StatefulSet pod %s was deleted but not Ready again within %s", pod.Name, cfg.Params.Duration("readyTimeout"))
 }
 
-func (s *Respawner) recreate(ctx context.Context, e cloudevents.Event, pod *corev1.Pod, cfg function.StepConfig, evidenceSaved bool, res Result) (*cloudevents.Event, error) {
+func (s *respawner) recreate(ctx context.Context, r *step.Request, pod *corev1.Pod, cfg step.StepConfig, evidenceSaved bool, res Result) (any, error) {
 	clean := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: pod.Name + "-", Namespace: pod.Namespace, Labels: map[string]string{}, Annotations: map[string]string{OrphanedFromAnnot: "recreated-from/" + pod.Name}},
+		ObjectMeta: metav1.ObjectMeta{GenerateName: pod.Name + "-", Namespace: pod.Namespace, Labels: map[string]string{}, Annotations: map[string]string{labels.OrphanedFrom: "recreated-from/" + pod.Name}},
 		Spec:       *pod.Spec.DeepCopy(),
 	}
 	for k, v := range pod.Labels {
-		if k != "parry.dev/quarantine" {
+		if k != labels.Quarantine {
 			clean.Labels[k] = v
 		}
 	}
 	clean.Spec.NodeName = ""
-	if cfg.DryRun {
+	if r.DryRun {
 		res.Intended = clean
-		return s.done(e, res)
+		return res, nil
 	}
 	created, err := s.kube.CoreV1().Pods(pod.Namespace).Create(ctx, clean, metav1.CreateOptions{FieldManager: "parry-respawn"})
 	if err != nil {
 		if apierrors.IsForbidden(err) {
-			return s.failed(e, "RBAC: "+err.Error())
+			return nil, step.Fail("RBAC: %v", err)
 		}
 		return nil, fmt.Errorf("recreating pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
@@ -280,16 +271,16 @@ func (s *Respawner) recreate(ctx context.Context, e cloudevents.Event, pod *core
 		p, err := s.kube.CoreV1().Pods(pod.Namespace).Get(ctx, created.Name, metav1.GetOptions{})
 		if err == nil && isReady(p) {
 			res.Replacement, res.ReadyAt = p.Name, time.Now()
-			return s.finish(ctx, e, pod, evidenceSaved, cfg.Params.Duration("deleteAfter"), res)
+			return s.finish(ctx, r, pod, evidenceSaved, cfg.Params.Duration("deleteAfter"), res)
 		}
 	}
-	return s.failed(e, fmt.Sprintf("recreated pod %s not Ready within %s; the quarantined pod is kept", created.Name, cfg.Params.Duration("readyTimeout")))
+	return nil, step.Fail("recreated pod %s not Ready within %s; the quarantined pod is kept", created.Name, cfg.Params.Duration("readyTimeout"))
 }
 
-// Reap deletes kept quarantined pods whose deleteAfter deadline has passed,
+// reap deletes kept quarantined pods whose deleteAfter deadline has passed,
 // every interval until ctx is done. It reads the deadlines from the pods
 // themselves, so it may run anywhere and restart at any time.
-func (s *Respawner) Reap(ctx context.Context, interval time.Duration) {
+func (s *respawner) reap(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -302,17 +293,17 @@ func (s *Respawner) Reap(ctx context.Context, interval time.Duration) {
 	}
 }
 
-func (s *Respawner) reapOnce(ctx context.Context, now time.Time) {
+func (s *respawner) reapOnce(ctx context.Context, now time.Time) {
 	if s.kube == nil {
 		return
 	}
-	pods, err := s.kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: "parry.dev/quarantine"})
+	pods, err := s.kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: labels.Quarantine})
 	if err != nil {
 		s.log.Warn().Err(err).Msg("listing quarantined pods to reap")
 		return
 	}
 	for _, p := range pods.Items {
-		deadline, err := time.Parse(time.RFC3339, p.Annotations[DeleteAfterAnnot])
+		deadline, err := time.Parse(time.RFC3339, p.Annotations[labels.DeleteAfter])
 		if err != nil || now.Before(deadline) || p.DeletionTimestamp != nil {
 			continue
 		}
@@ -327,7 +318,7 @@ func (s *Respawner) reapOnce(ctx context.Context, now time.Time) {
 
 // waitReady polls (every 25 ms: this is on the kernel→replacement latency
 // path) for a Ready pod the selector matches that is not one of existing.
-func (s *Respawner) waitReady(ctx context.Context, ns string, selector labels.Selector, existing map[types.UID]bool, timeout time.Duration) (string, time.Time, error) {
+func (s *respawner) waitReady(ctx context.Context, ns string, selector k8slabels.Selector, existing map[types.UID]bool, timeout time.Duration) (string, time.Time, error) {
 	deadline := time.Now().Add(timeout)
 	for ; time.Now().Before(deadline); time.Sleep(25 * time.Millisecond) {
 		pods, err := s.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector.String()})
@@ -358,13 +349,4 @@ func isReady(p *corev1.Pod) bool {
 		}
 	}
 	return false
-}
-
-func (s *Respawner) done(cause cloudevents.Event, res Result) (*cloudevents.Event, error) {
-	return function.Done(cause, Name, res)
-}
-
-func (s *Respawner) failed(cause cloudevents.Event, reason string) (*cloudevents.Event, error) {
-	s.log.Warn().Str("event_id", cause.ID()).Str("incident", events.String(cause, events.ExtIncident)).Str("reason", reason).Msg("not respawning")
-	return function.Failed(cause, Name, reason)
 }

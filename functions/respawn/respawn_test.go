@@ -16,7 +16,8 @@ import (
 
 	"parry.dev/parry/functions/respawn"
 	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/labels"
+	"parry.dev/parry/internal/step"
 	"parry.dev/parry/tests/devenv"
 )
 
@@ -24,19 +25,33 @@ func TestMain(m *testing.M) { devenv.Main(m) }
 
 type playbooks map[string]any
 
-func (pb playbooks) StepConfig(_, _ string) (function.StepConfig, error) {
+func (pb playbooks) StepConfig(_, _ string) (step.StepConfig, error) {
 	raw := map[string]any{"readyTimeout": "30s"}
 	for k, v := range pb {
 		raw[k] = v
 	}
-	p, err := respawn.Spec().Validate(raw)
-	return function.StepConfig{Params: p}, err
+	p, err := respawn.Definition().Spec.Validate(raw)
+	return step.StepConfig{Params: p}, err
 }
 
-func cause(pod corev1.Pod, typ, id string) cloudevents.Event {
-	e, _ := events.New(events.Spec{Type: typ, Source: "parry://function/test", Key: id + typ,
+// newStep is the step as the runtime runs it.
+func newStep(t *testing.T, cs kubernetes.Interface, pb playbooks) events.Handler {
+	t.Helper()
+	h, err := step.Build(t.Context(), respawn.Definition(), step.Deps{Kube: cs, Playbooks: pb, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func cause(t *testing.T, pod corev1.Pod, typ, id string) cloudevents.Event {
+	t.Helper()
+	e, err := events.New(events.Spec{Type: typ, Source: "parry://function/test", Key: id + typ,
 		Extensions: map[string]string{events.ExtPodNamespace: pod.Namespace, events.ExtPodName: pod.Name, events.ExtPodUID: string(pod.UID),
 			events.ExtIncident: id, events.ExtPlaybook: "miner"}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return e
 }
 
@@ -46,10 +61,10 @@ func TestOrphanReplaceThenDeleteAfterSnapshot(t *testing.T) {
 	ctx := context.Background()
 	pods := devenv.WebDeployment(t, cs, "respawn", 2)
 	victim := pods[0]
-	step := respawn.New(cs, playbooks{}, zerolog.Nop())
+	handle := newStep(t, cs, playbooks{})
 
 	started := time.Now()
-	reply, err := step.Handle(ctx, cause(victim, events.StepDone("isolate"), "inc-r"))
+	reply, err := handle(ctx, cause(t, victim, events.StepDone("isolate"), "inc-r"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,11 +76,11 @@ func TestOrphanReplaceThenDeleteAfterSnapshot(t *testing.T) {
 	t.Logf("orphan → replacement Ready: %s", res.ReadyAt.Sub(started))
 	devenv.WaitWeb(t, cs, "respawn", 2)
 	kept, err := cs.CoreV1().Pods("respawn").Get(ctx, victim.Name, metav1.GetOptions{})
-	if err != nil || metav1.GetControllerOf(kept) != nil || kept.Labels["app"] != "" || !strings.Contains(kept.Annotations[respawn.OriginalLabelsAnnot], `"app":"web"`) {
+	if err != nil || metav1.GetControllerOf(kept) != nil || kept.Labels["app"] != "" || !strings.Contains(kept.Annotations[labels.OriginalLabels], `"app":"web"`) {
 		t.Fatalf("quarantined pod not kept as an orphan: %v %+v", err, kept.ObjectMeta)
 	}
 
-	reply, err = step.Handle(ctx, cause(victim, events.StepDone("snapshot"), "inc-r"))
+	reply, err = handle(ctx, cause(t, victim, events.StepDone("snapshot"), "inc-r"))
 	if err != nil || reply.Type() != events.StepDone(respawn.Name) {
 		t.Fatalf("after snapshot: %v %v", reply, err)
 	}
@@ -85,19 +100,21 @@ func TestKeptPodIsReapedAfterDeleteAfter(t *testing.T) {
 	ctx := context.Background()
 	victim := devenv.WebDeployment(t, cs, "reap", 2)[0]
 	// A quarantine label, as isolate leaves it: the reaper only looks there.
-	cs.CoreV1().Pods("reap").Patch(ctx, victim.Name, "application/merge-patch+json", []byte(`{"metadata":{"labels":{"parry.dev/quarantine":"inc-reap"}}}`), metav1.PatchOptions{})
-	step := respawn.New(cs, playbooks{"deleteAfter": "1s"}, zerolog.Nop())
-	reply, err := step.Handle(ctx, cause(victim, events.StepDone("isolate"), "inc-reap"))
+	if _, err := cs.CoreV1().Pods("reap").Patch(ctx, victim.Name, "application/merge-patch+json", []byte(`{"metadata":{"labels":{"`+labels.Quarantine+`":"inc-reap"}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	handle := newStep(t, cs, playbooks{"deleteAfter": "1s"})
+	reply, err := handle(ctx, cause(t, victim, events.StepDone("isolate"), "inc-reap"))
 	if err != nil || reply.Type() != events.StepDone(respawn.Name) {
 		t.Fatalf("%v %v", reply, err)
 	}
 	kept, err := cs.CoreV1().Pods("reap").Get(ctx, victim.Name, metav1.GetOptions{})
-	if err != nil || kept.Annotations[respawn.DeleteAfterAnnot] == "" {
+	if err != nil || kept.Annotations[labels.DeleteAfter] == "" {
 		t.Fatalf("kept pod has no deadline: %v", err)
 	}
 	reapCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	go step.Reap(reapCtx, 200*time.Millisecond)
+	go respawn.ReapEvery(reapCtx, cs, 200*time.Millisecond)
 	for {
 		if _, err := cs.CoreV1().Pods("reap").Get(ctx, victim.Name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
 			break
@@ -114,9 +131,11 @@ func TestBarePodAndProtectedNamespaceAreRefused(t *testing.T) {
 	env := devenv.Require(t)
 	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
 	ctx := context.Background()
-	step := respawn.New(cs, playbooks{}, zerolog.Nop())
+	handle := newStep(t, cs, playbooks{})
 	for _, ns := range []string{"bare", "kube-system"} {
-		cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
 		var pod *corev1.Pod
 		var err error
 		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
@@ -129,7 +148,7 @@ func TestBarePodAndProtectedNamespaceAreRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		reply, err := step.Handle(ctx, cause(*pod, events.StepDone("snapshot"), "inc-"+ns))
+		reply, err := handle(ctx, cause(t, *pod, events.StepDone("snapshot"), "inc-"+ns))
 		if err != nil || reply.Type() != events.StepFailed(respawn.Name) {
 			t.Fatalf("%s: %v %v", ns, reply, err)
 		}

@@ -17,16 +17,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/function"
-	"parry.dev/parry/internal/guard"
+	"parry.dev/parry/internal/step"
 )
 
 // Name is the step's name: the Knative Service and the <name> in its reply
 // types.
 const Name = "revoke"
-
-// Source is the CloudEvents source of the step's replies.
-const Source = "parry://function/revoke"
 
 // Modes.
 const (
@@ -43,27 +39,41 @@ const (
 	MetaSAName      = "service_account_name"
 )
 
-// Spec declares the step's parameters and permissions.
-func Spec() function.Spec {
-	return function.Spec{
+// Definition declares the step and builds it. Deps.Vault carries the step's
+// own Vault token (see policy.hcl for exactly what it may do); Deps.Kube
+// reads the pod the event names. Kube is optional: without it, pod mode
+// works from the event's poduid extension alone, and the modes that need
+// the pod (serviceaccount, prefix by annotation, an expected service
+// account) fail with a reason saying so.
+func Definition() step.Definition {
+	return step.Definition{Spec: spec(), New: func(_ context.Context, d step.Deps) (step.Action, error) {
+		if d.Vault == nil {
+			return nil, errors.New("no Vault client; set VAULT_ADDR and VAULT_TOKEN (or VAULT_K8S_ROLE in a cluster)")
+		}
+		return (&revoker{vault: d.Vault, kube: d.Kube}).act, nil
+	}}
+}
+
+func spec() step.Spec {
+	return step.Spec{
 		Name:        Name,
 		Description: "Revoke the Vault tokens (and, through them, the dynamic secrets) of the pod the event names, or every lease under a path; wait until Vault reports the leases gone.",
-		Params: []function.Param{
-			{Name: "mode", Type: function.String, Enum: []string{ModePod, ModeServiceAccount, ModePrefix}, Default: ModePod,
+		Params: []step.Param{
+			{Name: "mode", Type: step.String, Enum: []string{ModePod, ModeServiceAccount, ModePrefix}, Default: ModePod,
 				Description: "pod: tokens whose metadata pod_uid is the pod's UID; serviceaccount: every token of the pod's service account (every pod of it loses its credentials); prefix: every lease under a path"},
-			{Name: "mounts", Type: function.StringList, Default: "auth/jwt/,auth/kubernetes/",
+			{Name: "mounts", Type: step.StringList, Default: "auth/jwt/,auth/kubernetes/",
 				Description: "auth mount paths whose tokens may be revoked (a token's path must start with one); other tokens are never touched even if their metadata matches"},
-			{Name: "prefix", Type: function.String,
+			{Name: "prefix", Type: step.String,
 				Description: "prefix mode: the lease path to revoke, e.g. database/creds/web/ (at least two segments)"},
-			{Name: "annotation", Type: function.String,
+			{Name: "annotation", Type: step.String,
 				Description: "prefix mode: the pod annotation that holds the lease path (used when prefix is empty; needs the pod from the Kubernetes API)"},
-			{Name: "leases", Type: function.StringList,
+			{Name: "leases", Type: step.StringList,
 				Description: "lease paths in which to look for the revoked tokens' child leases, e.g. database/creds/; empty means every lease outside auth/ (costs one lookup per lease)"},
-			{Name: "serviceaccount", Type: function.String,
+			{Name: "serviceaccount", Type: step.String,
 				Description: "the service account the pod must run as; a pod with another one fails the step instead of revoking"},
-			{Name: "wait", Type: function.Duration, Default: "30s",
+			{Name: "wait", Type: step.Duration, Default: "30s",
 				Description: "how long to wait for Vault to report the revoked leases gone"},
-			{Name: "workers", Type: function.Int, Default: "8",
+			{Name: "workers", Type: step.Int, Default: "8",
 				Description: "concurrent accessor and lease lookups"},
 		},
 		ClusterRules: ClusterRules(),
@@ -73,6 +83,9 @@ func Spec() function.Spec {
     mode: pod
     leases: [database/creds/]
     wait: 30s`,
+		Target:   step.TargetIncident,
+		Playbook: true,
+		Vault:    true,
 	}
 }
 
@@ -82,63 +95,9 @@ func ClusterRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}
 }
 
-// Options configure a Revoker.
-type Options struct {
-	// Params are the step's parameters as a playbook gives them (validated
-	// against Spec, defaults applied). Nil means all defaults.
-	Params map[string]any
-	// Kube reads the pod the event names. Optional: without it, pod mode
-	// works from the event's poduid extension alone, and the modes that need
-	// the pod (serviceaccount, prefix by annotation, an expected service
-	// account) fail with a reason saying so.
-	Kube kubernetes.Interface
-	// Playbooks, when set, gives each event the parameters and guardrails
-	// of its playbook (the event's playbook extension); Params is then only
-	// the fallback for events of no playbook.
-	Playbooks function.Playbooks
-}
-
-// Revoker is the revoke step with its clients.
-type Revoker struct {
-	vault     *vaultapi.Client
-	kube      kubernetes.Interface
-	params    function.Params
-	playbooks function.Playbooks
-	guard     *guard.Guard
-	log       zerolog.Logger
-}
-
-// New builds the step. client carries the step's own Vault token (see
-// policy.hcl for exactly what it may do).
-func New(client *vaultapi.Client, opts Options, log zerolog.Logger) (*Revoker, error) {
-	if client == nil {
-		return nil, errors.New("revoke: no Vault client; set VAULT_ADDR and VAULT_TOKEN (or log in) before building the step")
-	}
-	p, err := Spec().Validate(opts.Params)
-	if err != nil {
-		return nil, err
-	}
-	return &Revoker{vault: client, kube: opts.Kube, params: p, playbooks: opts.Playbooks, guard: guard.New(),
-		log: log.With().Str("component", "function/"+Name).Logger()}, nil
-}
-
-// Handle revokes with the parameters of the event's playbook, after its
-// guardrails; without Options.Playbooks, with those the Revoker was built
-// with.
-func (r *Revoker) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
-	playbook := events.String(e, events.ExtPlaybook)
-	if r.playbooks == nil || playbook == "" {
-		return r.HandleParams(ctx, e, r.params)
-	}
-	cfg, err := r.playbooks.StepConfig(playbook, Name)
-	if err != nil {
-		return r.reply(e, events.StepFailed(Name), "", Result{Reason: fmt.Sprintf("playbook %q: %v", playbook, err)})
-	}
-	target := guard.Target{Playbook: playbook, Incident: events.String(e, events.ExtIncident), Namespace: events.String(e, events.ExtPodNamespace)}
-	if refusal := r.guard.Admit(target, cfg.Guard); refusal != nil {
-		return r.reply(e, events.StepFailed(Name), "", Result{Reason: refusal.Reason})
-	}
-	return r.HandleParams(ctx, e, cfg.Params)
+type revoker struct {
+	vault *vaultapi.Client
+	kube  kubernetes.Interface
 }
 
 // Result is the data of dev.parry.step.revoke.done.v1 (and, with Reason, of
@@ -167,54 +126,38 @@ type target struct {
 	prefix        string
 }
 
-// failure is a permanent reason: the step replies .failed.v1 instead of
-// returning an error the broker would retry.
-type failure struct{ reason string }
+func failf(format string, a ...any) error { return step.Fail(format, a...) }
 
-func (f *failure) Error() string { return f.reason }
-
-func failf(format string, a ...any) error { return &failure{fmt.Sprintf(format, a...)} }
-
-// HandleParams handles e with explicit parameters (a playbook runtime that
-// serves several playbooks from one Revoker passes each step's own).
-func (r *Revoker) HandleParams(ctx context.Context, e cloudevents.Event, p function.Params) (*cloudevents.Event, error) {
+// act revokes with the parameters of the event's playbook.
+func (r *revoker) act(ctx context.Context, req *step.Request) (any, error) {
 	start := time.Now()
+	p := req.Params()
 	mode := p.String("mode")
 	if mode == "" {
 		mode = ModePod
 	}
 	res := Result{Mode: mode, Accessors: []string{}}
-	log := r.log.With().Str("event_id", e.ID()).Str("mode", mode).Str("incident", events.String(e, events.ExtIncident)).Logger()
+	log := req.Log.With().Str("mode", mode).Logger()
 
-	err := r.run(ctx, e, p, &res, log)
+	err := r.run(ctx, req.Event, p, &res, log)
 	res.DurationMS = float64(time.Since(start).Microseconds()) / 1000
-	var f *failure
+	var f *step.Failure
 	switch {
 	case errors.As(err, &f):
-		res.Reason = f.reason
-		log.Warn().Str("reason", f.reason).Strs("accessors", res.Accessors).Msg("revoke failed for good")
-		return r.reply(e, events.StepFailed(Name), mode, res)
+		res.Reason = f.Reason
+		f.Data = res
+		log.Warn().Strs("accessors", res.Accessors).Msg("revoke failed for good")
+		return nil, f
 	case err != nil:
-		log.Error().Err(err).Msg("revoke attempt failed; the broker retries")
 		return nil, err
 	}
 	log.Info().Strs("accessors", res.Accessors).Int("leases_revoked", res.LeasesRevoked).Float64("duration_ms", res.DurationMS).Msg("revoked")
-	return r.reply(e, events.StepDone(Name), mode, res)
+	return res, nil
 }
 
-func (r *Revoker) reply(cause cloudevents.Event, typ, mode string, res Result) (*cloudevents.Event, error) {
-	// The key is the mode, not the outcome: a redelivered cause gets the same
-	// reply id whatever this attempt found.
-	out, err := events.Reply(cause, events.Spec{Type: typ, Source: Source, Key: Name + "/" + mode, Data: res})
-	if err != nil {
-		return nil, fmt.Errorf("revoke: building the reply: %w", err)
-	}
-	return &out, nil
-}
-
-func (r *Revoker) run(ctx context.Context, e cloudevents.Event, p function.Params, res *Result, log zerolog.Logger) error {
+func (r *revoker) run(ctx context.Context, e cloudevents.Event, p step.Params, res *Result, log zerolog.Logger) error {
 	mode := res.Mode
-	t, err := r.target(ctx, e, p, mode)
+	t, err := r.target(ctx, e, p, mode, log)
 	if err != nil {
 		return err
 	}
@@ -288,7 +231,7 @@ func (r *Revoker) run(ctx context.Context, e cloudevents.Event, p function.Param
 
 // target reads the workload from the event's extensions and, when the mode
 // needs it, the pod from the Kubernetes API.
-func (r *Revoker) target(ctx context.Context, e cloudevents.Event, p function.Params, mode string) (target, error) {
+func (r *revoker) target(ctx context.Context, e cloudevents.Event, p step.Params, mode string, log zerolog.Logger) (target, error) {
 	t := target{
 		ns:     events.String(e, events.ExtPodNamespace),
 		name:   events.String(e, events.ExtPodName),
@@ -328,7 +271,7 @@ func (r *Revoker) target(ctx context.Context, e cloudevents.Event, p function.Pa
 	} else if t.uid != string(pod.UID) {
 		// The name now belongs to a replacement; the event's UID is the
 		// compromised one. Its service account comes from the same template.
-		r.log.Info().Str("pod", t.ns+"/"+t.name).Msg("pod was replaced since the event; revoking for the event's pod UID")
+		log.Info().Str("pod", t.ns+"/"+t.name).Msg("pod was replaced since the event; revoking for the event's pod UID")
 	}
 	t.sa = pod.Spec.ServiceAccountName
 	if wantSA != "" && t.sa != wantSA {
@@ -381,7 +324,7 @@ func checkPrefix(prefix string) error {
 
 // revokePrefix revokes every lease under prefix and waits until Vault lists
 // none.
-func (r *Revoker) revokePrefix(ctx context.Context, prefix string, wait time.Duration, workers int, res *Result) error {
+func (r *revoker) revokePrefix(ctx context.Context, prefix string, wait time.Duration, workers int, res *Result) error {
 	before, err := r.listLeases(ctx, []string{prefix})
 	if err != nil {
 		return err

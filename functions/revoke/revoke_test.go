@@ -16,9 +16,11 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/rs/zerolog"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"parry.dev/parry/functions/revoke"
 	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/step"
 )
 
 // sensorEvent is what the sensor emits for a process in p: the pod travels
@@ -43,10 +45,23 @@ func sensorEvent(t *testing.T, w *workload, p *pod) cloudevents.Event {
 }
 
 // newRevoker builds the step with a token of exactly policy.hcl's policy.
-func newRevoker(t *testing.T, in *infra, params map[string]any) *revoke.Revoker {
+// params is a playbook that gives revoke fixed parameters.
+type params map[string]any
+
+func (p params) StepConfig(_, _ string) (step.StepConfig, error) {
+	validated, err := revoke.Definition().Spec.Validate(p)
+	return step.StepConfig{Params: validated}, err
+}
+
+// build is the step as the runtime runs it.
+func build(t *testing.T, vault *vaultapi.Client, kube kubernetes.Interface, p params) (events.Handler, error) {
+	return step.Build(t.Context(), revoke.Definition(), step.Deps{Vault: vault, Kube: kube, Playbooks: p, Log: zerolog.New(zerolog.NewTestWriter(t))})
+}
+
+func newRevoker(t *testing.T, in *infra, params map[string]any) events.Handler {
 	t.Helper()
 	client := vaultClient(t, in.env.VaultAddr, revokerToken(t, in, revokePolicy))
-	r, err := revoke.New(client, revoke.Options{Params: params, Kube: in.kube}, zerolog.New(zerolog.NewTestWriter(t)))
+	r, err := build(t, client, in.kube, params)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +114,7 @@ func TestPodModeRevokesOnlyThatPod(t *testing.T) {
 
 	start := time.Now()
 	deadAfter := watchDeath(ctx, in, a, start)
-	reply, err := r.Handle(ctx, e)
+	reply, err := r(ctx, e)
 	handled := time.Since(start)
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +148,7 @@ func TestPodModeRevokesOnlyThatPod(t *testing.T) {
 	}
 
 	// Redelivery: same reply id, nothing new revoked.
-	again, err := r.Handle(ctx, e)
+	again, err := r(ctx, e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +181,7 @@ func TestPodModeAfterThePodIsGone(t *testing.T) {
 		}
 		return nil
 	})
-	reply, err := newRevoker(t, in, map[string]any{"leases": []any{"database/"}}).Handle(ctx, sensorEvent(t, w, a))
+	reply, err := newRevoker(t, in, map[string]any{"leases": []any{"database/"}})(ctx, sensorEvent(t, w, a))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +201,7 @@ func TestServiceAccountModeRevokesEveryPodOfTheAccount(t *testing.T) {
 	r := newRevoker(t, in, map[string]any{"mode": "serviceaccount", "leases": []any{"database/"}})
 	start := time.Now()
 	deadAfter := watchDeath(ctx, in, a, start)
-	reply, err := r.Handle(ctx, sensorEvent(t, w, a))
+	reply, err := r(ctx, sensorEvent(t, w, a))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +225,7 @@ func TestPrefixModeRevokesTheAnnotatedLeases(t *testing.T) {
 	r := newRevoker(t, in, map[string]any{"mode": "prefix", "annotation": "parry.dev/vault-leases"})
 	start := time.Now()
 	deadAfter := watchDeath(ctx, in, a, start)
-	reply, err := r.Handle(ctx, sensorEvent(t, w, a))
+	reply, err := r(ctx, sensorEvent(t, w, a))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +243,7 @@ func TestPrefixModeRevokesTheAnnotatedLeases(t *testing.T) {
 	// A prefix outside the policy's narrowed revoke-prefix path is refused by
 	// Vault, and the step says which capability it lacks.
 	r = newRevoker(t, in, map[string]any{"mode": "prefix", "prefix": "database/roles/x/"})
-	reply, err = r.Handle(ctx, sensorEvent(t, w, b))
+	reply, err = r(ctx, sensorEvent(t, w, b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +253,7 @@ func TestPrefixModeRevokesTheAnnotatedLeases(t *testing.T) {
 	}
 	for _, bad := range []string{"database/", "", "/database/creds/x", "sys/leases/x"} {
 		r := newRevoker(t, in, map[string]any{"mode": "prefix", "prefix": bad, "annotation": "none"})
-		reply, err := r.Handle(ctx, sensorEvent(t, w, b))
+		reply, err := r(ctx, sensorEvent(t, w, b))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -249,11 +264,11 @@ func TestPrefixModeRevokesTheAnnotatedLeases(t *testing.T) {
 func TestNoTokensIsASuccessThatSaysSo(t *testing.T) {
 	in := setup(t)
 	w := &workload{ns: "nowhere", sa: "web"}
-	r, err := revoke.New(vaultClient(t, in.env.VaultAddr, revokerToken(t, in, revokePolicy)), revoke.Options{}, zerolog.Nop())
+	r, err := build(t, vaultClient(t, in.env.VaultAddr, revokerToken(t, in, revokePolicy)), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	reply, err := r.Handle(t.Context(), sensorEvent(t, w, &pod{name: "gone", uid: "00000000-0000-0000-0000-000000000000"}))
+	reply, err := r(t.Context(), sensorEvent(t, w, &pod{name: "gone", uid: "00000000-0000-0000-0000-000000000000"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +292,7 @@ func TestPodWithoutItsOwnServiceAccountFails(t *testing.T) {
 		`not the expected "web"`:            {"serviceaccount": "web"},
 	} {
 		r := newRevoker(t, in, params)
-		reply, err := r.Handle(ctx, sensorEvent(t, w, p))
+		reply, err := r(ctx, sensorEvent(t, w, p))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -286,11 +301,11 @@ func TestPodWithoutItsOwnServiceAccountFails(t *testing.T) {
 		}
 	}
 	// Without a Kubernetes client, the modes that need the pod say so.
-	r, err := revoke.New(vaultClient(t, in.env.VaultAddr, revokerToken(t, in, revokePolicy)), revoke.Options{Params: map[string]any{"mode": "serviceaccount"}}, zerolog.Nop())
+	r, err := build(t, vaultClient(t, in.env.VaultAddr, revokerToken(t, in, revokePolicy)), nil, map[string]any{"mode": "serviceaccount"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	reply, err := r.Handle(ctx, sensorEvent(t, w, p))
+	reply, err := r(ctx, sensorEvent(t, w, p))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,11 +317,11 @@ func TestPodWithoutItsOwnServiceAccountFails(t *testing.T) {
 func TestPermissionDeniedFailsNamingTheCapability(t *testing.T) {
 	in := setup(t)
 	client := vaultClient(t, in.env.VaultAddr, revokerToken(t, in, "default"))
-	r, err := revoke.New(client, revoke.Options{}, zerolog.Nop())
+	r, err := build(t, client, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	reply, err := r.Handle(t.Context(), sensorEvent(t, &workload{ns: "x"}, &pod{name: "y", uid: "z"}))
+	reply, err := r(t.Context(), sensorEvent(t, &workload{ns: "x"}, &pod{name: "y", uid: "z"}))
 	if err != nil {
 		t.Fatalf("permission denied is permanent, want a failed reply, got error %v", err)
 	}
@@ -324,11 +339,11 @@ func TestVaultUnreachableOrSealedIsRetried(t *testing.T) {
 	}))
 	defer sealed.Close()
 	for name, addr := range map[string]string{"unreachable": "http://127.0.0.1:1", "sealed": sealed.URL} {
-		r, err := revoke.New(vaultClient(t, addr, "t"), revoke.Options{}, zerolog.Nop())
+		r, err := build(t, vaultClient(t, addr, "t"), nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		reply, err := r.Handle(t.Context(), sensorEvent(t, &workload{ns: "x"}, &pod{name: "y", uid: "z"}))
+		reply, err := r(t.Context(), sensorEvent(t, &workload{ns: "x"}, &pod{name: "y", uid: "z"}))
 		if err == nil || reply != nil {
 			t.Errorf("%s: reply %v, error %v; want an error for the broker to retry", name, reply, err)
 		}
@@ -362,15 +377,14 @@ func TestSearchThousandsOfAccessors(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("created %d tokens in %s", n, time.Since(start))
-	r, err := revoke.New(vaultClient(t, in.env.VaultAddr, revokerToken(t, in, revokePolicy)),
-		revoke.Options{Params: map[string]any{"mounts": []any{"auth/token/"}}}, zerolog.Nop())
+	r, err := build(t, vaultClient(t, in.env.VaultAddr, revokerToken(t, in, revokePolicy)), nil, map[string]any{"mounts": []any{"auth/token/"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	start = time.Now()
-	reply, err := r.Handle(ctx, sensorEvent(t, &workload{ns: "x"}, &pod{name: "y", uid: "other-1999"}))
+	reply, err := r(ctx, sensorEvent(t, &workload{ns: "x"}, &pod{name: "y", uid: "other-1999"}))
 	took := time.Since(start)
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ import (
 // mounts and whose metadata matches. Vault's accessor list is not paged by
 // the API; the cost is one LIST and one lookup per token, bounded by workers
 // and by ctx's deadline (the broker's delivery timeout).
-func (r *Revoker) findAccessors(ctx context.Context, mounts []string, match func(map[string]string) bool, workers int) ([]string, int, error) {
+func (r *revoker) findAccessors(ctx context.Context, mounts []string, match func(map[string]string) bool, workers int) ([]string, int, error) {
 	const listPath = "auth/token/accessors"
 	secret, err := r.vault.Logical().ListWithContext(ctx, listPath)
 	if err != nil {
@@ -58,7 +58,7 @@ func (r *Revoker) findAccessors(ctx context.Context, mounts []string, match func
 // listLeases returns the lease ids under each prefix (recursively). No
 // prefixes means every lease outside auth/: tokens are revoked by accessor,
 // their own leases are not the dynamic secrets the step reports.
-func (r *Revoker) listLeases(ctx context.Context, prefixes []string) ([]string, error) {
+func (r *revoker) listLeases(ctx context.Context, prefixes []string) ([]string, error) {
 	var out []string
 	var walk func(dir string) error
 	walk = func(dir string) error {
@@ -99,7 +99,7 @@ func (r *Revoker) listLeases(ctx context.Context, prefixes []string) ([]string, 
 // ones were revoked already; ones Vault now lists as expiring no later than
 // the revocation were the revoked tokens' and are pending. The rest belong
 // to others and are left alone.
-func (r *Revoker) childLeases(ctx context.Context, before []string, revokedAt time.Time, workers int) (pending []string, gone int, err error) {
+func (r *revoker) childLeases(ctx context.Context, before []string, revokedAt time.Time, workers int) (pending []string, gone int, err error) {
 	var mu sync.Mutex
 	err = forEach(ctx, before, workers, func(ctx context.Context, id string) error {
 		expire, exists, err := r.lookupLease(ctx, id)
@@ -121,7 +121,7 @@ func (r *Revoker) childLeases(ctx context.Context, before []string, revokedAt ti
 
 // waitGone polls the pending leases until Vault reports them all gone or
 // wait passes; it returns the ones left.
-func (r *Revoker) waitGone(ctx context.Context, pending []string, wait time.Duration, workers int) ([]string, error) {
+func (r *revoker) waitGone(ctx context.Context, pending []string, wait time.Duration, workers int) ([]string, error) {
 	deadline := time.Now().Add(wait)
 	interval := 10 * time.Millisecond
 	for len(pending) > 0 {
@@ -151,7 +151,7 @@ func (r *Revoker) waitGone(ctx context.Context, pending []string, wait time.Dura
 	return pending, nil
 }
 
-func (r *Revoker) lookupLease(ctx context.Context, id string) (expire time.Time, exists bool, err error) {
+func (r *revoker) lookupLease(ctx context.Context, id string) (expire time.Time, exists bool, err error) {
 	const path = "sys/leases/lookup"
 	s, err := r.vault.Logical().WriteWithContext(ctx, path, map[string]any{"lease_id": id})
 	if err != nil {

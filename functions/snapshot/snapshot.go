@@ -10,14 +10,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/rs/zerolog"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,10 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 
-	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/function"
-	"parry.dev/parry/internal/guard"
-	"parry.dev/parry/sensor/client"
+	"parry.dev/parry/internal/labels"
+	"parry.dev/parry/internal/step"
 )
 
 // Name is the step's name.
@@ -39,13 +34,22 @@ const Name = "snapshot"
 // ManifestFile lists every file of a bundle with its SHA-256 digest.
 const ManifestFile = "manifest.json"
 
-// Spec declares the step.
-func Spec() function.Spec {
-	return function.Spec{
+// Definition declares the step and builds it, writing bundles below
+// Deps.StateDir/evidence. Deps.Meta reads the owner chain, whatever kind
+// each owner is. Kube and Meta may be nil without a cluster: the bundle then
+// holds the flight recorder only, and says why.
+func Definition() step.Definition {
+	return step.Definition{Spec: spec(), New: func(_ context.Context, d step.Deps) (step.Action, error) {
+		return (&snapshotter{kube: d.Kube, meta: d.Meta, sensors: d.Sensors, store: filepath.Join(d.StateDir, "evidence")}).act, nil
+	}}
+}
+
+func spec() step.Spec {
+	return step.Spec{
 		Name:        Name,
 		Description: "Save an evidence bundle (pod spec/status, owners, events, logs, the sensor's flight recorder, binary hashes) with a SHA-256 manifest.",
-		Params: []function.Param{
-			{Name: "logLines", Type: function.Int, Default: "2000", Description: "container log lines to keep per container"},
+		Params: []step.Param{
+			{Name: "logLines", Type: step.Int, Default: "2000", Description: "container log lines to keep per container"},
 		},
 		ClusterRules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods", "events"}, Verbs: []string{"get", "list"}},
@@ -57,29 +61,19 @@ func Spec() function.Spec {
 		Example: `- name: snapshot
   function: snapshot
   after: [isolate]`,
+		Target:   step.TargetPodUID,
+		Playbook: true,
+		DryRun:   true,
+		Sensors:  true,
+		State:    true,
 	}
 }
 
-// SensorLocator returns the API of the sensor on a node.
-type SensorLocator func(ctx context.Context, node string) (*client.Client, error)
-
-// Snapshotter is the snapshot step with its clients and evidence store.
-type Snapshotter struct {
-	kube      kubernetes.Interface
-	meta      metadata.Interface
-	sensors   SensorLocator
-	playbooks function.Playbooks
-	store     string
-	guard     *guard.Guard
-	log       zerolog.Logger
-}
-
-// New returns the step writing bundles below store (a directory). meta reads
-// the owner chain, whatever kind each owner is. kube and meta may be nil
-// without a cluster: the bundle then holds the flight recorder only, and
-// says why.
-func New(kube kubernetes.Interface, meta metadata.Interface, sensors SensorLocator, playbooks function.Playbooks, store string, log zerolog.Logger) *Snapshotter {
-	return &Snapshotter{kube: kube, meta: meta, sensors: sensors, playbooks: playbooks, store: store, guard: guard.New(), log: log.With().Str("component", Name).Logger()}
+type snapshotter struct {
+	kube    kubernetes.Interface
+	meta    metadata.Interface
+	sensors step.SensorLocator
+	store   string
 }
 
 // Result is the reply's data.
@@ -92,33 +86,21 @@ type Result struct {
 	DryRun         bool              `json:"dryRun,omitempty"`
 }
 
-var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]`)
-
-// Handle saves the bundle of the pod an incident names.
-func (s *Snapshotter) Handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
-	ns, name, uid := events.String(e, events.ExtPodNamespace), events.String(e, events.ExtPodName), events.String(e, events.ExtPodUID)
-	incident, playbook := events.String(e, events.ExtIncident), events.String(e, events.ExtPlaybook)
-	if uid == "" || incident == "" {
-		return function.Failed(e, Name, "the event names no pod UID (poduid) or no incident: nothing to snapshot")
-	}
-	cfg, err := s.playbooks.StepConfig(playbook, Name)
-	if err != nil {
-		return function.Failed(e, Name, fmt.Sprintf("playbook %q: %v", playbook, err))
-	}
-	if r := s.guard.Admit(guard.Target{Playbook: playbook, Incident: incident, Namespace: ns}, cfg.Guard); r != nil {
-		return function.Failed(e, Name, r.Reason)
-	}
-	dir := filepath.Join(s.store, unsafeChars.ReplaceAllString(incident, "_"), unsafeChars.ReplaceAllString(uid, "_"))
-	res := Result{Bundle: dir, Unavailable: map[string]string{}, DryRun: cfg.DryRun}
+// act saves the bundle of the pod an incident names.
+func (s *snapshotter) act(ctx context.Context, r *step.Request) (any, error) {
+	ns, name, uid := r.Pod.Namespace, r.Pod.Name, r.Pod.UID
+	dir := filepath.Join(s.store, labels.Sanitize(r.Incident, '_'), labels.Sanitize(uid, '_'))
+	res := Result{Bundle: dir, Unavailable: map[string]string{}, DryRun: r.DryRun}
 	if m, err := Verify(dir); err == nil {
 		// Redelivery: the bundle is complete; reply as the first time.
 		res.ManifestSHA256, res.Files = m, countFiles(dir)
-		return function.Done(e, Name, res)
+		return res, nil
 	}
-	if cfg.DryRun {
-		return function.Done(e, Name, res)
+	if r.DryRun {
+		return res, nil
 	}
 
+	var err error
 	b := &bundle{files: map[string][]byte{}}
 	var pod *corev1.Pod
 	if s.kube != nil {
@@ -132,13 +114,13 @@ func (s *Snapshotter) Handle(ctx context.Context, e cloudevents.Event) (*cloudev
 		res.Unavailable["pod.json"] = "the pod no longer exists; the flight recorder holds what happened in it"
 		pod = nil
 	case apierrors.IsForbidden(err):
-		return function.Failed(e, Name, "RBAC: "+err.Error())
+		return nil, step.Fail("RBAC: %v", err)
 	case err != nil:
 		return nil, fmt.Errorf("reading pod %s/%s: %w (retried per the Trigger's delivery spec)", ns, name, err)
 	default:
 		b.json("pod.json", pod)
 		b.json("owners.json", s.owners(ctx, pod, res.Unavailable))
-		s.logs(ctx, pod, int64(cfg.Params.Int("logLines")), b, res.Unavailable)
+		s.logs(ctx, pod, int64(r.Params().Int("logLines")), b, res.Unavailable)
 	}
 	if s.kube != nil {
 		evs, err := s.kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("involvedObject.uid", uid).String()})
@@ -148,7 +130,7 @@ func (s *Snapshotter) Handle(ctx context.Context, e cloudevents.Event) (*cloudev
 			res.Unavailable["events.json"] = err.Error()
 		}
 	}
-	node := events.String(e, events.ExtNode)
+	node := r.Node
 	if node == "" && pod != nil {
 		node = pod.Spec.NodeName
 	}
@@ -162,7 +144,7 @@ func (s *Snapshotter) Handle(ctx context.Context, e cloudevents.Event) (*cloudev
 	if len(res.Unavailable) == 0 {
 		res.Unavailable = nil
 	}
-	return function.Done(e, Name, res)
+	return res, nil
 }
 
 // ownerResource maps the owner kinds a pod can have to their resources.
@@ -178,7 +160,7 @@ func ownerResource(kind string) (schema.GroupVersionResource, bool) {
 
 // owners follows the controller owner references up to the top (Pod →
 // ReplicaSet → Deployment, Pod → Job → CronJob, ...).
-func (s *Snapshotter) owners(ctx context.Context, pod *corev1.Pod, unavailable map[string]string) []metav1.PartialObjectMetadata {
+func (s *snapshotter) owners(ctx context.Context, pod *corev1.Pod, unavailable map[string]string) []metav1.PartialObjectMetadata {
 	var chain []metav1.PartialObjectMetadata
 	refs := pod.OwnerReferences
 	for depth := 0; len(refs) > 0 && depth < 5; depth++ {
@@ -205,7 +187,7 @@ func (s *Snapshotter) owners(ctx context.Context, pod *corev1.Pod, unavailable m
 
 // logs saves each container's log through the API server; where the
 // kubelet cannot serve them (or the node is fake), the reason is recorded.
-func (s *Snapshotter) logs(ctx context.Context, pod *corev1.Pod, lines int64, b *bundle, unavailable map[string]string) {
+func (s *snapshotter) logs(ctx context.Context, pod *corev1.Pod, lines int64, b *bundle, unavailable map[string]string) {
 	for _, c := range pod.Spec.Containers {
 		name := "logs/" + c.Name + ".log"
 		logCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -228,7 +210,7 @@ func (s *Snapshotter) logs(ctx context.Context, pod *corev1.Pod, lines int64, b 
 
 // flightRecorder saves the sensor's history of the pod and hashes the
 // binaries it executed, where this process can read them.
-func (s *Snapshotter) flightRecorder(ctx context.Context, node, uid string, b *bundle, unavailable map[string]string) {
+func (s *snapshotter) flightRecorder(ctx context.Context, node, uid string, b *bundle, unavailable map[string]string) {
 	if s.sensors == nil {
 		unavailable["flight-recorder.json"] = "no sensor is configured"
 		return

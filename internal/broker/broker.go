@@ -20,21 +20,19 @@ import (
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 	"knative.dev/pkg/logging"
 
+	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/manifest"
 )
-
-// Handler is an in-process subscriber: Knative func's signature. A nil reply
-// means none; an error is a failed attempt, retried per the delivery spec.
-type Handler func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error)
 
 // Options configure a Broker. Manifests, Journal and Client are required.
 type Options struct {
 	Manifests *manifest.Set
 	Journal   *journal.Journal
 	// Functions maps a Knative Service name to the handler that runs it in
-	// this process.
-	Functions map[string]Handler
+	// this process (a nil reply means none; an error is a failed attempt,
+	// retried per the delivery spec).
+	Functions map[string]events.Handler
 	Client    *http.Client
 	Log       zerolog.Logger
 	// MaxEventBytes bounds an ingress request body; default 1 MiB.
@@ -182,7 +180,7 @@ func (b *Broker) destination(d duckv1.Destination) (destination, error) {
 	return destination{name: d.URI.String(), url: d.URI.String(), client: b.opts.Client, maxBody: b.opts.MaxEventBytes}, nil
 }
 
-func registered(fns map[string]Handler) string {
+func registered(fns map[string]events.Handler) string {
 	if len(fns) == 0 {
 		return "none"
 	}

@@ -37,7 +37,7 @@ type harness struct {
 	journal *journal.Journal
 }
 
-func start(t testing.TB, triggers string, fns map[string]broker.Handler) *harness {
+func start(t testing.TB, triggers string, fns map[string]events.Handler) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	set, err := manifest.Parse(ctx, "test.yaml", []byte(brokerYAML+triggers))
@@ -280,7 +280,7 @@ spec:
 		t.Run(c.name, func(t *testing.T) {
 			rec := newRecorder()
 			name := fmt.Sprintf("f%d", i)
-			h := start(t, trigger(name, c.spec), map[string]broker.Handler{name: rec.handle})
+			h := start(t, trigger(name, c.spec), map[string]events.Handler{name: rec.handle})
 			for _, e := range c.miss {
 				accept(t, h.url, e)
 			}
@@ -359,7 +359,7 @@ spec:
     backoffDelay: PT0.01S
     deadLetterSink:
       ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: dls}
-`, down.URL), map[string]broker.Handler{"dls": dls.handle})
+`, down.URL), map[string]events.Handler{"dls": dls.handle})
 	accept(t, h.url, newEvent("doomed", "t", nil))
 	dls.wait(t, 1)
 	mu.Lock()
@@ -419,7 +419,7 @@ spec:
   delivery:
     retry: 5
     deadLetterSink: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: dls}}
-`, reject.URL), map[string]broker.Handler{"dls": dls.handle})
+`, reject.URL), map[string]events.Handler{"dls": dls.handle})
 	accept(t, h.url, newEvent("rejected", "t", nil))
 	dls.wait(t, 1)
 	mu.Lock()
@@ -467,7 +467,7 @@ spec:
   broker: parry
   filters: [{exact: {type: vendor.reply}}]
   subscriber: {ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: final}}
-`, events.TypeIncidentOpened, events.StepDone("isolate"), foreign.URL), map[string]broker.Handler{"isolate": step, "final": final.handle})
+`, events.TypeIncidentOpened, events.StepDone("isolate"), foreign.URL), map[string]events.Handler{"isolate": step, "final": final.handle})
 
 	root, err := events.New(events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: "k",
 		Extensions: map[string]string{events.ExtIncident: "inc-1"}})
@@ -530,7 +530,7 @@ spec:
 		t.Fatal(err)
 	}
 	defer j.Close()
-	_, err = broker.New(broker.Options{Manifests: set, Journal: j, Client: http.DefaultClient, Functions: map[string]broker.Handler{"classify": nil}})
+	_, err = broker.New(broker.Options{Manifests: set, Journal: j, Client: http.DefaultClient, Functions: map[string]events.Handler{"classify": nil}})
 	if err == nil || !strings.Contains(err.Error(), `"missing"`) || !strings.Contains(err.Error(), "registered: classify") || !strings.Contains(err.Error(), "t.yaml:") {
 		t.Fatalf("error does not name the function, the file and what is registered: %v", err)
 	}

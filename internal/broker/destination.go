@@ -11,13 +11,15 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"parry.dev/parry/internal/events"
 )
 
 // destination is where a delivery goes: an in-process function or an HTTP
 // endpoint.
 type destination struct {
 	name    string
-	fn      Handler
+	fn      events.Handler
 	url     string
 	client  *http.Client
 	maxBody int64

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -314,3 +315,8 @@ func describe(verr event.ValidationError) string {
 	slices.Sort(msgs)
 	return strings.Join(msgs, "; ")
 }
+
+// Handler handles one event and replies with one event or none. An error is
+// a failed attempt: the broker retries it per the Trigger's delivery spec.
+// The broker delivers to handlers and every step runs as one.
+type Handler func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error)

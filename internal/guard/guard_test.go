@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"parry.dev/parry/internal/labels"
 )
 
 func TestProtectedAndSelf(t *testing.T) {
@@ -17,7 +19,7 @@ func TestProtectedAndSelf(t *testing.T) {
 		{Target{Namespace: "kube-system"}, Rules{}, "namespace kube-system is protected"},
 		{Target{Namespace: "parry-system"}, Rules{}, "namespace parry-system is protected"},
 		{Target{Namespace: "payments"}, Rules{ProtectedNamespaces: []string{"payments"}}, "namespace payments is protected"},
-		{Target{Namespace: "default", PodLabels: map[string]string{PartOfLabel: "parry"}}, Rules{}, "part of parry"},
+		{Target{Namespace: "default", PodLabels: map[string]string{labels.PartOf: labels.PartOfParry}}, Rules{}, "part of parry"},
 	} {
 		r := g.Admit(c.target, c.rules)
 		if r == nil || !strings.Contains(r.Reason, c.want) {
@@ -33,7 +35,7 @@ func TestBreakerTripsAndRecovers(t *testing.T) {
 	g := New()
 	now := time.Unix(1000, 0)
 	g.now = func() time.Time { return now }
-	rules := Rules{RateLimit: 3, RatePer: time.Second, Cooldown: 5 * time.Second}
+	rules := Rules{RateIncidents: 3, RatePer: "1s"}
 	admit := func(i int) *Refusal {
 		return g.Admit(Target{Namespace: "default", Playbook: "miner", Incident: fmt.Sprint("inc-", i)}, rules)
 	}
@@ -48,14 +50,15 @@ func TestBreakerTripsAndRecovers(t *testing.T) {
 	if r := admit(3); r == nil || !strings.Contains(r.Reason, "circuit breaker of playbook miner opened") {
 		t.Fatalf("fourth incident in a second: %v", r)
 	}
-	now = now.Add(2 * time.Second)
+	// The cooldown is one rate window.
+	now = now.Add(500 * time.Millisecond)
 	if r := admit(4); r == nil || !strings.Contains(r.Reason, "is open until") {
 		t.Fatalf("breaker closed too early: %v", r)
 	}
 	if r := g.Admit(Target{Namespace: "default", Playbook: "other", Incident: "x"}, rules); r != nil {
 		t.Fatalf("another playbook's breaker tripped too: %v", r)
 	}
-	now = now.Add(5 * time.Second)
+	now = now.Add(time.Second)
 	if r := admit(5); r != nil {
 		t.Fatalf("breaker did not close after the cooldown: %v", r)
 	}

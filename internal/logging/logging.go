@@ -23,6 +23,10 @@ const (
 	FieldStatus    = "status"
 	FieldLatency   = "latency"
 	FieldPath      = "path"
+	FieldStep      = "step"
+	FieldPlaybook  = "playbook"
+	FieldPodUID    = "pod_uid"
+	FieldReason    = "reason"
 )
 
 // New returns a logger writing to w at level ("debug", "info", "warn",

@@ -6,12 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"go.yaml.in/yaml/v3"
 
-	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/guard"
+	"parry.dev/parry/internal/step"
 )
 
 // Bundle is the runtime form of all playbooks: what functions read to find
@@ -25,35 +24,22 @@ type Bundle struct {
 
 // Compiled is one validated playbook with defaults applied.
 type Compiled struct {
-	Name        string             `yaml:"name" json:"name"`
-	Description string             `yaml:"description" json:"description"`
-	Severity    string             `yaml:"severity" json:"severity"`
-	Match       []Filter           `yaml:"match" json:"match"`
-	Guardrails  CompiledGuardrails `yaml:"guardrails" json:"guardrails"`
-	Steps       []CompiledStep     `yaml:"steps" json:"steps"`
+	Name        string         `yaml:"name" json:"name"`
+	Description string         `yaml:"description" json:"description"`
+	Severity    string         `yaml:"severity" json:"severity"`
+	Match       []Filter       `yaml:"match" json:"match"`
+	Guardrails  guard.Rules    `yaml:"guardrails" json:"guardrails"`
+	Steps       []CompiledStep `yaml:"steps" json:"steps"`
 }
-
-// CompiledGuardrails are the guardrails with the always-protected
-// namespaces and the default rate limit filled in.
-type CompiledGuardrails struct {
-	ProtectedNamespaces  []string `yaml:"protectedNamespaces" json:"protectedNamespaces"`
-	RateIncidents        int      `yaml:"rateIncidents" json:"rateIncidents"`
-	RatePer              string   `yaml:"ratePer" json:"ratePer"`
-	DryRun               bool     `yaml:"dryRun" json:"dryRun"`
-	RequireHealthySensor bool     `yaml:"requireHealthySensor" json:"requireHealthySensor"`
-}
-
-// Per is the rate limit's window.
-func (g CompiledGuardrails) Per() time.Duration { d, _ := time.ParseDuration(g.RatePer); return d }
 
 // CompiledStep is one step with its validated parameters.
 type CompiledStep struct {
 	Name     string `yaml:"name" json:"name"`
 	Function string `yaml:"function" json:"function"`
 	// After is the function of the step this one runs after.
-	After  string          `yaml:"after,omitempty" json:"after,omitempty"`
-	When   string          `yaml:"when,omitempty" json:"when,omitempty"`
-	Params function.Params `yaml:"params,omitempty" json:"params,omitempty"`
+	After  string      `yaml:"after,omitempty" json:"after,omitempty"`
+	When   string      `yaml:"when,omitempty" json:"when,omitempty"`
+	Params step.Params `yaml:"params,omitempty" json:"params,omitempty"`
 }
 
 // Playbook returns the playbook named name.
@@ -68,7 +54,7 @@ func (b *Bundle) Playbook(name string) (Compiled, bool) {
 
 // Step returns the parameters playbook gives function, or false when the
 // playbook does not run that step.
-func (b *Bundle) Step(playbook, fn string) (function.Params, bool) {
+func (b *Bundle) Step(playbook, fn string) (step.Params, bool) {
 	p, ok := b.Playbook(playbook)
 	if !ok {
 		return nil, false
@@ -81,25 +67,21 @@ func (b *Bundle) Step(playbook, fn string) (function.Params, bool) {
 	return nil, false
 }
 
-// StepConfig implements function.Playbooks: what playbook asks of the
+// StepConfig implements step.Playbooks: what playbook asks of the
 // step fn, with its guardrails.
-func (b *Bundle) StepConfig(playbook, fn string) (function.StepConfig, error) {
+func (b *Bundle) StepConfig(playbook, fn string) (step.StepConfig, error) {
 	p, ok := b.Playbook(playbook)
 	if !ok {
-		return function.StepConfig{}, fmt.Errorf("no playbook %q in the compiled playbooks (is the playbook extension right, and config/ compiled?)", playbook)
+		return step.StepConfig{}, fmt.Errorf("no playbook %q in the compiled playbooks (is the playbook extension right, and config/ compiled?)", playbook)
 	}
 	params, ok := b.Step(playbook, fn)
 	if !ok {
-		return function.StepConfig{}, fmt.Errorf("playbook %q has no step %q", playbook, fn)
+		return step.StepConfig{}, fmt.Errorf("playbook %q has no step %q", playbook, fn)
 	}
-	g := p.Guardrails
-	return function.StepConfig{
-		Params: params, DryRun: g.DryRun,
-		Guard: guard.Rules{ProtectedNamespaces: g.ProtectedNamespaces, RateLimit: g.RateIncidents, RatePer: g.Per()},
-	}, nil
+	return step.StepConfig{Params: params, Guard: p.Guardrails}, nil
 }
 
-var _ function.Playbooks = (*Bundle)(nil)
+var _ step.Playbooks = (*Bundle)(nil)
 
 // ParseBundle decodes the bundle (the ConfigMap's playbooks.yaml value, or
 // the mounted file).

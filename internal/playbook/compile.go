@@ -114,7 +114,7 @@ func compileOne(s *Source, reg Registry) (Compiled, error) {
 	c := Compiled{
 		Name: s.Metadata.Name, Description: strings.TrimSpace(s.Description), Severity: s.Severity,
 		Match: s.Match,
-		Guardrails: CompiledGuardrails{
+		Guardrails: guard.Rules{
 			ProtectedNamespaces:  protected(s.Guardrails.ProtectedNamespaces),
 			RateIncidents:        DefaultRateIncidents,
 			RatePer:              DefaultRatePer.String(),

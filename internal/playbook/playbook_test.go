@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/manifest"
+	"parry.dev/parry/internal/step"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -19,12 +19,12 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // the functions.
 func testRegistry() Registry {
 	reg := Registry{}
-	for _, s := range []function.Spec{
-		{Name: "classify", Params: []function.Param{
-			{Name: "threshold", Type: function.Int, Default: "40"},
-			{Name: "dedupWindow", Type: function.Duration, Default: "10m"},
+	for _, s := range []step.Spec{
+		{Name: "classify", Params: []step.Param{
+			{Name: "threshold", Type: step.Int, Default: "40"},
+			{Name: "dedupWindow", Type: step.Duration, Default: "10m"},
 		}},
-		{Name: "isolate", Params: []function.Param{{Name: "allowEgress", Type: function.StringList}, {Name: "kernelBlock", Type: function.Bool, Default: "true"}}},
+		{Name: "isolate", Params: []step.Param{{Name: "allowEgress", Type: step.StringList}, {Name: "kernelBlock", Type: step.Bool, Default: "true"}}},
 		{Name: "snapshot"}, {Name: "respawn"}, {Name: "revoke"}, {Name: "page"},
 	} {
 		reg[s.Name] = s
@@ -98,8 +98,8 @@ func TestCompileGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg, err := b.StepConfig("chain", "isolate")
-	if err != nil || cfg.Params.String("allowEgress") != "dns" || cfg.Params.String("kernelBlock") != "true" || !cfg.DryRun ||
-		cfg.Guard.RateLimit != 3 || !slices.Contains(cfg.Guard.ProtectedNamespaces, "payments") || !slices.Contains(cfg.Guard.ProtectedNamespaces, "kube-system") {
+	if err != nil || cfg.Params.String("allowEgress") != "dns" || cfg.Params.String("kernelBlock") != "true" || !cfg.Guard.DryRun ||
+		cfg.Guard.RateIncidents != 3 || !slices.Contains(cfg.Guard.ProtectedNamespaces, "payments") || !slices.Contains(cfg.Guard.ProtectedNamespaces, "kube-system") {
 		t.Errorf("StepConfig(chain, isolate) = %+v, %v", cfg, err)
 	}
 	if _, err := b.StepConfig("chain", "nope"); err == nil {

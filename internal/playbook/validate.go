@@ -8,16 +8,16 @@ import (
 	"time"
 
 	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/function"
 	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/manifest"
+	"parry.dev/parry/internal/step"
 	"parry.dev/parry/sensor/filters"
 )
 
 // Registry is the steps a playbook may use, by function name, with their
 // declared parameters. It is injected so that the CLI, tests and functions
 // agree on one list without a package-level table.
-type Registry map[string]function.Spec
+type Registry map[string]step.Spec
 
 // Names lists the registered steps, sorted.
 func (r Registry) Names() []string { return sortedKeys(r) }

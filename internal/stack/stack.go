@@ -1,6 +1,11 @@
-// Package stack assembles the embedded default — journal, broker, the
-// in-process functions and the sensor — as `parry run` runs it, so that
-// tests and the demo start exactly what users run.
+// Package stack is the assembler: it holds the one list of parry's steps,
+// renders their manifests, and assembles the embedded default — journal,
+// broker, the in-process steps and the sensor — as `parry run` runs it, so
+// that tests and the demo start exactly what users run.
+//
+// It is the only package outside cmd/ and tests/ that imports the sensor
+// agent and the steps under functions/; everything below it is a library
+// that takes its clients by injection (see docs/design.md, "Imports").
 package stack
 
 import (
@@ -13,12 +18,16 @@ import (
 	"syscall"
 	"time"
 
+	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/rs/zerolog"
+	"k8s.io/client-go/rest"
 
 	"parry.dev/parry/internal/broker"
+	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/httpclient"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/manifest"
+	"parry.dev/parry/internal/step"
 	"parry.dev/parry/sensor"
 )
 
@@ -34,10 +43,23 @@ type Options struct {
 	// Sensor runs the eBPF sensor in-process when set and this process may
 	// load BPF; its Sink is set to the embedded broker when empty.
 	Sensor *sensor.Config
-	// Functions builds the in-process functions once the sensor (if any)
-	// runs, so that a function can be handed the sensor it acts through.
-	Functions func(s *Stack) (map[string]broker.Handler, error)
-	Log       zerolog.Logger
+	// Steps run in-process, once the sensor (if any) runs, each with the
+	// clients below; parry run passes Steps().
+	Steps []step.Definition
+	// StateDir is where steps keep their state (beside the journal).
+	StateDir string
+	// Kube is the cluster the steps act on; nil runs without one:
+	// Kubernetes actions are skipped with that reason in the trace.
+	Kube *rest.Config
+	// Vault is the steps' Vault client; nil leaves the steps that need
+	// one unregistered.
+	Vault *vaultapi.Client
+	// Functions are more in-process subscribers, by Knative Service name.
+	Functions map[string]events.Handler
+	// Wrap may replace or wrap the in-process handlers (tests record
+	// replies with it).
+	Wrap func(map[string]events.Handler) error
+	Log  zerolog.Logger
 }
 
 // Stack is a running embedded default.
@@ -114,12 +136,10 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			}
 		}
 	}
-	fns := map[string]broker.Handler{}
-	if opts.Functions != nil {
-		if fns, err = opts.Functions(s); err != nil {
-			stopWork()
-			return fail(err)
-		}
+	fns, err := s.buildSteps(workCtx, opts)
+	if err != nil {
+		stopWork()
+		return fail(err)
 	}
 	b, err := broker.New(broker.Options{
 		Manifests: set, Journal: j, Functions: fns, Client: httpclient.New(0),

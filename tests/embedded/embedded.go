@@ -1,6 +1,6 @@
 // Package embedded starts, for tests, the embedded default exactly as
 // `parry run` does — config/ as compiled, the real sensor with the compiled
-// filters, the steps from steps.InProcess — so the kernel-level tests of
+// filters, every step of stack.Steps — so the kernel-level tests of
 // playbooks and the end-to-end tests run what users run.
 package embedded
 
@@ -13,11 +13,12 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"k8s.io/client-go/rest"
 
-	"parry.dev/parry/internal/broker"
+	"parry.dev/parry/internal/clients"
+	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
-	"parry.dev/parry/internal/steps"
 	"parry.dev/parry/sensor"
 	"parry.dev/parry/tests/podcgroup"
 )
@@ -34,7 +35,7 @@ type Options struct {
 	// CoalesceWindow is the sensor's; negative turns coalescing off.
 	CoalesceWindow time.Duration
 	// Wrap may replace or wrap the in-process steps (to record replies).
-	Wrap func(map[string]broker.Handler) error
+	Wrap func(map[string]events.Handler) error
 }
 
 // Start runs the stack until the test ends. It needs root and a kernel
@@ -52,9 +53,12 @@ func Start(t *testing.T, o Options) *stack.Stack {
 	if err := podcgroup.EnsureRoot(); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("KUBECONFIG", o.Kubeconfig)
-	if o.Kubeconfig == "" {
-		os.Unsetenv("KUBECONFIG") // no cluster: pods are attributed from cgroup paths
+	var kube *rest.Config
+	if o.Kubeconfig != "" {
+		var err error
+		if kube, err = clients.KubeConfig(o.Kubeconfig); err != nil {
+			t.Fatal(err)
+		}
 	}
 	state := t.TempDir()
 	filters, ok, err := playbook.SensorFiltersFromConfig(o.ConfigDir, state)
@@ -70,13 +74,7 @@ func Start(t *testing.T, o Options) *stack.Stack {
 	}
 	s, err := stack.Start(context.Background(), stack.Options{
 		ConfigDir: o.ConfigDir, JournalPath: filepath.Join(state, "journal.db"), Listen: "127.0.0.1:0", Sensor: &cfg, Log: log,
-		Functions: func(s *stack.Stack) (map[string]broker.Handler, error) {
-			fns, err := steps.InProcess(s, log, steps.Dirs{Config: o.ConfigDir, State: state})
-			if err == nil && o.Wrap != nil {
-				err = o.Wrap(fns)
-			}
-			return fns, err
-		},
+		Steps: stack.Steps(), StateDir: state, Kube: kube, Wrap: o.Wrap,
 	})
 	if err != nil {
 		t.Fatal(err)

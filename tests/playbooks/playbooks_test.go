@@ -2,6 +2,7 @@ package playbooks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,7 +15,6 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"parry.dev/parry/functions/classify"
-	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/playbook"
@@ -89,10 +89,10 @@ func startStack(t *testing.T) (*replies, *stack.Stack) {
 		// Coalescing off: every repetition of a burst reaches classify, so
 		// the tests prove its dedup, not only the sensor's.
 		CoalesceWindow: -1,
-		Wrap: func(fns map[string]broker.Handler) error {
+		Wrap: func(fns map[string]events.Handler) error {
 			c := fns[classify.Name]
 			if c == nil {
-				return fmt.Errorf("steps.InProcess registered no %s", classify.Name)
+				return fmt.Errorf("the stack registered no %s", classify.Name)
 			}
 			fns[classify.Name] = func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
 				rec.input(e)
@@ -209,8 +209,11 @@ func TestShippedPlaybooks(t *testing.T) {
 				t.Fatalf("no incident opened for pod %s within 15s of the attack", p.UID)
 			}
 			t.Logf("incident %s after %s", events.String(got[0], events.ExtIncident), time.Since(start).Round(time.Millisecond))
-			// Let the rest of the burst arrive: it must join, not open.
-			time.Sleep(2 * time.Second)
+			// The rest of the burst must join, not open: wait until classify
+			// has joined every later repetition and the pod's events have
+			// settled, so the count below is of a burst that arrived.
+			joined := waitJoined(t, rec, p.UID, burst-1, 10*time.Second)
+			settle(t, st, p.UID, 30*time.Second)
 			got = rec.incidents(p.UID)
 			var desc []string
 			for _, e := range got {
@@ -222,14 +225,16 @@ func TestShippedPlaybooks(t *testing.T) {
 			if sev := events.String(got[0], events.ExtSeverity); sev == "" {
 				t.Errorf("incident without severity")
 			}
-			joined := rec.count(p.UID, events.TypeIncidentJoined)
 			t.Logf("classify received %d events of the pod, joined %d to the incident", rec.received(p.UID), joined)
-			if joined == 0 {
-				t.Errorf("the burst of %d reached classify as one event: the dedup was not exercised", burst)
+			if joined < burst-1 {
+				t.Errorf("classify joined %d of the burst's %d later events within 10s: the dedup was not exercised", joined, burst-1)
 			}
 			// The compiled chain ran: every step after classify answered
 			// (done, or failed with its reason: there is no cluster here).
-			pb, _ := bundle.Playbook(name)
+			pb, ok := bundle.Playbook(name)
+			if !ok {
+				t.Fatalf("the compiled bundle in %s lacks playbook %s", configDir, name)
+			}
 			inc := events.String(got[0], events.ExtIncident)
 			for _, step := range pb.Steps {
 				if step.After != classify.Name {
@@ -248,7 +253,7 @@ func TestShippedPlaybooks(t *testing.T) {
 // TestBenignBuild builds and tests a package of this project inside a pod
 // under the sensor: no playbook may open an incident for it.
 func TestBenignBuild(t *testing.T) {
-	rec, _ := startStack(t)
+	rec, st := startStack(t)
 	p := podcgroup.New(t)
 	cmd := p.Command(t, "go", "test", "-count=1", "./internal/events/")
 	cmd.Dir = "../.."
@@ -257,8 +262,10 @@ func TestBenignBuild(t *testing.T) {
 	if err != nil {
 		t.Fatalf("go test in the pod: %v\n%s", err, out)
 	}
-	time.Sleep(3 * time.Second)
-	// The sensor must have watched the build, or this test proves nothing.
+	// The sensor must have watched the build, and classify must have
+	// answered all of it, or this test proves nothing.
+	journaled := settle(t, st, p.UID, 30*time.Second)
+	t.Logf("the journal holds %d events of the build's pod, every delivery finished", journaled)
 	if n := rec.received(p.UID); n < 3 {
 		t.Fatalf("classify received only %d events of the build's pod: the sensor did not watch it", n)
 	}
@@ -277,7 +284,10 @@ func TestBenignBuild(t *testing.T) {
 func waitStep(t *testing.T, st *stack.Stack, incident, fn string, within time.Duration) string {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
-		trees, _ := st.Journal.Incident(context.Background(), incident)
+		trees, err := st.Journal.Incident(context.Background(), incident)
+		if err != nil && !errors.Is(err, journal.ErrNotFound) { // not found: not journaled yet
+			t.Fatal(err)
+		}
 		var found string
 		var walk func(n *journal.Node)
 		walk = func(n *journal.Node) {
@@ -297,6 +307,56 @@ func waitStep(t *testing.T, st *stack.Stack, incident, fn string, within time.Du
 		time.Sleep(100 * time.Millisecond)
 	}
 	return ""
+}
+
+// waitJoined waits until classify has joined at least n events of the pod
+// to an open incident and returns how many it joined.
+func waitJoined(t *testing.T, rec *replies, poduid string, n int, within time.Duration) int {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		joined := rec.count(poduid, events.TypeIncidentJoined)
+		if joined >= n || time.Now().After(deadline) {
+			return joined
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// settle waits until the journal's events of the pod stop growing (for
+// half a second) with every delivery of them finished, and returns how many
+// there are; it fails the test when there are none.
+func settle(t *testing.T, st *stack.Stack, poduid string, within time.Duration) int {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	last, pending := -1, 0
+	for {
+		es, err := st.Journal.Last(context.Background(), 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		pending = 0
+		for _, e := range es {
+			if events.String(e.Event, events.ExtPodUID) != poduid {
+				continue
+			}
+			n++
+			for _, d := range e.Deliveries {
+				if d.State == journal.Pending {
+					pending++
+				}
+			}
+		}
+		if n > 0 && n == last && pending == 0 {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the journal's events of pod %s did not settle within %s: %d events, %d deliveries pending", poduid, within, n, pending)
+		}
+		last = n
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 func waitIncidents(t *testing.T, rec *replies, poduid string, within time.Duration) []cloudevents.Event {

@@ -1,4 +1,4 @@
-package steps_test
+package stack_test
 
 import (
 	"bytes"
@@ -10,20 +10,20 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"parry.dev/parry/internal/steps"
+	"parry.dev/parry/internal/stack"
 )
 
-var update = flag.Bool("update", false, "rewrite config/"+steps.ManifestsFile)
+var update = flag.Bool("update", false, "rewrite config/"+stack.ManifestsFile)
 
 // The committed config/ must hold what the steps' specs render to: one
 // ServiceAccount, ClusterRole (with exactly the declared rules), binding and
 // Knative Service per step.
 func TestManifestsAreCurrent(t *testing.T) {
-	got, err := steps.Manifests()
+	got, err := stack.Manifests()
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join("..", "..", "config", steps.ManifestsFile)
+	path := filepath.Join("..", "..", "config", stack.ManifestsFile)
 	if *update {
 		if err := os.WriteFile(path, got, 0o644); err != nil {
 			t.Fatal(err)
@@ -31,7 +31,7 @@ func TestManifestsAreCurrent(t *testing.T) {
 	}
 	want, err := os.ReadFile(path)
 	if err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("config/%s is stale (%v): go test ./internal/steps -run Manifests -update", steps.ManifestsFile, err)
+		t.Fatalf("config/%s is stale (%v): go test ./internal/stack -run Manifests -update", stack.ManifestsFile, err)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(got))
 	kinds := map[string]int{}
@@ -52,7 +52,7 @@ func TestManifestsAreCurrent(t *testing.T) {
 			}
 		}
 	}
-	n := len(steps.Specs()) + 1
+	n := len(stack.Steps())
 	if kinds["ServiceAccount"] != n || kinds["ClusterRole"] != n || kinds["Service"] != n || kinds["SinkBinding"] != 1 {
 		t.Fatalf("rendered kinds %v, want %d of each per step", kinds, n)
 	}

@@ -1,31 +1,15 @@
-package function
+package step
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/cloudevents/sdk-go/v2/binding"
-	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-	"github.com/rs/zerolog"
 	rbacv1 "k8s.io/api/rbac/v1"
-
-	"parry.dev/parry/internal/events"
-	"parry.dev/parry/internal/guard"
 )
-
-// Handler handles one event and replies with one event or none. An error is
-// a failed attempt: the broker retries it per the Trigger's delivery spec. A
-// step that gives up for good replies dev.parry.step.<name>.failed.v1 with
-// the reason instead of returning an error.
-type Handler func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error)
 
 // ParamType is the type of a step parameter.
 type ParamType string
@@ -48,9 +32,11 @@ type Param struct {
 	Description string
 }
 
-// Spec declares a step: its name (the Knative Service name and the <name>
-// in dev.parry.step.<name>.done.v1), what it does, its parameters, the RBAC
-// rules it needs in a cluster and an example playbook step.
+// Spec declares a step: its name (the Knative Service name, its main under
+// cmd/<name>, and the <name> in dev.parry.step.<name>.done.v1), what it
+// does, its parameters, the RBAC rules it needs in a cluster, an example
+// playbook step, and what the runtime and the manifest renderer must
+// provide. Nothing about a step is special-cased by name elsewhere.
 type Spec struct {
 	Name        string
 	Description string
@@ -59,7 +45,62 @@ type Spec struct {
 	// ServiceAccount: exactly the verbs it uses, nothing more.
 	ClusterRules []rbacv1.PolicyRule
 	Example      string
+
+	// Target is what the event must name for the step to act.
+	Target Target
+	// Playbook: playbooks may name the step, and it reads its parameters
+	// and guardrails from the event's playbook. The dead-letter sink is no
+	// playbook step.
+	Playbook bool
+	// Root: the step every playbook starts with (classify), which receives
+	// sensor events of no playbook and matches the playbooks itself.
+	Root bool
+	// DryRun says the action honours Request.DryRun by describing what it
+	// would do; the runtime does not call an action that cannot, in a dry
+	// run.
+	DryRun bool
+	// Replies says the action answers with events of its own types
+	// (classify's incident events) or none, instead of done.
+	Replies bool
+	// Sensors: the step talks to the node sensors' API.
+	Sensors bool
+	// Vault: the step needs a Vault client.
+	Vault bool
+	// Publishes: the step sends events to the Broker itself (K_SINK).
+	Publishes bool
+	// State: the step keeps files under Deps.StateDir.
+	State bool
+	// SingleReplica: the step's state lives in one process, so a cluster
+	// runs exactly one replica.
+	SingleReplica bool
+	// Account is the ServiceAccount's name; "parry-<Name>" when empty.
+	Account string
 }
+
+// ServiceAccount is the name of the step's ServiceAccount in a cluster.
+func (s Spec) ServiceAccount() string {
+	if s.Account != "" {
+		return s.Account
+	}
+	return "parry-" + s.Name
+}
+
+// Target is what an event must name for a step to act on it.
+type Target int
+
+const (
+	// TargetNone: the step acts on no pod (classify, the dead-letter sink).
+	TargetNone Target = iota
+	// TargetPod: an incident and the pod by UID, or by namespace and name.
+	TargetPod
+	// TargetPodUID: an incident and the pod's UID.
+	TargetPodUID
+	// TargetPodName: the pod's namespace and name.
+	TargetPodName
+	// TargetIncident: an incident; the step finds what it acts on itself
+	// (revoke, whose modes need different parts of the pod).
+	TargetIncident
+)
 
 // Params are the validated parameters one playbook gives one step.
 type Params map[string]string
@@ -176,86 +217,4 @@ func (p Param) text(v any) (string, error) {
 		}
 		return s, nil
 	}
-}
-
-// Serve runs h as a Knative Service does: CloudEvents over HTTP on addr (a
-// Knative Service gets it from $PORT), the reply in the response. A handler
-// error answers 500, so the broker retries per the delivery spec.
-func Serve(ctx context.Context, addr string, h Handler, log zerolog.Logger) error {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
-	mux.HandleFunc("POST /", func(w http.ResponseWriter, r *http.Request) {
-		e, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
-		if err != nil {
-			http.Error(w, "malformed CloudEvent: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		reply, err := h(r.Context(), *e)
-		if err != nil {
-			log.Error().Err(err).Str("event_id", e.ID()).Str("event_type", e.Type()).Msg("handler failed; the broker will retry")
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		if reply == nil {
-			w.WriteHeader(http.StatusAccepted)
-			return
-		}
-		if err := cehttp.WriteResponseWriter(r.Context(), binding.ToMessage(reply), http.StatusOK, w); err != nil {
-			log.Error().Err(err).Str("event_id", e.ID()).Msg("writing the reply")
-		}
-	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(shutdown)
-	}()
-	log.Info().Str("addr", ln.Addr().String()).Msg("serving CloudEvents")
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
-}
-
-// StepConfig is what one playbook asks of one step: its parameters, whether
-// to only record the intended change, and its guardrails.
-type StepConfig struct {
-	Params Params
-	DryRun bool
-	Guard  guard.Rules
-}
-
-// Playbooks finds what a playbook asks of a step. The compiled playbooks
-// implement it (from config/ under parry run, from a mounted ConfigMap in a
-// cluster).
-type Playbooks interface {
-	StepConfig(playbook, step string) (StepConfig, error)
-}
-
-// Done is a step's reply when it succeeded: dev.parry.step.<step>.done.v1
-// from parry://function/<step>, carrying the step extension and data. Its id
-// derives from the cause and the step, so a redelivered cause gets the same
-// reply.
-func Done(cause cloudevents.Event, step string, data any) (*cloudevents.Event, error) {
-	return reply(cause, events.StepDone(step), step, data)
-}
-
-// Failed is a step's reply when it gave up or refused:
-// dev.parry.step.<step>.failed.v1 with {"reason": reason}.
-func Failed(cause cloudevents.Event, step, reason string) (*cloudevents.Event, error) {
-	return reply(cause, events.StepFailed(step), step, map[string]string{"reason": reason})
-}
-
-func reply(cause cloudevents.Event, typ, step string, data any) (*cloudevents.Event, error) {
-	r, err := events.Reply(cause, events.Spec{Type: typ, Source: "parry://function/" + step, Key: step,
-		Extensions: map[string]string{events.ExtStep: step}, Data: data})
-	if err != nil {
-		return nil, fmt.Errorf("%s: building the reply: %w", step, err)
-	}
-	return &r, nil
 }

@@ -1,4 +1,4 @@
-package function_test
+package step_test
 
 import (
 	"context"
@@ -14,17 +14,17 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/rs/zerolog"
 
-	"parry.dev/parry/internal/function"
+	"parry.dev/parry/internal/step"
 )
 
-var spec = function.Spec{
+var spec = step.Spec{
 	Name: "isolate",
-	Params: []function.Param{
-		{Name: "allow", Type: function.StringList, Description: "egress allowed"},
-		{Name: "mode", Type: function.String, Enum: []string{"pod", "serviceaccount"}, Default: "pod"},
-		{Name: "ttl", Type: function.Duration, Required: true, Description: "how long"},
-		{Name: "kill", Type: function.Bool},
-		{Name: "max", Type: function.Int},
+	Params: []step.Param{
+		{Name: "allow", Type: step.StringList, Description: "egress allowed"},
+		{Name: "mode", Type: step.String, Enum: []string{"pod", "serviceaccount"}, Default: "pod"},
+		{Name: "ttl", Type: step.Duration, Required: true, Description: "how long"},
+		{Name: "kill", Type: step.Bool},
+		{Name: "max", Type: step.Int},
 	},
 }
 
@@ -60,7 +60,7 @@ func TestServeRepliesAndFails(t *testing.T) {
 		r.SetType("done")
 		return &r, nil
 	}
-	go function.Serve(ctx, addr, handler, zerolog.Nop())
+	go step.Serve(ctx, addr, handler, zerolog.Nop())
 	send := func(typ string) (*http.Response, error) {
 		e := cloudevents.NewEvent()
 		e.SetID("1")

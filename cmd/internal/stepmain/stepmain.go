@@ -1,0 +1,101 @@
+// Package stepmain is the few lines every step's main shares when it runs
+// as a Knative Service: it reads the environment, builds the clients the
+// step's Spec asks for (once, here), loads the compiled playbooks, and
+// serves CloudEvents on $PORT.
+//
+//	LOG_LEVEL, LOG_FORMAT    info, json
+//	PORT                     8080 (Knative sets it)
+//	KUBECONFIG               outside a cluster; in one, its service account
+//	PARRY_PLAYBOOKS          /etc/parry/playbooks/playbooks.yaml (playbook steps)
+//	PARRY_STATE_DIR          /var/lib/parry (steps that keep state)
+//	PARRY_SENSOR_PORT        9470 (steps that talk to the node sensors)
+//	K_SINK                   the Broker (publishing steps; a SinkBinding sets it)
+//	VAULT_ADDR, VAULT_TOKEN  steps that need Vault; or VAULT_K8S_ROLE (and
+//	                         VAULT_K8S_MOUNT, default kubernetes) to log in
+//	                         with the pod's own service account
+package stepmain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"parry.dev/parry/internal/clients"
+	"parry.dev/parry/internal/httpclient"
+	"parry.dev/parry/internal/logging"
+	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/internal/step"
+)
+
+// Main runs def until SIGTERM. It exits the process.
+func Main(def step.Definition) {
+	log, err := logging.New(os.Stderr, envOr("LOG_LEVEL", "info"), envOr("LOG_FORMAT", "json"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	log = log.With().Str("function", def.Spec.Name).Logger()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, def, log); err != nil {
+		log.Error().Err(err).Msg("stopped")
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
+	spec := def.Spec
+	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: envOr("PARRY_STATE_DIR", "/var/lib/parry"), Log: log}
+	cfg, err := clients.KubeConfig(os.Getenv("KUBECONFIG"))
+	switch {
+	case errors.Is(err, clients.ErrNoCluster):
+		log.Warn().Err(err).Msg("no Kubernetes cluster: steps that act on pods will fail with that reason")
+	case err != nil:
+		return err
+	default:
+		if d.Kube, d.Meta, err = clients.Kube(cfg); err != nil {
+			return err
+		}
+		if spec.Sensors {
+			d.Sensors = step.NodeSensors(d.Kube, d.HTTP, envOr("PARRY_SENSOR_PORT", "9470"))
+		}
+	}
+	if spec.Playbook {
+		bundle, err := playbook.LoadBundle(envOr("PARRY_PLAYBOOKS", "/etc/parry/playbooks/playbooks.yaml"))
+		if err != nil {
+			return fmt.Errorf("%w (mount the parry-playbooks ConfigMap, or set PARRY_PLAYBOOKS)", err)
+		}
+		d.Playbooks = bundle
+	}
+	if spec.Vault {
+		if d.Vault, err = clients.Vault(os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN")); err != nil {
+			return err
+		}
+		if role := os.Getenv("VAULT_K8S_ROLE"); role != "" {
+			mount := os.Getenv("VAULT_K8S_MOUNT")
+			ttl, err := clients.VaultLoginKubernetes(ctx, d.Vault, mount, role, "")
+			if err != nil {
+				return err
+			}
+			go clients.VaultKeepLoggedIn(ctx, d.Vault, mount, role, ttl, log)
+		}
+	}
+	h, err := step.Build(ctx, def, d)
+	if err != nil {
+		return err
+	}
+	return step.Serve(ctx, ":"+envOr("PORT", "8080"), h, log)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,120 @@
+package stack
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	"sigs.k8s.io/yaml"
+
+	"parry.dev/parry/internal/labels"
+	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/internal/step"
+)
+
+// ManifestsFile is where Manifests are committed in config/.
+const ManifestsFile = "500-functions.yaml"
+
+// StateDir is where a step with Spec.State keeps its files in a cluster,
+// and SensorPort the port of the sensors' API on every node.
+const (
+	StateDir   = "/var/lib/parry"
+	SensorPort = "9470"
+)
+
+// Manifests renders, for every step, the ServiceAccount, the ClusterRole
+// with exactly the rules its Spec declares, their binding, and the Knative
+// Service that runs it (a ko:// image of cmd/<name>, with what its Spec
+// asks for: the compiled playbooks, a state volume, the sensors' port, one
+// replica), plus a SinkBinding that gives each publishing step the Broker as
+// K_SINK. The output is deterministic; config/ holds it and a test fails
+// when stale.
+func Manifests() ([]byte, error) {
+	var buf bytes.Buffer
+	buf.WriteString("# Generated from the steps' declared specs (internal/stack). DO NOT EDIT:\n# go test ./internal/stack -run Manifests -update\n")
+	for _, d := range Steps() {
+		for _, obj := range objects(d.Spec) {
+			data, err := yaml.Marshal(obj)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", d.Spec.Name, err)
+			}
+			buf.WriteString("---\n")
+			buf.Write(data)
+		}
+	}
+	return buf.Bytes(), nil
+}
+
+func meta(name string) map[string]any {
+	m := clusterMeta(name)
+	m["namespace"] = playbook.Namespace
+	return m
+}
+
+func clusterMeta(name string) map[string]any {
+	return map[string]any{"name": name, "labels": map[string]string{labels.PartOf: labels.PartOfParry}}
+}
+
+func objects(s step.Spec) []any {
+	account := s.ServiceAccount()
+	rules := slices.Clone(s.ClusterRules)
+	if rules == nil {
+		rules = []rbacv1.PolicyRule{}
+	}
+	env := []map[string]any{}
+	mounts := []map[string]any{}
+	volumes := []map[string]any{}
+	if s.Playbook {
+		env = append(env, map[string]any{"name": "PARRY_PLAYBOOKS", "value": "/etc/parry/playbooks/" + playbook.BundleKey})
+		mounts = append(mounts, map[string]any{"name": "playbooks", "mountPath": "/etc/parry/playbooks", "readOnly": true})
+		volumes = append(volumes, map[string]any{"name": "playbooks", "configMap": map[string]any{"name": playbook.BundleConfigMap}})
+	}
+	if s.State {
+		env = append(env, map[string]any{"name": "PARRY_STATE_DIR", "value": StateDir})
+		mounts = append(mounts, map[string]any{"name": "state", "mountPath": StateDir})
+		volumes = append(volumes, map[string]any{"name": "state", "emptyDir": map[string]any{}})
+	}
+	if s.Sensors {
+		env = append(env, map[string]any{"name": "PARRY_SENSOR_PORT", "value": SensorPort})
+	}
+	container := map[string]any{"image": "ko://parry.dev/parry/cmd/" + s.Name, "env": env}
+	if len(mounts) > 0 {
+		container["volumeMounts"] = mounts
+	}
+	podSpec := map[string]any{"serviceAccountName": account, "containers": []map[string]any{container}}
+	if len(volumes) > 0 {
+		podSpec["volumes"] = volumes
+	}
+	objs := []any{
+		map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(account)},
+		map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": clusterMeta(account), "rules": rules},
+		map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": clusterMeta(account),
+			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
+			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": account, "namespace": playbook.Namespace}}},
+		map[string]any{"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": meta(s.Name),
+			"spec": map[string]any{"template": map[string]any{"metadata": templateMeta(s), "spec": podSpec}}},
+	}
+	if s.Publishes {
+		objs = append(objs, map[string]any{
+			"apiVersion": "sources.knative.dev/v1", "kind": "SinkBinding",
+			"metadata": meta(s.Name + "-sink"),
+			"spec": map[string]any{
+				"subject": map[string]any{"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": s.Name},
+				"sink":    map[string]any{"ref": map[string]any{"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": playbook.BrokerName}},
+			},
+		})
+	}
+	return objs
+}
+
+// templateMeta keeps a step whose state lives in one process (classify's
+// baselines, open incidents and breakers) to one replica: a second one
+// would open a second incident for the same attack.
+func templateMeta(s step.Spec) map[string]any {
+	m := map[string]any{"labels": map[string]string{labels.PartOf: labels.PartOfParry}}
+	if s.SingleReplica {
+		m["annotations"] = map[string]string{"autoscaling.knative.dev/max-scale": "1", "autoscaling.knative.dev/min-scale": "1"}
+	}
+	return m
+}

@@ -1,0 +1,274 @@
+package step
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/rs/zerolog"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/guard"
+	"parry.dev/parry/internal/logging"
+	"parry.dev/parry/sensor/client"
+)
+
+// Definition is a step: what it declares and how it is built.
+type Definition struct {
+	Spec Spec
+	// New builds the step's action from its dependencies. ctx lasts as long
+	// as the step: background work (respawn's reaper) runs under it.
+	New func(ctx context.Context, d Deps) (Action, error)
+}
+
+// Deps are the clients and settings a step may take, built once by the
+// process that runs it (cmd/ reads the environment, never a step).
+type Deps struct {
+	// Kube and Meta are nil without a cluster.
+	Kube kubernetes.Interface
+	Meta metadata.Interface
+	// Sensors finds the sensor of a node; nil where no sensor runs.
+	Sensors SensorLocator
+	// Vault is nil unless the step's Spec asks for it and one is
+	// configured.
+	Vault     *vaultapi.Client
+	Playbooks Playbooks
+	HTTP      *http.Client
+	// Sink is the broker's ingress, for steps that publish.
+	Sink string
+	// StateDir is where a step with Spec.State keeps its files.
+	StateDir string
+	Log      zerolog.Logger
+}
+
+// SensorLocator returns the API of the sensor on a node.
+type SensorLocator func(ctx context.Context, node string) (*client.Client, error)
+
+// Action is what a step does for one event. It returns the data of its
+// done reply, or an error: a *Failure (from Fail) makes the failed reply
+// with its reason; any other error is a failed attempt that the broker
+// retries per the Trigger's delivery spec. A step with Spec.Replies returns
+// a Reply, or nil for no reply.
+type Action func(ctx context.Context, r *Request) (any, error)
+
+// StepConfig is what one playbook asks of one step: its parameters and its
+// guardrails (dry-run among them).
+type StepConfig struct {
+	Params Params
+	Guard  guard.Rules
+}
+
+// Playbooks finds what a playbook asks of a step. The compiled playbooks
+// implement it (from config/ under parry run, from a mounted ConfigMap in a
+// cluster).
+type Playbooks interface {
+	StepConfig(playbook, step string) (StepConfig, error)
+}
+
+// Pod is the pod an event names.
+type Pod struct {
+	Namespace, Name, UID string
+}
+
+// Request is one event as the runtime has checked it.
+type Request struct {
+	Event    cloudevents.Event
+	Incident string
+	Playbook string
+	Pod      Pod
+	Node     string
+	// Config is the playbook's configuration of the step (zero for a step
+	// without Spec.Playbook).
+	Config StepConfig
+	// DryRun: describe what would be done, change nothing.
+	DryRun bool
+	Log    zerolog.Logger
+
+	guard *guard.Guard
+}
+
+// Params are the step's parameters from the playbook.
+func (r *Request) Params() Params { return r.Config.Params }
+
+// AdmitPod applies the guardrails that need the pod's labels (parry's own
+// pods), once the action has read it. It returns a *Failure or nil.
+func (r *Request) AdmitPod(labels map[string]string) error {
+	t := guard.Target{Playbook: r.Playbook, Incident: r.Incident, Namespace: r.Pod.Namespace, PodLabels: labels}
+	if refusal := r.guard.Admit(t, r.Config.Guard); refusal != nil {
+		return &Failure{Reason: refusal.Reason}
+	}
+	return nil
+}
+
+// Failure is a permanent reason not to act: the step replies failed.
+type Failure struct {
+	Reason string
+	// Data replaces {"reason": Reason} as the failed reply's data; it
+	// should carry the reason too.
+	Data any
+}
+
+func (f *Failure) Error() string { return f.Reason }
+
+// Fail is a *Failure with a formatted reason.
+func Fail(format string, args ...any) error {
+	return &Failure{Reason: fmt.Sprintf(format, args...)}
+}
+
+// Reply is the answer of a step with Spec.Replies: an event of its own
+// type, keyed (for its derived id) by Key.
+type Reply struct {
+	Type       string
+	Key        string
+	Extensions map[string]string
+	Data       any
+}
+
+// Handler is the runtime around def's action a: the one events.Handler a
+// step runs as, in-process and in a cluster.
+func Handler(def Definition, a Action, d Deps) events.Handler {
+	rt := &runtime{spec: def.Spec, action: a, playbooks: d.Playbooks, guard: guard.New(),
+		log: d.Log.With().Str(logging.FieldStep, def.Spec.Name).Logger()}
+	return rt.handle
+}
+
+type runtime struct {
+	spec      Spec
+	action    Action
+	playbooks Playbooks
+	guard     *guard.Guard
+	log       zerolog.Logger
+}
+
+func (rt *runtime) handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
+	r := &Request{
+		Event:    e,
+		Incident: events.String(e, events.ExtIncident),
+		Playbook: events.String(e, events.ExtPlaybook),
+		Pod: Pod{Namespace: events.String(e, events.ExtPodNamespace), Name: events.String(e, events.ExtPodName),
+			UID: events.String(e, events.ExtPodUID)},
+		Node:  events.String(e, events.ExtNode),
+		guard: rt.guard,
+	}
+	r.Log = rt.log.With().Str(logging.FieldEventID, e.ID()).Str(logging.FieldEventType, e.Type()).Str(logging.FieldIncident, r.Incident).
+		Str(logging.FieldPlaybook, r.Playbook).Str(logging.FieldPodUID, r.Pod.UID).Logger()
+	if reason := rt.missingTarget(r); reason != "" {
+		return rt.failed(r, &Failure{Reason: reason})
+	}
+	if rt.spec.Playbook && !rt.spec.Root {
+		if rt.playbooks == nil {
+			return rt.failed(r, &Failure{Reason: fmt.Sprintf("no compiled playbooks were given to step %s", rt.spec.Name)})
+		}
+		cfg, err := rt.playbooks.StepConfig(r.Playbook, rt.spec.Name)
+		if err != nil {
+			return rt.failed(r, &Failure{Reason: fmt.Sprintf("playbook %q: %v", r.Playbook, err)})
+		}
+		r.Config, r.DryRun = cfg, cfg.Guard.DryRun
+	}
+	if rt.spec.Target != TargetNone {
+		t := guard.Target{Playbook: r.Playbook, Incident: r.Incident, Namespace: r.Pod.Namespace}
+		if refusal := rt.guard.Admit(t, r.Config.Guard); refusal != nil {
+			return rt.failed(r, &Failure{Reason: refusal.Reason})
+		}
+	}
+	if r.DryRun && !rt.spec.DryRun {
+		r.Log.Info().Msg("dry run: the step cannot describe its changes, so it does not run")
+		return DoneReply(e, rt.spec.Name, map[string]any{"dryRun": true, "note": rt.spec.Name + " does not run in a dry run"})
+	}
+	data, err := rt.action(ctx, r)
+	var f *Failure
+	switch {
+	case errors.As(err, &f):
+		return rt.failed(r, f)
+	case err != nil:
+		r.Log.Error().Err(err).Msg("attempt failed; the broker retries per the Trigger's delivery spec")
+		return nil, err
+	}
+	if !rt.spec.Replies {
+		return DoneReply(e, rt.spec.Name, data)
+	}
+	reply, ok := data.(Reply)
+	if data == nil || !ok {
+		if data != nil {
+			return nil, fmt.Errorf("step %s returned %T, want step.Reply or nil", rt.spec.Name, data)
+		}
+		return nil, nil
+	}
+	return build(e, rt.spec.Name, reply.Type, reply.Key, reply.Extensions, reply.Data)
+}
+
+func (rt *runtime) missingTarget(r *Request) string {
+	p := r.Pod
+	switch rt.spec.Target {
+	case TargetPod:
+		if r.Incident == "" || (p.UID == "" && (p.Namespace == "" || p.Name == "")) {
+			return "the event names no pod (poduid, or podns and podname) or no incident: nothing to " + rt.spec.Name
+		}
+	case TargetPodUID:
+		if r.Incident == "" || p.UID == "" {
+			return "the event names no pod UID (poduid) or no incident: nothing to " + rt.spec.Name
+		}
+	case TargetPodName:
+		if p.Namespace == "" || p.Name == "" {
+			return "the event names no pod (podns, podname): nothing to " + rt.spec.Name
+		}
+	case TargetIncident:
+		if r.Incident == "" {
+			return "the event names no incident: nothing to " + rt.spec.Name
+		}
+	}
+	return ""
+}
+
+func (rt *runtime) failed(r *Request, f *Failure) (*cloudevents.Event, error) {
+	r.Log.Warn().Str(logging.FieldReason, f.Reason).Msg("not acting")
+	if f.Data != nil {
+		return build(r.Event, rt.spec.Name, events.StepFailed(rt.spec.Name), rt.spec.Name, nil, f.Data)
+	}
+	return FailedReply(r.Event, rt.spec.Name, f.Reason)
+}
+
+// DoneReply is a step's reply when it succeeded: dev.parry.step.<step>.done.v1
+// from parry://function/<step>, carrying the step extension and data. Its
+// id derives from the cause and the step, so a redelivered cause gets the
+// same reply.
+func DoneReply(cause cloudevents.Event, step string, data any) (*cloudevents.Event, error) {
+	return build(cause, step, events.StepDone(step), step, nil, data)
+}
+
+// FailedReply is a step's reply when it gave up or refused:
+// dev.parry.step.<step>.failed.v1 with {"reason": reason}. The dead-letter
+// sink builds it for the step the broker gave up on.
+func FailedReply(cause cloudevents.Event, step, reason string) (*cloudevents.Event, error) {
+	return build(cause, step, events.StepFailed(step), step, nil, map[string]string{"reason": reason})
+}
+
+// Source is the CloudEvents source of a step's replies.
+func Source(step string) string { return "parry://function/" + step }
+
+func build(cause cloudevents.Event, step, typ, key string, ext map[string]string, data any) (*cloudevents.Event, error) {
+	all := map[string]string{events.ExtStep: step}
+	for k, v := range ext {
+		all[k] = v
+	}
+	r, err := events.Reply(cause, events.Spec{Type: typ, Source: Source(step), Key: key, Extensions: all, Data: data})
+	if err != nil {
+		return nil, fmt.Errorf("%s: building the reply: %w", step, err)
+	}
+	return &r, nil
+}
+
+// Build constructs def's action from d and returns its handler: what every
+// process that runs a step calls.
+func Build(ctx context.Context, def Definition, d Deps) (events.Handler, error) {
+	a, err := def.New(ctx, d)
+	if err != nil {
+		return nil, fmt.Errorf("step %s: %w", def.Spec.Name, err)
+	}
+	return Handler(def, a, d), nil
+}
