@@ -8,7 +8,9 @@ GO          ?= go
 BPF_CLANG   ?= clang-19
 BPF_STRIP   ?= llvm-strip-19
 BPF_GEN_DIR := sensor/internal/kernel
-BPF_OUTPUTS := $(BPF_GEN_DIR)/parry_x86_bpfel.go $(BPF_GEN_DIR)/parry_x86_bpfel.o
+# One object per architecture ko.yaml builds (linux/amd64 and linux/arm64).
+BPF_OUTPUTS := $(BPF_GEN_DIR)/parry_x86_bpfel.go $(BPF_GEN_DIR)/parry_x86_bpfel.o \
+               $(BPF_GEN_DIR)/parry_arm64_bpfel.go $(BPF_GEN_DIR)/parry_arm64_bpfel.o
 
 .PHONY: generate generate-check bpf-tools vmlinux bench-sensor
 

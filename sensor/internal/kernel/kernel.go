@@ -120,8 +120,8 @@ func hooks(o Options) []hook {
 		cg("connect6", "connect6", ebpf.AttachCGroupInet6Connect),
 	}
 	// One program serves every open syscall: it reads only ret, which all
-	// sys_exit events share, so it is verified once and attached five times.
-	for _, sc := range []string{"openat", "open", "openat2", "creat", "open_by_handle_at"} {
+	// sys_exit events share, so it is verified once and attached to each.
+	for _, sc := range openSyscalls(runtime.GOARCH) {
 		hs = append(hs, tp("open."+sc, "syscalls", "sys_exit_"+sc, "open_exit_openat"))
 	}
 	for _, sc := range []string{
@@ -134,6 +134,16 @@ func hooks(o Options) []hook {
 		}}})
 	}
 	return hs
+}
+
+// openSyscalls lists the syscalls that open a file by name or handle on
+// an architecture: arm64 has the generic syscall table, without open and
+// creat (their hooks would only ever report a missing tracepoint).
+func openSyscalls(goarch string) []string {
+	if goarch == "arm64" {
+		return []string{"openat", "openat2", "open_by_handle_at"}
+	}
+	return []string{"openat", "open", "openat2", "creat", "open_by_handle_at"}
 }
 
 // Load creates the maps, then loads and attaches each hook on its own. It

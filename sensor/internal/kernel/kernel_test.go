@@ -1,9 +1,13 @@
 package kernel
 
 import (
+	"maps"
 	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/rs/zerolog"
 
 	"parry.dev/parry/sensor/internal/cgroups"
@@ -103,5 +107,46 @@ func TestRingSizeChecked(t *testing.T) {
 	}
 	if err := checkRingSize(os.Getpagesize() * 4); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestOpenSyscallsPerArch: arm64 has no open or creat, so no hooks for them.
+func TestOpenSyscallsPerArch(t *testing.T) {
+	if got := openSyscalls("amd64"); len(got) != 5 {
+		t.Errorf("amd64: %v", got)
+	}
+	for _, sc := range openSyscalls("arm64") {
+		if sc == "open" || sc == "creat" {
+			t.Errorf("arm64 hooks %s, which it does not have", sc)
+		}
+	}
+}
+
+// TestEveryArchObject: the object of every architecture (ko.yaml builds
+// amd64 and arm64; only the native one is embedded here) holds the
+// programs, maps and variables the loader names.
+func TestEveryArchObject(t *testing.T) {
+	native, err := loadParry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := filepath.Glob("parry_*_bpfel.o")
+	if err != nil || len(objs) < 2 {
+		t.Fatalf("objects %v: %v; want one per architecture", objs, err)
+	}
+	for _, o := range objs {
+		spec, err := ebpf.LoadCollectionSpec(o)
+		if err != nil {
+			t.Fatalf("%s: %v", o, err)
+		}
+		for what, pair := range map[string][2][]string{
+			"programs":  {slices.Sorted(maps.Keys(spec.Programs)), slices.Sorted(maps.Keys(native.Programs))},
+			"maps":      {slices.Sorted(maps.Keys(spec.Maps)), slices.Sorted(maps.Keys(native.Maps))},
+			"variables": {slices.Sorted(maps.Keys(spec.Variables)), slices.Sorted(maps.Keys(native.Variables))},
+		} {
+			if !slices.Equal(pair[0], pair[1]) {
+				t.Errorf("%s %s: %v, native: %v", o, what, pair[0], pair[1])
+			}
+		}
 	}
 }
