@@ -4,7 +4,7 @@ export CGO_ENABLED ?= 0
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X parry.dev/parry/internal/buildinfo.Version=$(VERSION)
 
-.PHONY: all build run test vet fmt-check unit e2e bench-broker playbooks-check
+.PHONY: all build run test vet fmt-check unit e2e bench-broker playbooks-check cross-check
 
 all: build
 
@@ -31,9 +31,18 @@ unit:
 e2e: tools
 	$(GO) test -count=1 -v -run . ./tests/e2e/
 
-# Everything: formatting, vet, generated BPF code up to date, the pinned
-# servers built (cached), then every test.
-test: fmt-check vet generate-check playbooks-check tools unit
+# Everything: formatting, vet, generated BPF code up to date, every main
+# building for both image architectures, the pinned servers built (cached),
+# then every test.
+test: fmt-check vet generate-check cross-check playbooks-check tools unit
+
+# ko.yaml builds every image for linux/amd64 and linux/arm64: every main
+# package must build for both, without cgo (ko's default).
+cross-check:
+	@mains=$$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./...) || exit 1; \
+	for arch in amd64 arm64; do \
+	  GOOS=linux GOARCH=$$arch CGO_ENABLED=0 $(GO) build -o /dev/null $$mains || { echo "cross-check: the mains above do not build for linux/$$arch"; exit 1; }; \
+	done; echo "cross-check: every main builds for linux/amd64 and linux/arm64"
 
 # The compiled playbooks in config/ are what playbooks/ compiles to.
 playbooks-check:
