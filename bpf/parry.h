@@ -6,6 +6,9 @@
  * record whose length disagrees with its own header. Changing a layout means
  * bumping RECORD_VERSION and the Go parser in the same commit; the Go tests
  * compare these structs with the Go offsets through the bpf2go-generated types.
+ * The enums reach Go the same way (bpf2go -type, sensor/internal/kernel/abi.go):
+ * Go has no copy of their values. A new enum Go needs goes into gen.go and
+ * gets an unused pointer in sensor.bpf.c, or bpf2go cannot see it.
  */
 #ifndef PARRY_H
 #define PARRY_H

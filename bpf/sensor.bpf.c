@@ -25,6 +25,12 @@ const struct exit_rec *unused_exit_rec __attribute__((unused));
 const struct connect_rec *unused_connect_rec __attribute__((unused));
 const struct open_rec *unused_open_rec __attribute__((unused));
 const struct priv_rec *unused_priv_rec __attribute__((unused));
+/* And for the enums Go uses, so it takes their values from here. */
+const enum rec_kind *unused_rec_kind __attribute__((unused));
+const enum counter_slot *unused_counter_slot __attribute__((unused));
+const enum priv_signal *unused_priv_signal __attribute__((unused));
+const enum config_flag *unused_config_flag __attribute__((unused));
+const enum hdr_flag *unused_hdr_flag __attribute__((unused));
 
 #define AF_INET 2
 #define AF_INET6 10

@@ -26,16 +26,6 @@ import (
 	"parry.dev/parry/sensor/api"
 )
 
-// Record kinds, as in bpf/parry.h; they index the counters.
-const (
-	KindExec    = 1
-	KindExit    = 2
-	KindConnect = 3
-	KindOpen    = 4
-	KindPriv    = 5
-	kindMax     = 6
-)
-
 // Options configure Load.
 type Options struct {
 	// RingBufferSize in bytes: a power of two and a multiple of the page size.

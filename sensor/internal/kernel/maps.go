@@ -9,35 +9,10 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// Config flags and signals, as in bpf/parry.h.
-const (
-	FlagExec       = 1 << 0
-	FlagExecAll    = 1 << 1
-	FlagExit       = 1 << 2
-	FlagConnect    = 1 << 3
-	FlagConnectAll = 1 << 4
-	FlagFiles      = 1 << 5
-	FlagScope      = 1 << 6
-	FlagCgroupV1   = 1 << 7
-	flagBlocking   = 1 << 8
-)
-
-// Signal numbers, as in bpf/parry.h (enum priv_signal).
-const (
-	SigSetuid    = 1
-	SigSetgid    = 2
-	SigPtrace    = 3
-	SigMemfd     = 4
-	SigExecMemfd = 5
-	SigUnshare   = 6
-	SigSetns     = 7
-	SigModule    = 8
-)
-
 // Filter is what the kernel lets through; everything else never reaches
 // userspace.
 type Filter struct {
-	Flags uint32
+	Flags uint32 // Flag*
 	// Signals is a bit mask, 1<<Sig*.
 	Signals     uint32
 	ExeNames    []string // basenames, shorter than 32 bytes
@@ -236,28 +211,31 @@ func (k *Kernel) updateBlocking() error {
 
 // Counts are the kernel's per-kind counters summed over CPUs.
 type Counts struct {
-	Seen    [kindMax]uint64
-	Dropped [kindMax]uint64
+	Seen    [NumKinds]uint64
+	Dropped [NumKinds]uint64
 }
 
 // Counters reads the per-CPU seen/dropped counters.
 func (k *Kernel) Counters() (Counts, error) {
 	var c Counts
 	vals := make([]uint64, k.ncpu)
-	for kind := 1; kind < kindMax; kind++ {
-		for slot := range 2 {
-			if err := k.maps.Counters.Lookup(uint32(kind*2+slot), &vals); err != nil {
-				return c, fmt.Errorf("reading counters: %w", err)
-			}
-			var sum uint64
-			for _, v := range vals {
-				sum += v
-			}
-			if slot == 0 {
-				c.Seen[kind] = sum
-			} else {
-				c.Dropped[kind] = sum
-			}
+	sum := func(idx uint32) (uint64, error) {
+		if err := k.maps.Counters.Lookup(idx, &vals); err != nil {
+			return 0, fmt.Errorf("reading counters: %w", err)
+		}
+		var n uint64
+		for _, v := range vals {
+			n += v
+		}
+		return n, nil
+	}
+	for kind := uint32(1); kind < uint32(NumKinds); kind++ {
+		var err error
+		if c.Seen[kind], err = sum(kind*cntStride + cntSeen); err != nil {
+			return c, err
+		}
+		if c.Dropped[kind], err = sum(kind*cntStride + cntDropped); err != nil {
+			return c, err
 		}
 	}
 	return c, nil

@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type parryConfigFlag uint32
+
+const (
+	parryConfigFlagCFG_EXEC        parryConfigFlag = 1
+	parryConfigFlagCFG_EXEC_ALL    parryConfigFlag = 2
+	parryConfigFlagCFG_EXIT        parryConfigFlag = 4
+	parryConfigFlagCFG_CONNECT     parryConfigFlag = 8
+	parryConfigFlagCFG_CONNECT_ALL parryConfigFlag = 16
+	parryConfigFlagCFG_FILES       parryConfigFlag = 32
+	parryConfigFlagCFG_SCOPE       parryConfigFlag = 64
+	parryConfigFlagCFG_CGROUP_V1   parryConfigFlag = 128
+	parryConfigFlagCFG_BLOCKING    parryConfigFlag = 256
+)
+
 type parryConnectRec struct {
 	_      structs.HostLayout
 	Hdr    parryRecHdr
@@ -22,6 +36,14 @@ type parryConnectRec struct {
 	Pad    [3]uint8
 	Daddr  [16]uint8
 }
+
+type parryCounterSlot uint32
+
+const (
+	parryCounterSlotCNT_SEEN    parryCounterSlot = 0
+	parryCounterSlotCNT_DROPPED parryCounterSlot = 1
+	parryCounterSlotCNT_STRIDE  parryCounterSlot = 2
+)
 
 type parryExeKey struct {
 	_    structs.HostLayout
@@ -52,6 +74,14 @@ type parryFlush struct {
 		Opaque [2]uint64
 	}
 }
+
+type parryHdrFlag uint32
+
+const (
+	parryHdrFlagHDR_TRUNCATED parryHdrFlag = 1
+	parryHdrFlagHDR_BLOCKED   parryHdrFlag = 2
+	parryHdrFlagHDR_FILELESS  parryHdrFlag = 4
+)
 
 type parryOpenRec struct {
 	_       structs.HostLayout
@@ -88,6 +118,20 @@ type parryPrivRec struct {
 	Name    [64]int8
 }
 
+type parryPrivSignal uint32
+
+const (
+	parryPrivSignalSIG_SETUID     parryPrivSignal = 1
+	parryPrivSignalSIG_SETGID     parryPrivSignal = 2
+	parryPrivSignalSIG_PTRACE     parryPrivSignal = 3
+	parryPrivSignalSIG_MEMFD      parryPrivSignal = 4
+	parryPrivSignalSIG_EXEC_MEMFD parryPrivSignal = 5
+	parryPrivSignalSIG_UNSHARE    parryPrivSignal = 6
+	parryPrivSignalSIG_SETNS      parryPrivSignal = 7
+	parryPrivSignalSIG_MODULE     parryPrivSignal = 8
+	parryPrivSignalSIG_MAX        parryPrivSignal = 9
+)
+
 type parryRecHdr struct {
 	_        structs.HostLayout
 	Kind     uint8
@@ -107,6 +151,17 @@ type parryRecHdr struct {
 	Pad      uint32
 	Comm     [16]int8
 }
+
+type parryRecKind uint32
+
+const (
+	parryRecKindKIND_EXEC    parryRecKind = 1
+	parryRecKindKIND_EXIT    parryRecKind = 2
+	parryRecKindKIND_CONNECT parryRecKind = 3
+	parryRecKindKIND_OPEN    parryRecKind = 4
+	parryRecKindKIND_PRIV    parryRecKind = 5
+	parryRecKindKIND_MAX     parryRecKind = 6
+)
 
 type parryScratch struct {
 	_ structs.HostLayout
@@ -207,11 +262,16 @@ const (
 	parryProgPrivExitUnshare      = "priv_exit_unshare"
 	parryVarFlushArmed            = "flush_armed"
 	parryVarLastWakeup            = "last_wakeup"
+	parryVarUnusedConfigFlag      = "unused_config_flag"
 	parryVarUnusedConnectRec      = "unused_connect_rec"
+	parryVarUnusedCounterSlot     = "unused_counter_slot"
 	parryVarUnusedExecRec         = "unused_exec_rec"
 	parryVarUnusedExitRec         = "unused_exit_rec"
+	parryVarUnusedHdrFlag         = "unused_hdr_flag"
 	parryVarUnusedOpenRec         = "unused_open_rec"
 	parryVarUnusedPrivRec         = "unused_priv_rec"
+	parryVarUnusedPrivSignal      = "unused_priv_signal"
+	parryVarUnusedRecKind         = "unused_rec_kind"
 	parryVarWakeupNs              = "wakeup_ns"
 )
 
@@ -317,14 +377,19 @@ type parryMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type parryVariableSpecs struct {
-	FlushArmed       *ebpf.VariableSpec `ebpf:"flush_armed"`
-	LastWakeup       *ebpf.VariableSpec `ebpf:"last_wakeup"`
-	UnusedConnectRec *ebpf.VariableSpec `ebpf:"unused_connect_rec"`
-	UnusedExecRec    *ebpf.VariableSpec `ebpf:"unused_exec_rec"`
-	UnusedExitRec    *ebpf.VariableSpec `ebpf:"unused_exit_rec"`
-	UnusedOpenRec    *ebpf.VariableSpec `ebpf:"unused_open_rec"`
-	UnusedPrivRec    *ebpf.VariableSpec `ebpf:"unused_priv_rec"`
-	WakeupNs         *ebpf.VariableSpec `ebpf:"wakeup_ns"`
+	FlushArmed        *ebpf.VariableSpec `ebpf:"flush_armed"`
+	LastWakeup        *ebpf.VariableSpec `ebpf:"last_wakeup"`
+	UnusedConfigFlag  *ebpf.VariableSpec `ebpf:"unused_config_flag"`
+	UnusedConnectRec  *ebpf.VariableSpec `ebpf:"unused_connect_rec"`
+	UnusedCounterSlot *ebpf.VariableSpec `ebpf:"unused_counter_slot"`
+	UnusedExecRec     *ebpf.VariableSpec `ebpf:"unused_exec_rec"`
+	UnusedExitRec     *ebpf.VariableSpec `ebpf:"unused_exit_rec"`
+	UnusedHdrFlag     *ebpf.VariableSpec `ebpf:"unused_hdr_flag"`
+	UnusedOpenRec     *ebpf.VariableSpec `ebpf:"unused_open_rec"`
+	UnusedPrivRec     *ebpf.VariableSpec `ebpf:"unused_priv_rec"`
+	UnusedPrivSignal  *ebpf.VariableSpec `ebpf:"unused_priv_signal"`
+	UnusedRecKind     *ebpf.VariableSpec `ebpf:"unused_rec_kind"`
+	WakeupNs          *ebpf.VariableSpec `ebpf:"wakeup_ns"`
 }
 
 // parryObjects contains all objects after they have been loaded into the kernel.
@@ -382,14 +447,19 @@ func (m *parryMaps) Close() error {
 //
 // It can be passed to loadParryObjects or ebpf.CollectionSpec.LoadAndAssign.
 type parryVariables struct {
-	FlushArmed       *ebpf.Variable `ebpf:"flush_armed"`
-	LastWakeup       *ebpf.Variable `ebpf:"last_wakeup"`
-	UnusedConnectRec *ebpf.Variable `ebpf:"unused_connect_rec"`
-	UnusedExecRec    *ebpf.Variable `ebpf:"unused_exec_rec"`
-	UnusedExitRec    *ebpf.Variable `ebpf:"unused_exit_rec"`
-	UnusedOpenRec    *ebpf.Variable `ebpf:"unused_open_rec"`
-	UnusedPrivRec    *ebpf.Variable `ebpf:"unused_priv_rec"`
-	WakeupNs         *ebpf.Variable `ebpf:"wakeup_ns"`
+	FlushArmed        *ebpf.Variable `ebpf:"flush_armed"`
+	LastWakeup        *ebpf.Variable `ebpf:"last_wakeup"`
+	UnusedConfigFlag  *ebpf.Variable `ebpf:"unused_config_flag"`
+	UnusedConnectRec  *ebpf.Variable `ebpf:"unused_connect_rec"`
+	UnusedCounterSlot *ebpf.Variable `ebpf:"unused_counter_slot"`
+	UnusedExecRec     *ebpf.Variable `ebpf:"unused_exec_rec"`
+	UnusedExitRec     *ebpf.Variable `ebpf:"unused_exit_rec"`
+	UnusedHdrFlag     *ebpf.Variable `ebpf:"unused_hdr_flag"`
+	UnusedOpenRec     *ebpf.Variable `ebpf:"unused_open_rec"`
+	UnusedPrivRec     *ebpf.Variable `ebpf:"unused_priv_rec"`
+	UnusedPrivSignal  *ebpf.Variable `ebpf:"unused_priv_signal"`
+	UnusedRecKind     *ebpf.Variable `ebpf:"unused_rec_kind"`
+	WakeupNs          *ebpf.Variable `ebpf:"wakeup_ns"`
 }
 
 // parryPrograms contains all programs after they have been loaded into the kernel.

@@ -11,23 +11,27 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"parry.dev/parry/sensor/internal/kernel"
 )
 
 // Version is the record layout version (RECORD_VERSION in bpf/parry.h).
 const Version = 1
 
-// Kind of a record.
+// Kind of a record (enum rec_kind).
 type Kind uint8
 
-// Record kinds.
+// Record kinds. Their values, like those of the signals and header flags
+// below, come from bpf/parry.h through the bpf2go bindings (package
+// kernel): there is no second copy to keep in step.
 const (
-	KindExec    Kind = 1
-	KindExit    Kind = 2
-	KindConnect Kind = 3
-	KindOpen    Kind = 4
-	KindPriv    Kind = 5
+	KindExec    = Kind(kernel.KindExec)
+	KindExit    = Kind(kernel.KindExit)
+	KindConnect = Kind(kernel.KindConnect)
+	KindOpen    = Kind(kernel.KindOpen)
+	KindPriv    = Kind(kernel.KindPriv)
 	// NumKinds bounds per-kind arrays (index 0 is unused).
-	NumKinds = 6
+	NumKinds = Kind(kernel.NumKinds)
 )
 
 func (k Kind) String() string {
@@ -51,16 +55,18 @@ type Signal uint32
 
 // Signals.
 const (
-	SigSetuid    Signal = 1
-	SigSetgid    Signal = 2
-	SigPtrace    Signal = 3
-	SigMemfd     Signal = 4
-	SigExecMemfd Signal = 5
-	SigUnshare   Signal = 6
-	SigSetns     Signal = 7
-	SigModule    Signal = 8
+	SigSetuid    = Signal(kernel.SigSetuid)
+	SigSetgid    = Signal(kernel.SigSetgid)
+	SigPtrace    = Signal(kernel.SigPtrace)
+	SigMemfd     = Signal(kernel.SigMemfd)
+	SigExecMemfd = Signal(kernel.SigExecMemfd)
+	SigUnshare   = Signal(kernel.SigUnshare)
+	SigSetns     = Signal(kernel.SigSetns)
+	SigModule    = Signal(kernel.SigModule)
 )
 
+// signalNames are indexed by Signal (the names are Go's: the C header
+// numbers the signals only; a test holds the two to the same count).
 var signalNames = [...]string{"", "setuid", "setgid", "ptrace", "memfd", "exec-memfd", "unshare", "setns", "module"}
 
 // String is the signal's name as used in filters and events.
@@ -86,26 +92,33 @@ func SignalNames() []string { return append([]string(nil), signalNames[1:]...) }
 
 // Header flags (enum hdr_flag).
 const (
-	FlagTruncated = 1 << 0
-	FlagBlocked   = 1 << 1
-	FlagFileless  = 1 << 2
+	FlagTruncated = kernel.HdrTruncated
+	FlagBlocked   = kernel.HdrBlocked
+	FlagFileless  = kernel.HdrFileless
 )
 
-// Sizes and offsets of the layouts; kernel tests compare them with the
-// bpf2go-generated types.
+// Sizes of the layouts, as bpf2go generated them from bpf/parry.h. The
+// offsets Parse reads at are written out; the kernel package's layout test
+// holds them, and the length limits below, to the C structs.
 const (
-	HeaderSize     = 80
-	ExecFixedSize  = 96
-	ExitSize       = 96
-	ConnectSize    = 104
-	OpenFixedSize  = 96
-	PrivSize       = 200
-	ExeMax         = 2047
-	ArgsMax        = 1023
-	CgroupNameMax  = 127
-	OpenPathMax    = 2047
-	privNameOffset = 136
+	HeaderSize    = kernel.HeaderSize
+	ExecFixedSize = kernel.ExecFixedSize
+	ExitSize      = kernel.ExitSize
+	ConnectSize   = kernel.ConnectSize
+	OpenFixedSize = kernel.OpenFixedSize
+	PrivSize      = kernel.PrivSize
 )
+
+// Length limits (#defines in bpf/parry.h, which bpf2go cannot carry).
+const (
+	ExeMax        = 2047
+	ArgsMax       = 1023
+	CgroupNameMax = 127
+	OpenPathMax   = 2047
+)
+
+// privNameOffset is where priv_rec.name starts.
+const privNameOffset = 136
 
 // Record is one decoded record. Fields not used by its Kind are zero.
 type Record struct {
