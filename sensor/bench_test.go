@@ -2,41 +2,23 @@ package sensor
 
 import (
 	"encoding/binary"
-	"hash/maphash"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
-	"parry.dev/parry/sensor/internal/attrib"
-	"parry.dev/parry/sensor/internal/cgroups"
 	"parry.dev/parry/sensor/internal/emit"
-	"parry.dev/parry/sensor/internal/recorder"
 	"parry.dev/parry/sensor/internal/wire"
 )
 
-type pathRes map[uint64]string
-
-func (p pathRes) Path(id uint64) (string, error) { return p[id], nil }
-
-// benchSensor is a Sensor without a kernel: enough for handle().
-func benchSensor(b *testing.B, coalesce time.Duration) *Sensor {
-	cfg := Config{Node: "bench", CoalesceWindow: coalesce, RecorderAddr: "-", SpoolDir: "-"}
-	cfg.applyDefaults()
-	cfg.derive()
+// benchPipeline is the reader's hot path without a kernel, emitting into
+// an emitter whose sink is never reached (its queue holds everything).
+func benchPipeline(b *testing.B, coalesce time.Duration) *pipeline {
 	em, err := emit.New(emit.Options{Sink: "http://127.0.0.1:1/", QueueLen: 1 << 30, Log: zerolog.Nop()})
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := &Sensor{
-		cfg: cfg, log: zerolog.Nop(), seed: maphash.MakeSeed(),
-		coalesce: map[coalesceKey]*coalesceEntry{}, exes: map[uint32]string{}, waitPods: map[string]int{},
-		lossKick: make(chan struct{}, 1), em: em, bootID: "boot",
-		attr: attrib.New(pathRes{7: "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0d1e2f3a_4b5c_6d7e_8f90_a1b2c3d4e5f6.slice/cri-containerd-4f3e2d1c0b0a09080706050403020100ffeeddccbbaa99887766554433221100.scope"}, nil, time.Minute, 0),
-		rec:  recorder.New(recorder.Options{}),
-	}
-	_ = cgroups.PodRef{}
-	return s
+	return testPipeline(Config{CoalesceWindow: coalesce}, nil, em)
 }
 
 func rawRecord(kind wire.Kind, size int) []byte {
@@ -81,7 +63,7 @@ func connectRaw(ktime uint64) []byte {
 // BenchmarkHandleExecExit is the userspace cost of an exec storm's records
 // (one exec and one exit per process), with the default coalescing.
 func BenchmarkHandleExecExit(b *testing.B) {
-	s := benchSensor(b, time.Second)
+	p := benchPipeline(b, time.Second)
 	recs := make([][]byte, 0, 2048)
 	for i := range 1024 {
 		recs = append(recs, execRaw(uint32(1000+i), uint64(i)*1000), exitRaw(uint32(1000+i), uint64(i)*1000+500))
@@ -89,28 +71,28 @@ func BenchmarkHandleExecExit(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		s.handle(recs[i%len(recs)])
+		p.handle(recs[i%len(recs)])
 		i++
 	}
 }
 
 // BenchmarkHandleConnect is the userspace cost of a connect storm's records.
 func BenchmarkHandleConnect(b *testing.B) {
-	s := benchSensor(b, time.Second)
+	p := benchPipeline(b, time.Second)
 	rec := connectRaw(1)
 	b.ReportAllocs()
 	for b.Loop() {
-		s.handle(rec)
+		p.handle(rec)
 	}
 }
 
 // BenchmarkHandleEveryEvent: coalescing off, every record becomes a
 // CloudEvent (built and queued; delivery is the emitter's).
 func BenchmarkHandleEveryEvent(b *testing.B) {
-	s := benchSensor(b, -1)
+	p := benchPipeline(b, -1)
 	rec := connectRaw(1)
 	b.ReportAllocs()
 	for b.Loop() {
-		s.handle(rec)
+		p.handle(rec)
 	}
 }

@@ -1,68 +1,42 @@
 package sensor
 
 import (
-	"context"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"parry.dev/parry/internal/events"
 	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/kernel"
-	"parry.dev/parry/sensor/internal/wire"
 )
 
 // Health returns the current counters.
 func (s *Sensor) Health() api.Health {
 	h := api.Health{
 		Node: s.cfg.Node, BootID: s.bootID, Started: s.start,
-		UptimeSec:        int64(time.Since(s.start).Seconds()),
-		Hooks:            s.k.Hooks(),
-		Kinds:            map[string]api.KindCounts{},
-		Emitted:          s.emitted.Load(),
-		Coalesced:        s.coalesced.Load(),
-		OutOfScope:       s.outScope.Load(),
-		Recorder:         s.rec.Stats(),
-		Cgroups:          s.attr.Len(),
-		Wakeups:          s.wakeups.Load(),
-		StretchedWakeups: s.stretched.Load(),
-		WakeupIntervalUs: s.interval.Load() / 1e3,
-		FlushKicks:       s.kicks.Load(),
-		RSSBytes:         rss(),
+		UptimeSec: int64(time.Since(s.start).Seconds()),
+		Hooks:     s.k.Hooks(),
+		Recorder:  s.rec.Stats(),
+		Cgroups:   s.attr.Len(),
+		RSSBytes:  rss(),
 	}
-	if f := s.firstRec.Load(); f != 0 {
-		h.StartupMs = (f - s.start.UnixNano()) / 1e6
-	}
-	c := s.kernelCounters()
-	for k := wire.KindExec; k < wire.NumKinds; k++ {
-		kc := api.KindCounts{Seen: c.Seen[k], Dropped: c.Dropped[k], Received: s.received[k].Load()}
-		if kc.Seen > kc.Dropped+kc.Received {
-			kc.InFlight = kc.Seen - kc.Dropped - kc.Received
-		}
-		h.Kinds[k.String()] = kc
-	}
-	if s.em != nil {
-		st := s.em.Stats()
-		h.Emitter = &st
-	}
-	h.Lost, h.LostTotal = s.losses(c, h.Emitter)
+	s.st.fill(&h, s.start, s.kernelCounters(), s.emitterStats())
 	return h
 }
 
-// losses totals what was lost; the housekeeping loop polls it every second,
-// so it reads only counters (Health also reads /proc and the tables).
-func (s *Sensor) losses(c kernel.Counts, em *api.EmitterStats) (api.Loss, uint64) {
-	var l api.Loss
-	for k := wire.KindExec; k < wire.NumKinds; k++ {
-		l.RingBuffer += c.Dropped[k]
+// lost is the loss total, from the counters only (the housekeeper polls it
+// every second; Health also reads /proc and the tables).
+func (s *Sensor) lost() uint64 {
+	_, n := s.st.losses(s.kernelCounters(), s.emitterStats())
+	return n
+}
+
+func (s *Sensor) emitterStats() *api.EmitterStats {
+	if s.em == nil {
+		return nil
 	}
-	l.Malformed = s.malformed.Load()
-	l.Build = s.buildErrs.Load()
-	if em != nil {
-		l.SpoolOverflow, l.Rejected = em.SpoolOverflow, em.Rejected
-	}
-	return l, l.RingBuffer + l.Malformed + l.Build + l.SpoolOverflow + l.Rejected
+	st := s.em.Stats()
+	return &st
 }
 
 func (s *Sensor) kernelCounters() kernel.Counts {
@@ -73,82 +47,33 @@ func (s *Sensor) kernelCounters() kernel.Counts {
 	return c
 }
 
-// housekeeping runs the periodic work: loss detection (kernel drops are
-// polled every second; userspace losses kick it at once), health events at
-// most once a second on loss and every HealthInterval otherwise, sweeps of
-// the caches, and the scope roots.
-func (s *Sensor) housekeeping(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	var lastLoss uint64
-	var lastHealth time.Time
-	lastSweep, lastScope := time.Now(), time.Now()
-	report := func(now time.Time, force bool) {
-		var em *api.EmitterStats
-		if s.em != nil {
-			st := s.em.Stats()
-			em = &st
-		}
-		_, lost := s.losses(s.kernelCounters(), em)
-		newLoss := lost > lastLoss
-		if !force && !(newLoss && now.Sub(lastHealth) >= time.Second) && now.Sub(lastHealth) < s.cfg.HealthInterval {
-			return
-		}
-		h := s.Health()
-		h.NewLoss = h.LostTotal > lastLoss
-		if h.NewLoss {
-			s.log.Warn().Uint64("lost_total", h.LostTotal).Interface("lost", h.Lost).Msg("events lost")
-		}
-		s.sendHealth(h)
-		lastHealth, lastLoss = now, h.LostTotal
-	}
-	report(time.Now(), true) // the first one says which hooks run
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.lossKick:
-			if now := time.Now(); now.Sub(lastHealth) >= time.Second {
-				report(now, false)
-			} // else the next tick reports it
-			continue
-		case <-t.C:
-		}
-		now := time.Now()
-		report(now, false)
-		s.refreshBootOffset()
-		if now.Sub(lastScope) >= 2*time.Second {
-			s.rescanScope()
-			lastScope = now
-		}
-		if now.Sub(lastSweep) >= 10*time.Second {
-			s.attr.Sweep(now)
-			s.rec.Sweep(now)
-			lastSweep = now
-		}
+// housekeeper is the sensor's periodic work: health reports, and each
+// second the boot clock, every 2s the scope roots (a kubelet started after
+// the sensor), every 10s the attribution and recorder sweeps.
+func (s *Sensor) housekeeper() *housekeeper {
+	return &housekeeper{
+		healthInterval: s.cfg.HealthInterval,
+		lost:           s.lost,
+		health:         s.Health,
+		send:           s.sendHealth,
+		log:            s.log,
+		jobs: []job{
+			{every: 0, run: func(time.Time) { s.clock.refresh() }},
+			{every: 2 * time.Second, run: func(time.Time) { s.rescanScope() }},
+			{every: 10 * time.Second, run: func(now time.Time) {
+				s.attr.Sweep(now)
+				s.rec.Sweep(now)
+			}},
+		},
 	}
 }
 
-func (s *Sensor) sendHealth(h api.Health) {
+// sendHealth emits a health event (none without a sink).
+func (s *Sensor) sendHealth(h api.Health, seq uint64) {
 	if s.em == nil {
 		return
 	}
-	seq := s.healthSeq.Add(1)
-	sev := "info"
-	if h.NewLoss {
-		sev = "warning"
-	}
-	ev, err := events.New(events.Spec{
-		Type:    events.TypeSensorHealth,
-		Source:  s.cfg.Source,
-		Subject: "node/" + s.cfg.Node,
-		Key:     s.bootID + "/health/" + strconv.FormatInt(s.start.UnixNano(), 10) + "/" + strconv.FormatUint(seq, 10),
-		Extensions: map[string]string{
-			events.ExtNode:     s.cfg.Node,
-			events.ExtSeverity: sev,
-		},
-		Data: h,
-	})
+	ev, err := s.mapper.health(h, s.start, seq)
 	if err != nil {
 		s.log.Error().Err(err).Msg("building health event")
 		return

@@ -50,7 +50,7 @@ func TestMalformedRecord(t *testing.T) {
 	// Before Run, this goroutine is the only reader: feed it what a broken
 	// or mismatched BPF object could produce.
 	for _, b := range [][]byte{nil, {1}, make([]byte, 80), {3, 1, 0, 0, 255, 255, 255, 255}} {
-		s.handle(b)
+		s.pipe.handle(b)
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"net"
 	"net/http"
 	"os"
@@ -13,12 +12,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 
 	"parry.dev/parry/internal/httpclient"
 	"parry.dev/parry/sensor/api"
@@ -59,10 +56,15 @@ func memoryLimit(recorderBytes int) int64 { return 10<<20 + 2*int64(recorderByte
 // Sensor is a loaded sensor. New loads it, Run reads until the context
 // ends, Close releases the kernel objects. Block and Unblock may be called
 // while it runs.
+//
+// The reader's hot path is its pipeline (pipeline.go: coalescer, pending
+// queue, event mapper); the counters are its stats; the periodic work is
+// the housekeeper's.
 type Sensor struct {
-	cfg   Config
-	log   zerolog.Logger
-	start time.Time
+	cfg    Config
+	log    zerolog.Logger
+	start  time.Time
+	bootID string
 
 	k       *kernel.Kernel
 	ring    *kernel.Ring
@@ -77,43 +79,19 @@ type Sensor struct {
 	emDone  chan struct{}
 	srv     *http.Server
 	srvAddr string
-	bootID  string
 
-	bootOffset atomic.Int64 // wall-clock ns minus CLOCK_BOOTTIME ns
+	clock    bootClock
+	st       stats
+	mapper   eventMapper // records and health reports to CloudEvents
+	pipe     *pipeline
+	lossKick chan struct{} // the pipeline's losses, for the housekeeper
 
-	// reader-goroutine state
-	parser   wire.Parser
-	rec0     wire.Record
-	seed     maphash.Seed
-	coalesce map[coalesceKey]*coalesceEntry
-	lastExec lastExecHash      // execHash's memory
-	exes     map[uint32]string // pid → exe, from exec records, for the other kinds
-	waiting  []waitingEvent
-	waitPods map[string]int
-	lastTick time.Time
-	kickOK   bool // KickFlush works (reader goroutine only)
-	pace     pacer
-	// lastRelease: the last time tick released waiting events
-	lastRelease time.Time
+	// reader goroutine: wake-up pacing (see readLoop)
+	pace   pacer
+	kickOK bool // KickFlush works
 
 	scopeMu  sync.Mutex
 	scopeIDs []uint64
-
-	// counters
-	received  [wire.NumKinds]atomic.Uint64
-	malformed atomic.Uint64
-	coalesced atomic.Uint64
-	outScope  atomic.Uint64
-	buildErrs atomic.Uint64
-	emitted   atomic.Uint64
-	wakeups   atomic.Uint64 // times the reader slept and was woken
-	stretched atomic.Uint64 // of them, at an interval stretched by a storm
-	interval  atomic.Int64  // the kernel's current wake-up interval, ns
-	kicks     atomic.Uint64 // flush timer kicks (see readLoop)
-	kickErrs  atomic.Uint64
-	firstRec  atomic.Int64 // unix ns of the first record, for start-up time
-	lossKick  chan struct{}
-	healthSeq atomic.Uint64
 
 	closeOnce sync.Once
 }
@@ -130,10 +108,6 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	log = log.With().Str("component", "sensor").Logger()
 	s := &Sensor{
 		cfg: cfg, log: log, start: time.Now(),
-		seed:     maphash.MakeSeed(),
-		coalesce: map[coalesceKey]*coalesceEntry{},
-		exes:     map[uint32]string{},
-		waitPods: map[string]int{},
 		lossKick: make(chan struct{}, 1),
 		emDone:   make(chan struct{}),
 		kickOK:   true,
@@ -154,7 +128,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	}
 	s.filt = filt
 	s.bootID = readBootID()
-	s.refreshBootOffset()
+	s.clock.refresh()
 	if err := rlimit.RemoveMemlock(); err != nil {
 		log.Warn().Err(err).Msg("could not lift RLIMIT_MEMLOCK; BPF maps may fail to load on kernels before 5.11")
 	}
@@ -185,7 +159,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.interval.Store(int64(cfg.WakeupInterval))
+	s.st.interval.Store(int64(cfg.WakeupInterval))
 	// Parsing kernel BTF for CO-RE allocated tens of MB that are garbage now.
 	debug.FreeOSMemory()
 	if cfg.LimitMemory && os.Getenv("GOMEMLIMIT") == "" {
@@ -233,6 +207,18 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 		close(s.emDone)
 		log.Warn().Msg("no --sink and no K_SINK: events stay in the flight recorder, none are emitted")
 	}
+	s.mapper = eventMapper{node: cfg.Node, source: cfg.Source, bootID: s.bootID, meta: s.attr}
+	d := pipelineDeps{
+		cfg: cfg, log: log, mapper: s.mapper, clock: &s.clock, attr: s.attr, pods: pods,
+		rec: s.rec, st: &s.st, loss: s.lossKick,
+	}
+	if s.v1 {
+		d.v1 = newV1Scope(s.filt)
+	}
+	if s.em != nil {
+		d.sink = s.em
+	}
+	s.pipe = newPipeline(d)
 
 	if cfg.RecorderAddr != "-" {
 		l, err := net.Listen("tcp", cfg.RecorderAddr)
@@ -397,20 +383,6 @@ func (s *Sensor) rescanScope() {
 	}
 }
 
-// inScopeV1 applies the pods scope in userspace (v1 attribution: the
-// kernel cannot test v1 ancestry cheaply).
-func (s *Sensor) inScopeV1(id *attrib.Identity) bool {
-	if s.filt.Scope != "pods" {
-		return true
-	}
-	for _, r := range s.filt.PodRoots {
-		if p := "/" + r; id.CgroupPath == p || strings.HasPrefix(id.CgroupPath, p+"/") {
-			return true
-		}
-	}
-	return id.InPod()
-}
-
 // Run reads the kernel's records until ctx is done.
 func (s *Sensor) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
@@ -424,7 +396,7 @@ func (s *Sensor) Run(ctx context.Context) error {
 			close(s.emDone)
 		}()
 	}
-	go s.housekeeping(ctx)
+	go s.housekeeper().run(ctx, s.lossKick)
 	go func() {
 		<-ctx.Done()
 		s.ring.Close() // interrupts Wait
@@ -459,13 +431,9 @@ func (s *Sensor) readLoop() error {
 	read := 0 // records since the last wake-up
 	for {
 		now := time.Now()
-		read += s.ring.Drain(s.handle)
-		s.tick(now)
-		var deadline time.Time
-		if len(s.waiting) > 0 {
-			deadline = s.lastRelease.Add(s.cfg.WakeupInterval) // stable until tick releases
-		}
-		slept, err := s.ring.Wait(deadline)
+		read += s.ring.Drain(s.pipe.handle)
+		s.pipe.tick(now)
+		slept, err := s.ring.Wait(s.pipe.deadline())
 		switch {
 		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
 		case errors.Is(err, kernel.ErrRingClosed):
@@ -477,30 +445,30 @@ func (s *Sensor) readLoop() error {
 			continue
 		}
 		woke := time.Now()
-		s.wakeups.Add(1)
+		s.st.wakeups.Add(1)
 		// Flush wake-ups come an interval apart, give or take the
 		// scheduler's delay in waking us: half an interval tells them
 		// from the records that woke us on their own.
 		early := woke.Sub(lastWake) < s.pace.cur/2
 		if s.pace.cur > s.cfg.WakeupInterval {
-			s.stretched.Add(1)
+			s.st.stretched.Add(1)
 		}
-		if iv := s.pace.woke(read, woke.Sub(lastWake)); iv != time.Duration(s.interval.Load()) {
+		if iv := s.pace.woke(read, woke.Sub(lastWake)); iv != time.Duration(s.st.interval.Load()) {
 			if err := s.k.SetWakeupInterval(iv); err != nil {
 				s.log.Warn().Err(err).Msg("the wake-up interval stays as it was")
 			} else {
-				s.interval.Store(int64(iv))
+				s.st.interval.Store(int64(iv))
 			}
 		}
 		read = 0
 		if early && s.kickOK {
 			switch err := s.k.KickFlush(); {
 			case err == nil:
-				s.kicks.Add(1)
+				s.st.kicks.Add(1)
 			case errors.Is(err, kernel.ErrNoKick):
 				s.kickOK = false // the load already said so
 			default:
-				if s.kickErrs.Add(1) == 1 {
+				if s.st.kickErrs.Add(1) == 1 {
 					s.log.Warn().Err(err).Msg("arming the flush timer failed (counted; retried on the next early wake-up)")
 				}
 			}
@@ -625,18 +593,4 @@ func readBootID() string {
 		return "unknown-boot"
 	}
 	return strings.TrimSpace(string(b))
-}
-
-// refreshBootOffset ties CLOCK_BOOTTIME (record times) to the wall clock;
-// redone periodically so NTP steps are followed.
-func (s *Sensor) refreshBootOffset() {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return
-	}
-	s.bootOffset.Store(time.Now().UnixNano() - ts.Nano())
-}
-
-func (s *Sensor) wall(ktime uint64) time.Time {
-	return time.Unix(0, s.bootOffset.Load()+int64(ktime))
 }
