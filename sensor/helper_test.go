@@ -18,12 +18,12 @@ func helper(mode string, args []string) int {
 	switch mode {
 	case "udp-storm": // addr count: connect a UDP socket count times
 		ap := netip.MustParseAddrPort(args[0])
-		n, _ := strconv.Atoi(args[1])
+		n := atoi(args[1])
 		return udpConnects(ap.Addr(), func(int) uint16 { return ap.Port() }, n)
 	case "udp-paced": // addr rate duration: connect a UDP socket rate times a second, in 1ms steps
 		ap := netip.MustParseAddrPort(args[0])
-		rate, _ := strconv.Atoi(args[1])
-		d, _ := time.ParseDuration(args[2])
+		rate := atoi(args[1])
+		d := duration(args[2])
 		start := time.Now()
 		for done := 0; time.Since(start) < d; {
 			due := int(time.Since(start).Seconds() * float64(rate))
@@ -35,12 +35,12 @@ func helper(mode string, args []string) int {
 		}
 		return 0
 	case "udp-ports": // base count: one connect to each port from base on
-		base, _ := strconv.Atoi(args[0])
-		n, _ := strconv.Atoi(args[1])
+		base := atoi(args[0])
+		n := atoi(args[1])
 		return udpConnects(netip.MustParseAddr("127.0.0.1"), func(i int) uint16 { return uint16(base + i) }, n)
 	case "udp-ports-shadow": // udp-ports, then a read of /etc/shadow
-		base, _ := strconv.Atoi(args[0])
-		n, _ := strconv.Atoi(args[1])
+		base := atoi(args[0])
+		n := atoi(args[1])
 		if rc := udpConnects(netip.MustParseAddr("127.0.0.1"), func(i int) uint16 { return uint16(base + i) }, n); rc != 0 {
 			return rc
 		}
@@ -50,8 +50,8 @@ func helper(mode string, args []string) int {
 		}
 		return 0
 	case "setuid-storm": // drop to nobody, then n refused setuid(0) calls, gap apart
-		n, _ := strconv.Atoi(args[0])
-		gap, _ := time.ParseDuration(args[1])
+		n := atoi(args[0])
+		gap := duration(args[1])
 		if err := syscall.Setresuid(65534, 65534, 65534); err != nil {
 			fmt.Fprintln(os.Stderr, "setresuid:", err)
 			return 1
@@ -71,6 +71,30 @@ func helper(mode string, args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
 	return 2
+}
+
+// atoi and duration parse the helper's arguments; one that does not parse
+// ends the helper (it runs in a process of its own) with status 2, which
+// fails the test that ran it.
+func atoi(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		badArg(err)
+	}
+	return n
+}
+
+func duration(s string) time.Duration {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		badArg(err)
+	}
+	return d
+}
+
+func badArg(err error) {
+	fmt.Fprintln(os.Stderr, "helper argument:", err)
+	os.Exit(2)
 }
 
 func udpConnects(addr netip.Addr, port func(int) uint16, n int) int {
@@ -121,7 +145,7 @@ func privileged() int {
 		return 1
 	}
 	child.Process.Kill()
-	child.Wait()
+	child.Wait() // killed: the error is the signal
 	if err := syscall.Setresgid(65534, 65534, 65534); err != nil {
 		fmt.Fprintln(os.Stderr, "setresgid:", err)
 		return 1
@@ -131,9 +155,22 @@ func privileged() int {
 		return 1
 	}
 	// fexecve: execveat(fd, "", argv, envp, AT_EMPTY_PATH)
-	empty, _ := unix.BytePtrFromString("")
-	argv, _ := syscall.SlicePtrFromStrings([]string{"payload"})
-	envp, _ := syscall.SlicePtrFromStrings(nil)
+	// (these fail only on a NUL inside a string)
+	empty, err := unix.BytePtrFromString("")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	argv, err := syscall.SlicePtrFromStrings([]string{"payload"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	envp, err := syscall.SlicePtrFromStrings(nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	_, _, e := unix.Syscall6(unix.SYS_EXECVEAT, uintptr(fd), uintptr(unsafe.Pointer(empty)),
 		uintptr(unsafe.Pointer(&argv[0])), uintptr(unsafe.Pointer(&envp[0])), unix.AT_EMPTY_PATH, 0)
 	fmt.Fprintln(os.Stderr, "execveat:", e)

@@ -148,7 +148,7 @@ func summary(evs []cloudevents.Event) string {
 }
 
 func ext(ev cloudevents.Event, name string) string {
-	v, _ := ev.Extensions()[name].(string)
+	v, _ := ev.Extensions()[name].(string) // absent: ""
 	return v
 }
 
@@ -170,8 +170,14 @@ func newPod(t *testing.T) *pod {
 // ensurePodRoot creates kubepods.slice before a sensor starts, so the
 // sensor's scope includes it from the first moment.
 func ensurePodRoot(t *testing.T) {
-	m, _ := cgroups.Discover("/proc/self/mountinfo")
-	os.Mkdir(filepath.Join(m.V2, "kubepods.slice"), 0o755)
+	t.Helper()
+	m, err := cgroups.Discover("/proc/self/mountinfo")
+	if err != nil || m.V2 == "" {
+		t.Fatalf("no cgroup2 mount: %v", err)
+	}
+	if err := os.Mkdir(filepath.Join(m.V2, "kubepods.slice"), 0o755); err != nil && !os.IsExist(err) {
+		t.Fatal(err)
+	}
 }
 
 func (p *pod) run(t *testing.T, name string, args ...string) (string, error) {

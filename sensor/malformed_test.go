@@ -32,7 +32,9 @@ func TestMalformedRecord(t *testing.T) {
 		ev, err := cehttp.NewEventFromHTTPRequest(r)
 		if err == nil && ev.Type() == events.TypeSensorHealth {
 			var h api.Health
-			json.Unmarshal(ev.Data(), &h)
+			if err := json.Unmarshal(ev.Data(), &h); err != nil {
+				t.Errorf("health data: %v", err)
+			}
 			mu.Lock()
 			health = append(health, h)
 			mu.Unlock()

@@ -104,7 +104,9 @@ func TestPodWorkload(t *testing.T) {
 	}
 
 	// Nothing from outside the pods crosses (scope: pods).
-	exec.Command("/usr/bin/cat", "/etc/shadow").Run()
+	if out, err := exec.Command("/usr/bin/cat", "/etc/shadow").CombinedOutput(); err != nil {
+		t.Fatalf("cat /etc/shadow outside the pods: %v: %s", err, out)
+	}
 	time.Sleep(100 * time.Millisecond)
 	for _, ev := range sink.all() {
 		if ev.Type() != events.TypeSensorHealth && ext(ev, events.ExtPodUID) == "" {
@@ -113,7 +115,7 @@ func TestPodWorkload(t *testing.T) {
 	}
 
 	t.Run("flight recorder", func(t *testing.T) {
-		resp, err := http.Get("http://" + s.RecorderAddr() + "/v1/pods/" + p.uid)
+		resp, err := http.Get("http://" + s.RecorderAddr() + api.PodPath(p.uid))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -136,16 +138,30 @@ func TestPodWorkload(t *testing.T) {
 		if len(c.Connections) != 1 || int(c.Connections[0].DPort) != port || len(c.Files) != 1 || c.Files[0].Path != "/etc/shadow" {
 			t.Errorf("connections %+v files %+v", c.Connections, c.Files)
 		}
-		if resp, _ := http.Get("http://" + s.RecorderAddr() + "/v1/pods/nope"); resp.StatusCode != 404 {
-			t.Errorf("unknown pod: %d", resp.StatusCode)
+		nope, err := http.Get("http://" + s.RecorderAddr() + api.PodPath("nope"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nope.Body.Close()
+		if nope.StatusCode != 404 {
+			t.Errorf("unknown pod: %d", nope.StatusCode)
 		}
 	})
 
 	t.Run("egress block", func(t *testing.T) {
-		req, _ := http.NewRequest(http.MethodPut, "http://"+s.RecorderAddr()+"/v1/pods/"+p.uid+"/block", nil)
+		req, err := http.NewRequest(http.MethodPut, "http://"+s.RecorderAddr()+api.BlockPath(p.uid), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
 		resp, err := http.DefaultClient.Do(req)
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("block: %v %v", err, resp)
+		if err != nil {
+			t.Fatalf("block: %v", err)
+		}
+		var res api.BlockResult
+		err = json.NewDecoder(resp.Body).Decode(&res)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || !res.Blocked || res.PodUID != p.uid || res.CgroupID == 0 {
+			t.Fatalf("block: %d %+v %v", resp.StatusCode, res, err)
 		}
 		out, err := p.run(t, "/usr/bin/bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d", port))
 		if err == nil || !strings.Contains(out, "Operation not permitted") {
@@ -165,8 +181,8 @@ func TestPodWorkload(t *testing.T) {
 		if out, err := p.run(t, "/usr/bin/bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d", port)); err != nil {
 			t.Errorf("after unblock: %v %s", err, out)
 		}
-		if ids, _ := s.Blocked(); len(ids) != 0 {
-			t.Errorf("still blocked: %v", ids)
+		if ids, err := s.Blocked(); err != nil || len(ids) != 0 {
+			t.Errorf("still blocked: %v %v", ids, err)
 		}
 	})
 
@@ -232,6 +248,9 @@ func TestStartupToFirstEvent(t *testing.T) {
 				return
 			default:
 			}
+			// An error here is the pod going away as the test ends (the
+			// goroutine may not fail the test then); a run that never
+			// worked shows as no event below.
 			p.run(t, "/usr/bin/true")
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -398,11 +417,19 @@ func TestDropCounterExact(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Scope: this pod only, so other workloads cannot touch the counts.
-	m, _ := cgroups.Discover("/proc/self/mountinfo")
+	m, err := cgroups.Discover("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
 	own := filtersFile(t, "")
-	y, _ := os.ReadFile(own)
+	y, err := os.ReadFile(own)
+	if err != nil {
+		t.Fatal(err)
+	}
 	y = []byte(strings.Replace(string(y), "podRoots: [kubepods.slice]", "podRoots: ["+strings.TrimPrefix(p.podDir, m.V2+"/")+"]", 1))
-	os.WriteFile(own, y, 0o644)
+	if err := os.WriteFile(own, y, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cfg := sensor.Config{
 		Sink: sink.url(), FiltersPath: own, RingBufferSize: os.Getpagesize(),
 		RecorderAddr: "-", SpoolDir: t.TempDir(), Node: "test-node", HealthInterval: time.Hour,
@@ -451,7 +478,10 @@ func TestDropCounterExact(t *testing.T) {
 			return false
 		}
 		var hd api.Health
-		json.Unmarshal(ev.Data(), &hd)
+		if err := json.Unmarshal(ev.Data(), &hd); err != nil {
+			t.Errorf("health data: %v", err)
+			return false
+		}
 		return hd.NewLoss && hd.Lost.RingBuffer == h.Lost.RingBuffer && hd.Lost.RingBuffer >= c.Dropped
 	})
 	t.Logf("loss reported by %s", ev.ID())
@@ -530,7 +560,9 @@ func TestHookFallbackAndDisabled(t *testing.T) {
 		t.Fatal("a disabled hook is active")
 	}
 	p := newPod(t)
-	p.run(t, "/usr/bin/true")
+	if out, err := p.run(t, "/usr/bin/true"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
 	sink.wait(t, 5*time.Second, "exec event through raw_tp", func(ev cloudevents.Event) bool {
 		return ev.Type() == events.TypeProcessExec && ext(ev, events.ExtPodUID) == p.uid && ext(ev, events.ExtExe) == "/usr/bin/true"
 	})
@@ -546,7 +578,9 @@ func TestProbeUnprivileged(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o755)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	bin, err := os.ReadFile(os.Args[0])
 	if err != nil {
 		t.Fatal(err)

@@ -22,7 +22,10 @@ import (
 // userspace.
 func TestCgroupV1Attribution(t *testing.T) {
 	requireKernel(t)
-	m, _ := cgroups.Discover("/proc/self/mountinfo")
+	m, err := cgroups.Discover("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if m.MemoryV1 == "" {
 		if os.Getenv("CI") == "true" {
 			t.Log("no cgroup v1 memory controller on this machine: nothing to fall back to")
@@ -30,7 +33,7 @@ func TestCgroupV1Attribution(t *testing.T) {
 		t.Skip("no cgroup v1 memory controller mounted")
 	}
 	b := make([]byte, 48)
-	rand.Read(b)
+	rand.Read(b) // crypto/rand.Read never returns an error (it crashes instead)
 	h := hex.EncodeToString(b)
 	uid := h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 	cid := hex.EncodeToString(b[16:])
@@ -55,7 +58,9 @@ func TestCgroupV1Attribution(t *testing.T) {
 		}
 	}()
 	f := filepath.Join(t.TempDir(), "filters.yaml")
-	os.WriteFile(f, []byte("apiVersion: parry.dev/v1alpha1\nkind: SensorFilters\nscope: pods\npodRoots: [kubepods]\nexec: {all: true, exits: true}\nconnect: {all: false, ports: [1]}\nsignals: []\n"), 0o644)
+	if err := os.WriteFile(f, []byte("apiVersion: parry.dev/v1alpha1\nkind: SensorFilters\nscope: pods\npodRoots: [kubepods]\nexec: {all: true, exits: true}\nconnect: {all: false, ports: [1]}\nsignals: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	sink := newTestSink(t)
 	startSensor(t, sensor.Config{Sink: sink.url(), FiltersPath: f, CgroupMode: "v1"})
 	out, err := runHost("/bin/sh", "-c", "echo $$ > "+dir+"/cgroup.procs && exec /usr/bin/true")
@@ -69,7 +74,9 @@ func TestCgroupV1Attribution(t *testing.T) {
 		t.Errorf("containerid %q, want %q", ext(ev, events.ExtContainerID), cid)
 	}
 	// processes outside kubepods are filtered out in userspace
-	runHost("/usr/bin/true")
+	if out, err := runHost("/usr/bin/true"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
 	time.Sleep(200 * time.Millisecond)
 	for _, ev := range sink.all() {
 		if ev.Type() == events.TypeProcessExec && ext(ev, events.ExtPodUID) == "" {

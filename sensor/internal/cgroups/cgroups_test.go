@@ -120,7 +120,9 @@ func TestResolver(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.Remove(dir)
-	id, _ = r.ID(rel)
+	if id, err = r.ID(rel); err != nil {
+		t.Fatal(err)
+	}
 	r.walkPeriod = 0
 	if got, err := r.byWalk(id); err != nil || got != rel {
 		t.Fatalf("byWalk(%d) = %q, %v", id, got, err)

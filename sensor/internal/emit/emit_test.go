@@ -104,7 +104,9 @@ func event(i int) cloudevents.Event {
 	e.SetID(fmt.Sprintf("id-%06d", i))
 	e.SetType("dev.parry.test.v1")
 	e.SetSource("parry://test")
-	_ = e.SetData(cloudevents.ApplicationJSON, map[string]int{"seq": i})
+	if err := e.SetData(cloudevents.ApplicationJSON, map[string]int{"seq": i}); err != nil {
+		panic(err) // a map of ints always encodes
+	}
 	return e
 }
 
@@ -278,7 +280,10 @@ func TestSlowSink(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 		}
 	})}
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	go srv.Serve(l)
 	defer srv.Close()
 	e, cancel, done := start(t, Options{Sink: "http://" + l.Addr().String(), SpoolDir: t.TempDir(), SpoolMaxBytes: 1 << 20, QueueLen: 4,
@@ -304,7 +309,10 @@ func TestSlowSink(t *testing.T) {
 	defer mu.Unlock()
 	last := -1
 	for _, id := range got {
-		n, _ := strconv.Atoi(id[3:])
+		n, err := strconv.Atoi(id[3:])
+		if err != nil {
+			t.Fatalf("event id %q: %v", id, err)
+		}
 		if n < last {
 			t.Fatalf("out of order: %v", got)
 		}

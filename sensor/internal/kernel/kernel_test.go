@@ -31,7 +31,10 @@ func TestBuildTrie(t *testing.T) {
 	if terminal != 3 {
 		t.Fatalf("%d terminal nodes, want 3", terminal)
 	}
-	again, _ := buildTrie([]string{"/root/.ssh", "/etc/ssh", "/etc/shadow"})
+	again, err := buildTrie([]string{"/root/.ssh", "/etc/ssh", "/etc/shadow"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for k, v := range trie {
 		if again[k] != v {
 			t.Fatal("trie depends on the order of the prefixes")
@@ -54,7 +57,10 @@ func TestLoad(t *testing.T) {
 		}
 		t.Skip(err)
 	}
-	m, _ := cgroups.Discover("/proc/self/mountinfo")
+	m, err := cgroups.Discover("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
 	k, err := Load(Options{Cgroup2Path: m.V2, RingBufferSize: 1 << 16}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -87,14 +93,14 @@ func TestLoad(t *testing.T) {
 	if err := k.Block(42); err != nil {
 		t.Fatal(err)
 	}
-	if ids, _ := k.Blocked(); len(ids) != 1 || ids[0] != 42 {
-		t.Fatalf("blocked %v", ids)
+	if ids, err := k.Blocked(); err != nil || len(ids) != 1 || ids[0] != 42 {
+		t.Fatalf("blocked %v %v", ids, err)
 	}
 	if err := k.Unblock(42); err != nil {
 		t.Fatal(err)
 	}
-	if ids, _ := k.Blocked(); len(ids) != 0 {
-		t.Fatalf("blocked after unblock: %v", ids)
+	if ids, err := k.Blocked(); err != nil || len(ids) != 0 {
+		t.Fatalf("blocked after unblock: %v %v", ids, err)
 	}
 	if _, err := k.Counters(); err != nil {
 		t.Fatal(err)

@@ -65,15 +65,18 @@ func TestBoundsAndTTL(t *testing.T) {
 	if st.Bytes > budget || st.Evicted == 0 {
 		t.Fatalf("holds %d bytes of a %d budget, evicted %d", st.Bytes, budget, st.Evicted)
 	}
-	storm, _ := r.Pod("storm")
+	storm, ok := r.Pod("storm")
+	if !ok {
+		t.Fatal("no history of the storm pod")
+	}
 	if len(storm[0].Events) > 50 || storm[0].Evicted == 0 || storm[0].Events[len(storm[0].Events)-1].DPort != 999%65536 {
 		t.Fatalf("storm ring: %d events, evicted %d", len(storm[0].Events), storm[0].Evicted)
 	}
 	if len(storm[0].Connections) == 0 || len(storm[0].Connections) > 10 || storm[0].Overflowed == 0 {
 		t.Fatalf("connections table unbounded or overflow uncounted: %d, %d", len(storm[0].Connections), storm[0].Overflowed)
 	}
-	quiet, _ := r.Pod("quiet")
-	if len(quiet[0].Events) == 0 {
+	quiet, ok := r.Pod("quiet")
+	if !ok || len(quiet[0].Events) == 0 {
 		t.Fatal("a storm in one pod erased another pod's history")
 	}
 	r.Sweep(t0.Add(2 * time.Minute))
