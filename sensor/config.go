@@ -15,15 +15,21 @@ import (
 // value of a field means its default too, so callers may set only what they
 // need.
 type Config struct {
-	// Sink is the CloudEvents endpoint (HTTP, binary mode). Empty reads
-	// K_SINK; with neither, events stay in the flight recorder only.
+	// Sink is the CloudEvents endpoint (HTTP, binary mode); empty keeps
+	// events in the flight recorder only. FromEnvironment reads K_SINK.
 	Sink string
-	// Node names this node in events; empty reads NODE_NAME, then the host name.
+	// Node names this node in events; empty means the host name.
+	// FromEnvironment reads NODE_NAME.
 	Node string
-	// Kubeconfig for pod metadata; empty reads KUBECONFIG, then the pod's
-	// service account when running in a cluster. Without a cluster, events
-	// carry the pod UID and container id from the cgroup path only.
+	// Kubeconfig for pod metadata; empty means the pod's service account
+	// when running in a cluster. Without a cluster, events carry the pod UID
+	// and container id from the cgroup path only. FromEnvironment reads
+	// KUBECONFIG.
 	Kubeconfig string
+	// CEOverrides is the CloudEvents overrides JSON a Knative
+	// ContainerSource or SinkBinding sets ({"extensions": {...}}).
+	// FromEnvironment reads K_CE_OVERRIDES.
+	CEOverrides string
 	// FiltersPath is a SensorFilters file (sensor/filters); empty uses the
 	// built-in default.
 	FiltersPath string
@@ -60,8 +66,9 @@ type Config struct {
 	WakeupInterval time.Duration
 	// LimitMemory: the process runs the sensor alone, so once the kernel
 	// objects are loaded New sets the Go runtime's soft memory limit from
-	// RecorderMaxBytes (see memoryLimit), unless GOMEMLIMIT sets one. It
-	// is process-wide: leave it off where the sensor shares the process.
+	// RecorderMaxBytes (see memoryLimit), unless one is set already
+	// (GOMEMLIMIT). It is process-wide: leave it off where the sensor
+	// shares the process.
 	LimitMemory bool
 	// StormWakeupInterval bounds how far a storm (over 1,000 records/s)
 	// stretches the wake-up interval, so that each wake-up carries about
@@ -84,26 +91,36 @@ const (
 	DefaultSpoolDir     = "/var/lib/parry/sensor-spool"
 )
 
-// DefaultConfig returns the defaults, with K_SINK, NODE_NAME and
-// KUBECONFIG read from the environment.
+// DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	c := Config{}
 	c.applyDefaults()
 	return c
 }
 
+// FromEnvironment fills what Knative and the DaemonSet pass in the
+// environment, where the config leaves it empty: K_SINK, NODE_NAME,
+// KUBECONFIG and K_CE_OVERRIDES. The mains call it with os.Getenv; the
+// sensor reads no environment itself.
+func (c *Config) FromEnvironment(getenv func(string) string) {
+	for field, name := range map[*string]string{&c.Sink: "K_SINK", &c.Kubeconfig: "KUBECONFIG", &c.CEOverrides: "K_CE_OVERRIDES"} {
+		if *field == "" {
+			*field = getenv(name)
+		}
+	}
+	if node := getenv("NODE_NAME"); node != "" && (c.Node == "" || c.Node == hostname()) {
+		c.Node = node
+	}
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+
 func (c *Config) applyDefaults() {
-	if c.Sink == "" {
-		c.Sink = os.Getenv("K_SINK")
-	}
-	if c.Node == "" {
-		c.Node = os.Getenv("NODE_NAME")
-	}
 	if c.Node == "" {
 		c.Node, _ = os.Hostname()
-	}
-	if c.Kubeconfig == "" {
-		c.Kubeconfig = os.Getenv("KUBECONFIG")
 	}
 	if c.RecorderAddr == "" {
 		c.RecorderAddr = DefaultRecorderAddr

@@ -9,8 +9,12 @@ import (
 // TestFlagsMoveDerivedDefaults: --node given on the command line still
 // moves the source.
 func TestFlagsMoveDerivedDefaults(t *testing.T) {
-	t.Setenv("K_SINK", "http://sink.example/")
 	cfg := DefaultConfig()
+	env := map[string]string{"K_SINK": "http://sink.example/", "NODE_NAME": "node-from-env", "K_CE_OVERRIDES": `{"extensions":{"cluster":"c1"}}`}
+	cfg.FromEnvironment(func(k string) string { return env[k] })
+	if cfg.Node != "node-from-env" || cfg.CEOverrides == "" {
+		t.Fatalf("the environment was not taken: %+v", cfg)
+	}
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
 	if err := fs.Parse([]string{"--node", "node-7", "--wakeup-interval", "50ms", "--disable-hooks", "exec/tp_btf,priv.*"}); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -162,7 +163,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	s.st.interval.Store(int64(cfg.WakeupInterval))
 	// Parsing kernel BTF for CO-RE allocated tens of MB that are garbage now.
 	debug.FreeOSMemory()
-	if cfg.LimitMemory && os.Getenv("GOMEMLIMIT") == "" {
+	if cfg.LimitMemory && debug.SetMemoryLimit(-1) == math.MaxInt64 {
 		debug.SetMemoryLimit(memoryLimit(cfg.RecorderMaxBytes))
 	}
 	if err := s.applyFilters(); err != nil {
@@ -188,7 +189,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	s.rec = recorder.New(recorder.Options{TTL: cfg.RecorderTTL, MaxBytes: cfg.RecorderMaxBytes})
 
 	if cfg.Sink != "" {
-		ov, err := emit.ParseOverrides(os.Getenv("K_CE_OVERRIDES"))
+		ov, err := emit.ParseOverrides(cfg.CEOverrides)
 		if err != nil {
 			return nil, err
 		}

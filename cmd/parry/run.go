@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"parry.dev/parry/internal/clients"
+	"parry.dev/parry/internal/clients/vault"
 	"parry.dev/parry/internal/logging"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
@@ -26,6 +27,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	maxEvent := fs.Int64("max-event-bytes", 1<<20, "largest event the ingress accepts; larger ones get 413")
 	newLog := logFlags(fs, stderr)
 	sensorCfg := sensor.DefaultConfig()
+	sensorCfg.FromEnvironment(os.Getenv)
 	sensorCfg.RegisterFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -62,7 +64,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 		}
 	}
 	if addr := os.Getenv("VAULT_ADDR"); addr != "" {
-		if opts.Vault, err = clients.Vault(addr, os.Getenv("VAULT_TOKEN")); err != nil {
+		if opts.Vault, err = vault.New(addr, os.Getenv("VAULT_TOKEN")); err != nil {
 			return err
 		}
 	}
@@ -100,6 +102,7 @@ func sensorCommand(ctx context.Context, args []string, _, stderr io.Writer) erro
 	fs := newFlagSet("sensor", "[flags]", stderr)
 	newLog := logFlags(fs, stderr)
 	cfg := sensor.DefaultConfig()
+	cfg.FromEnvironment(os.Getenv)
 	cfg.LimitMemory = true // `parry sensor` runs the sensor alone
 	cfg.RegisterFlags(fs)
 	if err := parseFlags(fs, args); err != nil {

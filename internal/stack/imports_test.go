@@ -1,7 +1,10 @@
 package stack_test
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -83,5 +86,41 @@ func TestStepImagesDoNotLinkTheSensor(t *testing.T) {
 		if strings.HasPrefix(dep, "github.com/cilium/ebpf") || agent(dep) {
 			t.Errorf("a step's image depends on %s", dep)
 		}
+	}
+}
+
+// Environment variables are read by the mains only: a library takes what
+// it needs as a parameter, so the same code runs under parry run, in a
+// Knative Service and in a test without ambient configuration.
+func TestEnvironmentIsReadInMainsOnly(t *testing.T) {
+	cmd := exec.Command("go", "list", "-f", `{{.ImportPath}}|{{.Name}}|{{.Dir}}|{{join .GoFiles ","}}`, "./...")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	read := regexp.MustCompile(`\b(os\.(Getenv|LookupEnv|Environ)|syscall\.Getenv)\(`)
+	checked := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		parts := strings.Split(line, "|")
+		pkg, name, dir, files := parts[0], parts[1], parts[2], parts[3]
+		if name == "main" || strings.HasPrefix(pkg, module+"/tests/") || strings.HasPrefix(pkg, module+"/cmd/") || files == "" {
+			continue
+		}
+		for _, f := range strings.Split(files, ",") {
+			src, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			checked++
+			for i, l := range strings.Split(string(src), "\n") {
+				if read.MatchString(l) {
+					t.Errorf("%s/%s:%d reads the environment: take the value as a parameter and read it in the main", pkg, f, i+1)
+				}
+			}
+		}
+	}
+	if checked < 50 {
+		t.Fatalf("checked only %d files: the listing is wrong", checked)
 	}
 }

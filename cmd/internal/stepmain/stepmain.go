@@ -27,6 +27,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"parry.dev/parry/internal/clients"
+	"parry.dev/parry/internal/clients/vault"
 	"parry.dev/parry/internal/httpclient"
 	"parry.dev/parry/internal/logging"
 	"parry.dev/parry/internal/playbook"
@@ -74,16 +75,16 @@ func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 		d.Playbooks = bundle
 	}
 	if spec.Vault {
-		if d.Vault, err = clients.Vault(os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN")); err != nil {
+		if d.Vault, err = vault.New(os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN")); err != nil {
 			return err
 		}
 		if role := os.Getenv("VAULT_K8S_ROLE"); role != "" {
 			mount := os.Getenv("VAULT_K8S_MOUNT")
-			ttl, err := clients.VaultLoginKubernetes(ctx, d.Vault, mount, role, "")
+			ttl, err := vault.LoginKubernetes(ctx, d.Vault, mount, role, "")
 			if err != nil {
 				return err
 			}
-			go clients.VaultKeepLoggedIn(ctx, d.Vault, mount, role, ttl, log)
+			go vault.KeepLoggedIn(ctx, d.Vault, mount, role, ttl, log)
 		}
 	}
 	h, err := step.Build(ctx, def, d)

@@ -2,8 +2,7 @@ package attrib
 
 import (
 	"context"
-	"fmt"
-	"os"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -15,7 +14,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
+
+	"parry.dev/parry/internal/clients"
 )
 
 // Clientset builds a client from a kubeconfig file, or from the pod's
@@ -24,19 +24,12 @@ import (
 func Clientset(kubeconfig string) (kubernetes.Interface, error) {
 	var cfg *rest.Config
 	var err error
+	cfg, err = clients.KubeConfig(kubeconfig)
 	switch {
-	case kubeconfig != "":
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
-		}
-	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
-		cfg, err = rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("in-cluster config: %w", err)
-		}
-	default:
+	case errors.Is(err, clients.ErrNoCluster):
 		return nil, nil
+	case err != nil:
+		return nil, err
 	}
 	cfg.UserAgent = "parry-sensor"
 	return kubernetes.NewForConfig(cfg)
