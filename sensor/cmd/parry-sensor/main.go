@@ -20,6 +20,7 @@ func main() {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", logging.DefaultFormat(), "console or json")
 	cfg := sensor.DefaultConfig()
+	cfg.FromEnvironment(os.Getenv)
 	cfg.LimitMemory = true // the sensor is alone in this process
 	cfg.RegisterFlags(fs)
 	fs.Parse(os.Args[1:])
