@@ -21,6 +21,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -44,7 +45,9 @@ func client(t *testing.T) (*kubernetes.Clientset, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = cs.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
+		if err := cs.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("deleting namespace %s: %v", ns.Name, err)
+		}
 	})
 	eventually(t, 30*time.Second, "default service account in "+ns.Name, func() error {
 		_, err := cs.CoreV1().ServiceAccounts(ns.Name).Get(ctx, "default", metav1.GetOptions{})
@@ -268,7 +271,11 @@ func TestServiceAccountTokenVerifiesWithPublishedKey(t *testing.T) {
 	}
 	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
 	r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
-	if !ecdsa.Verify(pub.(*ecdsa.PublicKey), digest[:], r, s) {
+	ecPub, ok := pub.(*ecdsa.PublicKey)
+	if !ok {
+		t.Fatalf("ServiceAccountPublicKeyPEM holds a %T, want an ECDSA key", pub)
+	}
+	if !ecdsa.Verify(ecPub, digest[:], r, s) {
 		t.Fatal("token signature does not verify with ServiceAccountPublicKeyPEM")
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(parts[1])

@@ -140,9 +140,15 @@ func TestStaleDirIsCleanedAndReused(t *testing.T) {
 	defer orphan.Process.Kill()
 	reaped := make(chan struct{})
 	go func() { orphan.Wait(); close(reaped) }()
-	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", orphan.Process.Pid))
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", orphan.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
 	st := state{Owner: 999999999, Procs: []procState{{Name: "etcd", PID: orphan.Process.Pid, Exe: exe}}}
-	b, _ := json.Marshal(st)
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(dir, stateFile), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +240,7 @@ func TestKilledOwnerLeavesNoServer(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	_ = cmd.Wait()
+	_ = cmd.Wait() // "signal: killed", as intended
 	deadline = time.Now().Add(10 * time.Second)
 	for _, p := range st.Procs {
 		for processAlive(p.PID, p.Exe) || groupAlive(p.PID) {
@@ -287,7 +293,20 @@ func TestStopEndsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The control: the servers ran before Stop, so their absence after it
+	// is Stop's doing.
 	pids := env.PIDs()
+	if len(pids) != 2 {
+		t.Fatalf("%d servers started, want 2 (etcd, postgres): %v", len(pids), pids)
+	}
+	for _, pid := range pids {
+		if !processAlive(pid, "") {
+			t.Fatalf("server %d is not running before Stop", pid)
+		}
+	}
+	if _, err := os.Stat(env.Dir); err != nil {
+		t.Fatalf("the environment's directory before Stop: %v", err)
+	}
 	if err := env.Stop(); err != nil {
 		t.Fatal(err)
 	}
