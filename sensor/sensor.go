@@ -133,7 +133,6 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		log.Warn().Err(err).Msg("could not lift RLIMIT_MEMLOCK; BPF maps may fail to load on kernels before 5.11")
 	}
-	ensureTracefs(log)
 
 	s.mounts, err = cgroups.Discover("/proc/self/mountinfo")
 	if err != nil {

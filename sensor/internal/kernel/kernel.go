@@ -140,6 +140,7 @@ func openSyscalls(goarch string) []string {
 // fails only when nothing could be loaded at all (no privilege, no BTF);
 // hooks that fail are reported by Hooks.
 func Load(o Options, log zerolog.Logger) (*Kernel, error) {
+	ensureTracefs(log)
 	spec, err := loadParry()
 	if err != nil {
 		return nil, fmt.Errorf("reading the embedded BPF object: %w", err)

@@ -1,4 +1,4 @@
-package sensor
+package kernel
 
 import (
 	"os"
@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestEnsureTracefs: where tracefs is missing, the sensor mounts it.
+// TestEnsureTracefs: where tracefs is missing, Load mounts it.
 func TestEnsureTracefs(t *testing.T) {
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
