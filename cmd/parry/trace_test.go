@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
@@ -94,3 +95,75 @@ func record(t *testing.T, e cloudevents.Event) journal.Record {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestTraceEscapesControlCharacters: attribute values come from the
+// workload (a process's name, a path) or from whoever can post to the
+// ingress. Printed raw, "\x1b[2J" clears on-call's screen and "\r" or a
+// bidi override hides what precedes it; trace prints them escaped, and
+// --json stays valid JSON.
+func TestTraceEscapesControlCharacters(t *testing.T) {
+	bin, err := parryBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "journal.db")
+	j, err := journal.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostile := map[string]string{
+		events.ExtExe:       "/tmp/\x1b[2J\x1b]0;owned\x07x",
+		events.ExtPodName:   "web-1\r\bfake",
+		events.ExtContainer: "c\xff\xfe",
+		events.ExtIncident:  "inc-x",
+		"note":              "a\u009b31mb\u202egnp.exe\x7f",
+	}
+	e, err := events.New(events.Spec{Type: events.TypeNetworkConnect, Source: "parry://sensor/n1", Key: "k",
+		Subject: "\x1b[2J", Extensions: hostile, Data: map[string]any{"reasons": []string{"\x1b[31mred\x1b[0m"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(ctx, record(t, e)); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--last", "5"}, {"inc-x"}, {"--event", e.ID()}} {
+		out, err := exec.Command(bin, append([]string{"trace", "--journal", path}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("trace %v: %v\n%s", args, err, out)
+		}
+		text := string(out)
+		if !utf8.ValidString(text) {
+			t.Errorf("trace %v: output is not valid UTF-8:\n%q", args, text)
+		}
+		for i, r := range text {
+			if (r < 0x20 && r != '\n') || (r >= 0x7f && r <= 0x9f) || r == '\u202e' {
+				t.Errorf("trace %v: raw control %U at byte %d:\n%q", args, r, i, text)
+				break
+			}
+		}
+		for _, want := range []string{`exe=/tmp/\x1b[2J\x1b]0;owned\ax`, `podname=web-1\r\bfake`, `container=c\xff\xfe`,
+			`note=a\u009b31mb\u202egnp.exe\x7f`, `! \x1b[31mred\x1b[0m`} {
+			if !strings.Contains(text, want) {
+				t.Errorf("trace %v: output lacks %s:\n%s", args, want, text)
+			}
+		}
+	}
+	out, err := exec.Command(bin, "trace", "--journal", path, "--json", "inc-x").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var trees []struct {
+		Subject    string
+		Extensions map[string]string
+	}
+	if err := json.Unmarshal(out, &trees); err != nil || len(trees) != 1 {
+		t.Fatalf("--json: %v %s", err, out)
+	}
+	if trees[0].Subject != "\x1b[2J" || trees[0].Extensions[events.ExtExe] != hostile[events.ExtExe] {
+		t.Errorf("--json changed the values: %+v", trees[0])
+	}
+}
