@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/sensor/internal/recorder"
 )
 
@@ -83,6 +84,10 @@ type Config struct {
 	CgroupMode string
 	// Source is the CloudEvents source; empty means parry://sensor/<node>.
 	Source string
+	// RedactNames extends the names whose values are redacted from process
+	// arguments before the flight recorder keeps them or an event carries
+	// them (internal/redact: password, token, secret, key, ... by default).
+	RedactNames []string
 }
 
 // Defaults.
@@ -233,6 +238,14 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		for h := range strings.SplitSeq(s, ",") {
 			if h = strings.TrimSpace(h); h != "" {
 				c.DisableHooks = append(c.DisableHooks, h)
+			}
+		}
+		return nil
+	})
+	fs.Func("redact-names", "comma-separated name fragments whose values are redacted from process arguments, besides the built-in "+strings.Join(redact.DefaultNames, ", "), func(s string) error {
+		for n := range strings.SplitSeq(s, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				c.RedactNames = append(c.RedactNames, n)
 			}
 		}
 		return nil

@@ -8,6 +8,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/attrib"
 	"parry.dev/parry/sensor/internal/wire"
@@ -27,6 +28,9 @@ type eventMapper struct {
 	source string
 	bootID string  // ids are unique per boot: kernel times restart
 	meta   podMeta // nil: no cluster
+	// redact removes secrets from an exec's argv before it is sent; nil
+	// applies the default rules.
+	redact *redact.Rules
 }
 
 // recorderEvent is the flight recorder's copy of a record.
@@ -96,7 +100,7 @@ func (m *eventMapper) build(r *wire.Record, id *attrib.Identity, ev *api.Recorde
 	switch r.Kind {
 	case wire.KindExec:
 		typ = events.TypeProcessExec
-		data.Args, data.Fileless = r.Args, r.Fileless
+		data.Args, data.Fileless = m.redact.Args(r.Args), r.Fileless
 	case wire.KindExit:
 		typ = events.TypeProcessExit
 		code := r.ExitCode

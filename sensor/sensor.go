@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"parry.dev/parry/internal/httpclient"
+	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/filters"
 	"parry.dev/parry/sensor/internal/attrib"
@@ -185,7 +186,8 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 		pods = s.inf
 	}
 	s.attr = attrib.New(resolverOrNil(s.res), pods, cfg.RecorderTTL, 0)
-	s.rec = recorder.New(recorder.Options{TTL: cfg.RecorderTTL, MaxBytes: cfg.RecorderMaxBytes})
+	rules := redact.New(cfg.RedactNames...)
+	s.rec = recorder.New(recorder.Options{TTL: cfg.RecorderTTL, MaxBytes: cfg.RecorderMaxBytes, Redact: rules})
 
 	if cfg.Sink != "" {
 		ov, err := emit.ParseOverrides(cfg.CEOverrides)
@@ -207,7 +209,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 		close(s.emDone)
 		log.Warn().Msg("no --sink and no K_SINK: events stay in the flight recorder, none are emitted")
 	}
-	s.mapper = eventMapper{node: cfg.Node, source: cfg.Source, bootID: s.bootID, meta: s.attr}
+	s.mapper = eventMapper{node: cfg.Node, source: cfg.Source, bootID: s.bootID, meta: s.attr, redact: rules}
 	d := pipelineDeps{
 		cfg: cfg, log: log, mapper: s.mapper, clock: &s.clock, attr: s.attr, pods: pods,
 		rec: s.rec, st: &s.st, loss: s.lossKick,

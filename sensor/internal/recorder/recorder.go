@@ -20,6 +20,7 @@ import (
 	"time"
 	"unsafe"
 
+	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/attrib"
 )
@@ -47,6 +48,9 @@ type Options struct {
 	// string bytes), which errs high, since strings are often shared.
 	MaxBytes int
 	MaxRows  int // rows per summary table and cgroup
+	// Redact removes secrets from an exec's arguments before they are
+	// kept; nil applies the default rules.
+	Redact *redact.Rules
 }
 
 func (o *Options) defaults() {
@@ -135,6 +139,9 @@ func New(o Options) *Recorder {
 
 // Add records ev for the cgroup id describes.
 func (r *Recorder) Add(id *attrib.Identity, ev api.RecordedEvent) {
+	if len(ev.Args) > 1 {
+		ev.Args = r.o.Redact.Args(ev.Args)
+	}
 	r.mu.Lock()
 	c := r.cgroups[id.CgroupID]
 	if c == nil {

@@ -1,12 +1,15 @@
 package recorder
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
+	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/attrib"
 	"parry.dev/parry/sensor/internal/cgroups"
@@ -117,4 +120,24 @@ func TestMemoryBound(t *testing.T) {
 		t.Errorf("the recorder holds %d bytes of heap; its budget is %d", heap, budget)
 	}
 	runtime.KeepAlive(r)
+}
+
+// TestArgsAreRedacted: the recorder keeps no secret of an exec's argv, in
+// its events or its process table, with the default or extended rules.
+func TestArgsAreRedacted(t *testing.T) {
+	t0 := time.Unix(1700000000, 0)
+	for _, r := range []*Recorder{New(Options{}), New(Options{Redact: redact.New("pin")})} {
+		r.Add(ident(1, "pod-a"), api.RecordedEvent{Time: t0, Kind: "exec", PID: 10, Exe: "/bin/app", Args: []string{"app", "--token=s3cr3t", "https://u:hunter2@h", "--pin", "1234"}})
+		recs, _ := r.Pod("pod-a")
+		data, err := json.Marshal(recs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := string(data); strings.Contains(s, "s3cr3t") || strings.Contains(s, "hunter2") || !strings.Contains(s, redact.Value("s3cr3t")) {
+			t.Fatalf("history keeps a secret: %s", s)
+		}
+		if r.o.Redact != nil && strings.Contains(string(data), "1234") {
+			t.Fatalf("extended rules not applied: %s", data)
+		}
+	}
 }
