@@ -25,6 +25,7 @@ import (
 	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/httpclient"
+	"parry.dev/parry/internal/httpserver"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/manifest"
 	"parry.dev/parry/internal/step"
@@ -40,6 +41,8 @@ type Options struct {
 	JournalPath   string
 	Listen        string
 	MaxEventBytes int64
+	// HTTP limits the ingress server; zero fields are httpserver.Defaults.
+	HTTP httpserver.Limits
 	// Sensor runs the eBPF sensor in-process when set and this process may
 	// load BPF; its Sink is set to the embedded broker when empty.
 	Sensor *sensor.Config
@@ -157,7 +160,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.Handle("/", b)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.srv = httpserver.New(mux, opts.HTTP)
 	go func() {
 		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			s.done <- fmt.Errorf("serving %s: %w", s.Addr, err)
