@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"parry.dev/parry/internal/httpserver"
 	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/sensor/internal/recorder"
 )
@@ -37,6 +38,9 @@ type Config struct {
 	// RecorderAddr is where the flight recorder's HTTP API listens; "-"
 	// turns it off.
 	RecorderAddr string
+	// RecorderLimits bound the API's connections (a slow or idle client
+	// is closed); zero fields are httpserver.Defaults.
+	RecorderLimits httpserver.Limits
 	// RecorderTTL is how long a cgroup's events are kept.
 	RecorderTTL time.Duration
 	// RecorderMaxBytes bounds the memory the flight recorder holds over

@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"parry.dev/parry/internal/httpclient"
+	"parry.dev/parry/internal/httpserver"
 	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/filters"
@@ -228,7 +229,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 			return nil, fmt.Errorf("flight recorder: listening on %s (--recorder-listen): %w", cfg.RecorderAddr, err)
 		}
 		s.srvAddr = l.Addr().String()
-		s.srv = &http.Server{Handler: s.handler(), ReadHeaderTimeout: 5 * time.Second}
+		s.srv = httpserver.New(s.handler(), cfg.RecorderLimits)
 		go s.srv.Serve(l)
 	}
 	ok = true
