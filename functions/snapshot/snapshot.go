@@ -2,10 +2,11 @@ package snapshot
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -24,7 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 
-	"parry.dev/parry/internal/labels"
+	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/internal/step"
 )
 
@@ -35,12 +36,19 @@ const Name = "snapshot"
 const ManifestFile = "manifest.json"
 
 // Definition declares the step and builds it, writing bundles below
-// Deps.StateDir/evidence. Deps.Meta reads the owner chain, whatever kind
-// each owner is. Kube and Meta may be nil without a cluster: the bundle then
-// holds the flight recorder only, and says why.
+// Deps.StateDir/evidence and signing their manifests with the ed25519 key
+// Deps.StateDir/evidence.key (KeyFile; created when missing). Deps.Meta
+// reads the owner chain, whatever kind each owner is. Kube and Meta may be
+// nil without a cluster: the bundle then holds the flight recorder only,
+// and says why.
 func Definition() step.Definition {
 	return step.Definition{Spec: spec(), New: func(_ context.Context, d step.Deps) (step.Action, error) {
-		return (&snapshotter{kube: d.Kube, meta: d.Meta, sensors: d.Sensors, store: filepath.Join(d.StateDir, "evidence")}).act, nil
+		key, err := LoadOrCreateKey(filepath.Join(d.StateDir, KeyFile))
+		if err != nil {
+			return nil, fmt.Errorf("the evidence signing key: %w", err)
+		}
+		return (&snapshotter{kube: d.Kube, meta: d.Meta, sensors: d.Sensors, store: filepath.Join(d.StateDir, "evidence"),
+			key: key, redact: redact.New(), proc: "/proc"}).act, nil
 	}}
 }
 
@@ -74,6 +82,9 @@ type snapshotter struct {
 	meta    metadata.Interface
 	sensors step.SensorLocator
 	store   string
+	key     ed25519.PrivateKey // signs the manifests
+	redact  *redact.Rules
+	proc    string // where the host's /proc is
 }
 
 // Result is the reply's data.
@@ -84,16 +95,30 @@ type Result struct {
 	PodGone        bool              `json:"podGone,omitempty"`
 	Unavailable    map[string]string `json:"unavailable,omitempty"`
 	DryRun         bool              `json:"dryRun,omitempty"`
+	// PublicKey (base64 of the raw ed25519 key) and its Fingerprint
+	// verify manifest.sig: parry evidence verify --key.
+	PublicKey      string `json:"publicKey,omitempty"`
+	KeyFingerprint string `json:"keyFingerprint,omitempty"`
 }
 
 // act saves the bundle of the pod an incident names.
 func (s *snapshotter) act(ctx context.Context, r *step.Request) (any, error) {
 	ns, name, uid := r.Pod.Namespace, r.Pod.Name, r.Pod.UID
-	dir := filepath.Join(s.store, labels.Sanitize(r.Incident, '_'), labels.Sanitize(uid, '_'))
-	res := Result{Bundle: dir, Unavailable: map[string]string{}, DryRun: r.DryRun}
-	if m, err := Verify(dir); err == nil {
+	// The ids name the bundle's directories: refuse what could leave the
+	// store ("..", "/") instead of rewriting it into another bundle's name.
+	for what, id := range map[string]string{"incident id": r.Incident, "pod UID": uid} {
+		if !validID(id) {
+			return nil, step.Fail("invalid %s %q: an evidence bundle's id is 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit", what, id)
+		}
+	}
+	rel := filepath.Join(r.Incident, uid)
+	dir := filepath.Join(s.store, rel)
+	pub := s.key.Public().(ed25519.PublicKey)
+	res := Result{Bundle: dir, Unavailable: map[string]string{}, DryRun: r.DryRun,
+		PublicKey: base64.StdEncoding.EncodeToString(pub), KeyFingerprint: Fingerprint(pub)}
+	if c, err := VerifySigned(dir, pub); err == nil {
 		// Redelivery: the bundle is complete; reply as the first time.
-		res.ManifestSHA256, res.Files = m, countFiles(dir)
+		res.ManifestSHA256, res.Files = c.ManifestSHA256, countFiles(dir)
 		return res, nil
 	}
 	if r.DryRun {
@@ -118,7 +143,7 @@ func (s *snapshotter) act(ctx context.Context, r *step.Request) (any, error) {
 	case err != nil:
 		return nil, fmt.Errorf("reading pod %s/%s: %w (retried per the Trigger's delivery spec)", ns, name, err)
 	default:
-		b.json("pod.json", pod)
+		b.json("pod.json", s.redactPod(pod))
 		b.json("owners.json", s.owners(ctx, pod, res.Unavailable))
 		s.logs(ctx, pod, int64(r.Params().Int("logLines")), b, res.Unavailable)
 	}
@@ -136,11 +161,11 @@ func (s *snapshotter) act(ctx context.Context, r *step.Request) (any, error) {
 	}
 	s.flightRecorder(ctx, node, uid, b, res.Unavailable)
 
-	m, err := b.write(dir, res.Unavailable)
+	m, err := b.write(s.store, rel, s.key, res.Unavailable)
 	if err != nil {
 		return nil, fmt.Errorf("writing the bundle to %s: %w", dir, err)
 	}
-	res.ManifestSHA256, res.Files = m, len(b.files)+1
+	res.ManifestSHA256, res.Files = m, len(b.files)+2
 	if len(res.Unavailable) == 0 {
 		res.Unavailable = nil
 	}
@@ -176,6 +201,9 @@ func (s *snapshotter) owners(ctx context.Context, pod *corev1.Pod, unavailable m
 			return chain
 		}
 		o.ManagedFields = nil
+		if v, ok := o.Annotations[lastApplied]; ok {
+			o.Annotations[lastApplied] = redact.Value(v) // a copy of the spec, env values included
+		}
 		// The metadata client leaves TypeMeta empty; the bundle says what
 		// each owner is.
 		o.TypeMeta = metav1.TypeMeta{APIVersion: ref.APIVersion, Kind: ref.Kind}
@@ -220,28 +248,60 @@ func (s *snapshotter) flightRecorder(ctx context.Context, node, uid string, b *b
 		unavailable["flight-recorder.json"] = err.Error()
 		return
 	}
-	h, raw, err := c.PodHistory(ctx, uid)
+	h, _, err := c.PodHistory(ctx, uid)
 	if err != nil {
 		unavailable["flight-recorder.json"] = err.Error()
 		return
 	}
-	b.files["flight-recorder.json"] = raw
+	// The sensor redacts with its own rules; these apply again, so a
+	// sensor with fewer names leaks nothing into the bundle.
+	for i := range h.Cgroups {
+		cg := &h.Cgroups[i]
+		for j := range cg.Processes {
+			cg.Processes[j].Args = s.redact.Args(cg.Processes[j].Args)
+		}
+		for j := range cg.Events {
+			cg.Events[j].Args = s.redact.Args(cg.Events[j].Args)
+		}
+	}
+	b.json("flight-recorder.json", h)
 	hashes := map[string]string{}
 	for _, cg := range h.Cgroups {
 		for _, p := range cg.Processes {
 			if _, done := hashes[p.Exe]; done || p.Exe == "" {
 				continue
 			}
-			hashes[p.Exe] = hashBinary(p.PID, p.Exe)
+			hashes[p.Exe] = hashBinary(s.proc, p.PID, p.Exe, uid)
 		}
 	}
 	b.json("binaries.json", hashes)
 }
 
-// hashBinary hashes the executable of a live process (which survives the
-// file's deletion) or else the path; the result says which, or why neither.
-func hashBinary(pid uint32, exe string) string {
-	for _, path := range []string{"/proc/" + strconv.Itoa(int(pid)) + "/exe", exe} {
+// hashBinary hashes what a process of the pod executed, in the pod's
+// mount namespace, never in this process's own: pid is the host PID the
+// sensor recorded, so proc must be the host's /proc (the step then runs in
+// the host PID namespace, as under parry run). Before it reads anything it
+// checks that the PID is still that process of that pod: the process's
+// cgroup names the pod's UID and its exe is exe, so a reused PID, or a PID
+// that means another process in this PID namespace, is never hashed. It
+// reads /proc/<pid>/exe (the very file executed, also when deleted), else
+// /proc/<pid>/root/<exe> (the path in the pod's filesystem). When the
+// process has exited, or is not visible from here, it says so instead:
+// there is no fallback to the path in this process's filesystem, which
+// is another file.
+func hashBinary(proc string, pid uint32, exe, podUID string) string {
+	base := filepath.Join(proc, strconv.FormatUint(uint64(pid), 10))
+	cg, err := os.ReadFile(filepath.Join(base, "cgroup"))
+	if err != nil {
+		return fmt.Sprintf("unreadable: process %d has exited or is not visible from this PID namespace (the sensor's PIDs are the host's)", pid)
+	}
+	if !strings.Contains(string(cg), podUID) && !strings.Contains(string(cg), strings.ReplaceAll(podUID, "-", "_")) {
+		return fmt.Sprintf("unreadable: PID %d is no longer a process of pod %s (it exited and the PID was reused, or this is another PID namespace)", pid, podUID)
+	}
+	if link, err := os.Readlink(filepath.Join(base, "exe")); err != nil || strings.TrimSuffix(link, " (deleted)") != exe {
+		return fmt.Sprintf("unreadable: process %d no longer runs %s (it exec'd again or exited)", pid, exe)
+	}
+	for _, path := range []string{filepath.Join(base, "exe"), filepath.Join(base, "root", exe)} {
 		f, err := os.Open(path)
 		if err != nil {
 			continue
@@ -253,7 +313,7 @@ func hashBinary(pid uint32, exe string) string {
 			return "sha256:" + hex.EncodeToString(h.Sum(nil)) + " (" + path + ")"
 		}
 	}
-	return "unreadable: the process has exited and " + exe + " is not readable from here"
+	return fmt.Sprintf("unreadable: neither %s/exe nor %s/root%s could be read", base, base, exe)
 }
 
 type bundle struct{ files map[string][]byte }
@@ -273,9 +333,28 @@ type Manifest struct {
 	Written     time.Time         `json:"written"`
 }
 
-// write stores the files, then the manifest last, each via a temporary
-// file and rename, so a crash leaves no bundle that verifies but is partial.
-func (b *bundle) write(dir string, unavailable map[string]string) (string, error) {
+// write stores the files of the bundle rel (incident/pod) under the store,
+// then manifest.sig, then the manifest last, each via a temporary file and
+// rename, so a crash leaves no bundle that verifies but is partial. Every
+// path is resolved through an os.Root at the store, so nothing is written
+// outside it, whatever the names (and symbolic links) say.
+func (b *bundle) write(store, rel string, key ed25519.PrivateKey, unavailable map[string]string) (string, error) {
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		return "", err
+	}
+	sr, err := os.OpenRoot(store)
+	if err != nil {
+		return "", err
+	}
+	defer sr.Close()
+	if err := sr.MkdirAll(rel, 0o700); err != nil {
+		return "", err
+	}
+	root, err := sr.OpenRoot(rel)
+	if err != nil {
+		return "", err
+	}
+	defer root.Close()
 	m := Manifest{Files: map[string]string{}, Unavailable: unavailable, Written: time.Now().UTC()}
 	names := make([]string, 0, len(b.files))
 	for n := range b.files {
@@ -285,7 +364,7 @@ func (b *bundle) write(dir string, unavailable map[string]string) (string, error
 	for _, n := range names {
 		sum := sha256.Sum256(b.files[n])
 		m.Files[n] = hex.EncodeToString(sum[:])
-		if err := writeFile(filepath.Join(dir, n), b.files[n]); err != nil {
+		if err := writeFile(root, n, b.files[n]); err != nil {
 			return "", err
 		}
 	}
@@ -293,19 +372,27 @@ func (b *bundle) write(dir string, unavailable map[string]string) (string, error
 	if err != nil {
 		return "", err
 	}
-	if err := writeFile(filepath.Join(dir, ManifestFile), data); err != nil {
+	sig, err := sign(key, data)
+	if err != nil {
+		return "", err
+	}
+	if err := writeFile(root, SignatureFile, sig); err != nil {
+		return "", err
+	}
+	if err := writeFile(root, ManifestFile, data); err != nil {
 		return "", err
 	}
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:]), nil
 }
 
-func writeFile(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+func writeFile(root *os.Root, path string, data []byte) error {
+	if err := root.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o400)
+	root.Remove(tmp) // a crash's leftover, read-only
+	f, err := root.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o400)
 	if err != nil {
 		return err
 	}
@@ -320,36 +407,65 @@ func writeFile(path string, data []byte) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	return root.Rename(tmp, path)
 }
 
-// Verify checks every file of the bundle in dir against its manifest and
+// Verify checks every file of the bundle in dir against its manifest, and
+// the manifest against its signature by the key manifest.sig names, and
 // returns the manifest's own SHA-256 (compare it with the one in the
-// snapshot step's reply).
+// snapshot step's reply). To check who signed it, use VerifySigned with
+// the trusted key.
 func Verify(dir string) (string, error) {
-	data, err := os.ReadFile(filepath.Join(dir, ManifestFile))
-	if err != nil {
-		return "", err
-	}
-	var m Manifest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return "", fmt.Errorf("%s: malformed manifest: %w", dir, err)
-	}
-	var errs []error
-	for name, want := range m.Files {
-		content, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		sum := sha256.Sum256(content)
-		if got := hex.EncodeToString(sum[:]); got != want {
-			errs = append(errs, fmt.Errorf("%s: SHA-256 %s, the manifest says %s: the file was changed", name, got, want))
-		}
-	}
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:]), errors.Join(errs...)
+	c, err := VerifySigned(dir, nil)
+	return c.ManifestSHA256, err
 }
+
+// validID: an incident id or pod UID that is safe as a directory name.
+func validID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case (c == '.' || c == '_' || c == '-') && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// redactPod is the pod as the bundle keeps it: the values of environment
+// variables named like secrets, and secrets in the containers' commands
+// and arguments, redacted (internal/redact); kubectl's
+// last-applied-configuration annotation, a copy of the spec, is replaced
+// by its hash.
+func (s *snapshotter) redactPod(pod *corev1.Pod) *corev1.Pod {
+	p := pod.DeepCopy()
+	if v, ok := p.Annotations[lastApplied]; ok {
+		p.Annotations[lastApplied] = redact.Value(v)
+	}
+	fix := func(c *corev1.Container) {
+		c.Command, c.Args = s.redact.Args(c.Command), s.redact.Args(c.Args)
+		for i := range c.Env {
+			c.Env[i].Value = s.redact.Env(c.Env[i].Name, c.Env[i].Value)
+		}
+	}
+	for i := range p.Spec.InitContainers {
+		fix(&p.Spec.InitContainers[i])
+	}
+	for i := range p.Spec.Containers {
+		fix(&p.Spec.Containers[i])
+	}
+	for i := range p.Spec.EphemeralContainers {
+		fix((*corev1.Container)(&p.Spec.EphemeralContainers[i].EphemeralContainerCommon))
+	}
+	return p
+}
+
+const lastApplied = "kubectl.kubernetes.io/last-applied-configuration"
 
 func countFiles(dir string) int {
 	n := 0

@@ -134,7 +134,7 @@ func (r *Rules) Args(args []string) []string {
 			continue
 		}
 		// `--name value`: the next argument is the value.
-		if i > 0 && len(a) > 1 && a[0] == '-' && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") && r.Sensitive(a) {
+		if len(a) > 1 && a[0] == '-' && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") && r.Sensitive(a) {
 			set(i+1, Value(args[i+1]))
 			i++
 		}
