@@ -94,6 +94,13 @@ func describe(w io.Writer, s step.Spec) {
 	if len(needs) > 0 {
 		fmt.Fprintf(w, "\n  Needs: %s\n", strings.Join(needs, "; "))
 	}
+	if d := s.Delivery; d != (step.Delivery{}) {
+		then := "then the event is dropped from the Trigger (the journal keeps it)"
+		if s.Playbook && !s.Root {
+			then = "then parry-failed reports the step failed"
+		}
+		fmt.Fprintf(w, "\n  Delivery: %d retries, exponential backoff from %s, each attempt cut off after %s; %s\n", d.Retry, d.Backoff, d.Timeout, then)
+	}
 	if s.Example != "" {
 		fmt.Fprintln(w, "\n  Example:")
 		for _, line := range strings.Split(strings.TrimRight(s.Example, "\n"), "\n") {

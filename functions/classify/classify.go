@@ -64,6 +64,9 @@ func spec() step.Spec {
 		Replies:       true,
 		State:         true,
 		SingleReplica: true,
+		// classify answers in microseconds and touches no API: a few quick
+		// retries cover a restart of its own process.
+		Delivery: step.Delivery{Retry: 5, Backoff: 100 * time.Millisecond, Timeout: 10 * time.Second},
 	}
 }
 

@@ -57,6 +57,9 @@ func spec() step.Spec {
 		Playbook: true,
 		DryRun:   true,
 		Sensors:  true,
+		// Retries outlast an API server restart (7 retries from 200 ms span
+		// 25 s of backoff); an attempt makes a few quick API calls.
+		Delivery: step.Delivery{Retry: 7, Backoff: 200 * time.Millisecond, Timeout: 15 * time.Second},
 	}
 }
 

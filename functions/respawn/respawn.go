@@ -58,6 +58,9 @@ func spec() step.Spec {
 		Target:   step.TargetPodName,
 		Playbook: true,
 		DryRun:   true,
+		// An attempt waits up to readyTimeout (60 s by default) for the
+		// replacement.
+		Delivery: step.Delivery{Retry: 6, Backoff: 500 * time.Millisecond, Timeout: 2 * time.Minute},
 	}
 }
 

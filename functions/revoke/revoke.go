@@ -86,6 +86,9 @@ func spec() step.Spec {
 		Target:   step.TargetIncident,
 		Playbook: true,
 		Vault:    true,
+		// An attempt waits up to wait (30 s by default) for Vault to
+		// report the leases gone.
+		Delivery: step.Delivery{Retry: 6, Backoff: 500 * time.Millisecond, Timeout: 90 * time.Second},
 	}
 }
 

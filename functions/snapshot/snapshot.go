@@ -74,6 +74,8 @@ func spec() step.Spec {
 		DryRun:   true,
 		Sensors:  true,
 		State:    true,
+		// An attempt reads logs (10 s per container) and the recorder.
+		Delivery: step.Delivery{Retry: 6, Backoff: 500 * time.Millisecond, Timeout: time.Minute},
 	}
 }
 

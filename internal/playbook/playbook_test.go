@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"parry.dev/parry/internal/manifest"
 	"parry.dev/parry/internal/step"
@@ -23,8 +24,9 @@ func testRegistry() Registry {
 		{Name: "classify", Params: []step.Param{
 			{Name: "threshold", Type: step.Int, Default: "40"},
 			{Name: "dedupWindow", Type: step.Duration, Default: "10m"},
-		}},
-		{Name: "isolate", Params: []step.Param{{Name: "allowEgress", Type: step.StringList}, {Name: "kernelBlock", Type: step.Bool, Default: "true"}}},
+		}, Delivery: step.Delivery{Retry: 5, Backoff: 100 * time.Millisecond, Timeout: 10 * time.Second}},
+		{Name: "isolate", Params: []step.Param{{Name: "allowEgress", Type: step.StringList}, {Name: "kernelBlock", Type: step.Bool, Default: "true"}},
+			Delivery: step.Delivery{Retry: 7, Backoff: 200 * time.Millisecond, Timeout: 15 * time.Second}},
 		{Name: "snapshot"}, {Name: "respawn"}, {Name: "revoke"}, {Name: "page"},
 	} {
 		reg[s.Name] = s

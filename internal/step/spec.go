@@ -75,6 +75,21 @@ type Spec struct {
 	SingleReplica bool
 	// Account is the ServiceAccount's name; "parry-<Name>" when empty.
 	Account string
+	// Delivery is how the broker retries the step's Trigger before it
+	// dead-letters the event; the playbook compiler writes it into every
+	// Trigger of the step.
+	Delivery Delivery
+}
+
+// Delivery is a Trigger's retry policy: Retry more attempts after the
+// first, exponential backoff from Backoff (Backoff·2ⁿ before retry n+1),
+// and each attempt cut off after Timeout. Choose Retry and Backoff so the
+// retries outlast a short outage of what the step calls (the API server
+// restarting), and Timeout above the step's own longest wait.
+type Delivery struct {
+	Retry   int
+	Backoff time.Duration
+	Timeout time.Duration
 }
 
 // ServiceAccount is the name of the step's ServiceAccount in a cluster.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -212,40 +213,93 @@ func (e *Env) startEtcd(ctx context.Context) error {
 }
 
 func (e *Env) startAPIServer(ctx context.Context) error {
-	f := e.pki
 	return e.retryPorts(ctx, 1, func(ports []int) (*proc, error) {
-		e.APIServerURL = fmt.Sprintf("https://127.0.0.1:%d", ports[0])
-		p, err := e.startProc(procSpec{name: "kube-apiserver", stopSig: throwAway, path: e.bins.apiserver, args: []string{
-			"--etcd-servers=" + e.etcdURL,
-			"--bind-address=127.0.0.1",
-			"--advertise-address=127.0.0.1",
-			"--secure-port=" + strconv.Itoa(ports[0]),
-			"--tls-cert-file=" + f.apiserver, "--tls-private-key-file=" + f.apiKey,
-			"--client-ca-file=" + f.ca,
-			"--authorization-mode=Node,RBAC",
-			"--service-account-issuer=" + saIssuer,
-			"--service-account-key-file=" + f.saPub,
-			"--service-account-signing-key-file=" + f.saKey,
-			"--service-cluster-ip-range=" + serviceCIDR,
-			"--allow-privileged=true",
-			"--enable-admission-plugins=NodeRestriction",
-			// This plugin taints every new node not-ready until the
-			// controller-manager's next node-lifecycle pass (about 5 s
-			// here); kwok's node is Ready within milliseconds, so the
-			// taint would only delay start-up.
-			"--disable-admission-plugins=TaintNodesByCondition",
-			// Endpoints may not hold loopback addresses, and this API
-			// server is only reachable on loopback: skip the endpoint
-			// of the "kubernetes" service.
-			"--endpoint-reconciler-type=none",
-			"--cert-dir=" + filepath.Join(e.Dir, "pki", "apiserver-certs"),
-			"--profiling=false",
-		}})
-		if err != nil {
-			return nil, err
-		}
-		return p, waitReady(ctx, p, e.opts.ReadyTimeout, httpOK(e.adminHTTP(), e.APIServerURL+"/readyz", "ok"))
+		return e.launchAPIServer(ctx, ports[0])
 	})
+}
+
+// launchAPIServer starts the API server on port and waits until it is
+// ready.
+func (e *Env) launchAPIServer(ctx context.Context, port int) (*proc, error) {
+	f := e.pki
+	e.APIServerURL = fmt.Sprintf("https://127.0.0.1:%d", port)
+	p, err := e.startProc(procSpec{name: "kube-apiserver", stopSig: throwAway, path: e.bins.apiserver, args: []string{
+		"--etcd-servers=" + e.etcdURL,
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(port),
+		"--tls-cert-file=" + f.apiserver, "--tls-private-key-file=" + f.apiKey,
+		"--client-ca-file=" + f.ca,
+		"--authorization-mode=Node,RBAC",
+		"--service-account-issuer=" + saIssuer,
+		"--service-account-key-file=" + f.saPub,
+		"--service-account-signing-key-file=" + f.saKey,
+		"--service-cluster-ip-range=" + serviceCIDR,
+		"--allow-privileged=true",
+		"--enable-admission-plugins=NodeRestriction",
+		// This plugin taints every new node not-ready until the
+		// controller-manager's next node-lifecycle pass (about 5 s
+		// here); kwok's node is Ready within milliseconds, so the
+		// taint would only delay start-up.
+		"--disable-admission-plugins=TaintNodesByCondition",
+		// Endpoints may not hold loopback addresses, and this API
+		// server is only reachable on loopback: skip the endpoint
+		// of the "kubernetes" service.
+		"--endpoint-reconciler-type=none",
+		"--cert-dir=" + filepath.Join(e.Dir, "pki", "apiserver-certs"),
+		"--profiling=false",
+	}})
+	if err != nil {
+		return nil, err
+	}
+	return p, waitReady(ctx, p, e.opts.ReadyTimeout, httpOK(e.adminHTTP(), e.APIServerURL+"/readyz", "ok"))
+}
+
+// RestartAPIServer stops the API server, leaves it down for down, and
+// starts it again on the same address, returning once it is ready: for
+// tests of what a client does while the API server is away (connections
+// refused, not hanging). etcd keeps the cluster's state meanwhile.
+func (e *Env) RestartAPIServer(ctx context.Context, down time.Duration) error {
+	e.mu.Lock()
+	var old *proc
+	for _, p := range e.procs {
+		if p.name == "kube-apiserver" {
+			old = p
+		}
+	}
+	e.mu.Unlock()
+	if old == nil {
+		return errors.New("devenv: no API server runs in this environment")
+	}
+	u, err := url.Parse(e.APIServerURL)
+	if err != nil {
+		return err
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		return fmt.Errorf("devenv: API server URL %s: %w", e.APIServerURL, err)
+	}
+	old.stop(2 * time.Second)
+	select {
+	case <-time.After(down):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	began := time.Now()
+	p, err := e.launchAPIServer(ctx, port)
+	e.mu.Lock()
+	for i, q := range e.procs {
+		if q == old && p != nil {
+			e.procs[i] = p // in its place: Stop ends the servers in order
+		}
+	}
+	e.mu.Unlock()
+	_ = e.writeState()
+	if err != nil {
+		return fmt.Errorf("devenv: restarting the API server on port %d: %w", port, err)
+	}
+	e.logf("devenv: kube-apiserver back after %s down, ready in %s (pid %d)", down, time.Since(began).Round(10*time.Millisecond), p.pid())
+	return nil
 }
 
 func (e *Env) startControllerManager(ctx context.Context) error {

@@ -401,3 +401,60 @@ func TestTenIncidentsInASecondTripTheBreaker(t *testing.T) {
 	}
 	t.Logf("burst of %d miners: %d quarantined, %d refused by the circuit breaker", n, quarantined, refused)
 }
+
+// TestStepsOutlastAnAPIServerRestart: the API server goes away for 10 s just
+// as a miner connects. The in-kernel block needs no API server; isolate,
+// snapshot and respawn fail their first attempts (connection refused) and
+// the broker retries them per their Triggers' delivery policy until the API
+// server is back: every step completes and none is dead-lettered.
+func TestStepsOutlastAnAPIServerRestart(t *testing.T) {
+	w := start(t)
+	podcgroup.Listen(t, "127.0.0.1:3333")
+	ctx := context.Background()
+	pods := devenv.WebDeployment(t, w.kube, "outage", 2)
+	victim := pods[0]
+	miner := podcgroup.NewFor(t, string(victim.UID))
+
+	const down = 10 * time.Second
+	restarted := make(chan error, 1)
+	go func() { restarted <- w.env.RestartAPIServer(ctx, down) }()
+	// The positive control of the outage: the API server refuses before
+	// the miner runs.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := w.kube.CoreV1().Namespaces().Get(ctx, "outage", metav1.GetOptions{}); err != nil {
+			t.Logf("API server down: %v", err)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the API server is still answering: the outage did not begin")
+		}
+	}
+	outageBegan := time.Now()
+	if code := connectFrom(t, miner, "127.0.0.1:3333"); code != 0 {
+		t.Fatalf("the miner's first connect failed (%d) before any incident", code)
+	}
+	isolated := w.reply(t, string(victim.UID), events.StepDone(isolate.Name), 90*time.Second)
+	if err := <-restarted; err != nil {
+		t.Fatal(err)
+	}
+	if at := isolated.Received; at.Before(outageBegan.Add(down)) {
+		t.Fatalf("isolate completed %s into a %s outage: the outage did not cover it", at.Sub(outageBegan), down)
+	}
+	iso := decode[isolate.Result](t, isolated.Event)
+	if iso.KernelBlock != "applied" || iso.NetworkPolicy == "" || iso.PolicyAt.IsZero() {
+		t.Fatalf("isolate after the outage: %+v", iso)
+	}
+	w.reply(t, string(victim.UID), events.StepDone(snapshot.Name), 90*time.Second)
+	res := decode[respawn.Result](t, w.reply(t, string(victim.UID), events.StepDone(respawn.Name), 120*time.Second).Event)
+	if res.Replacement == "" || !res.Deleted {
+		t.Fatalf("respawn after the outage: %+v", res)
+	}
+	incident := events.String(isolated.Event, events.ExtIncident)
+	for _, n := range w.settled(t, incident, 30*time.Second) {
+		if strings.HasSuffix(n.Type, ".failed.v1") {
+			t.Errorf("%s in the incident after the outage: %s", n.Type, n.Event.Data())
+		}
+	}
+	t.Logf("API server down %s: isolate done %s after the outage began, respawn at %s", down,
+		isolated.Received.Sub(outageBegan).Round(time.Millisecond), res.ReadyAt.Sub(outageBegan).Round(time.Millisecond))
+}
