@@ -122,6 +122,13 @@ func Open(ctx context.Context, path string) (*Journal, error) {
 	}
 	_ = lock.Truncate(0)
 	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
+	// The journal holds what the sensors saw (command lines among it):
+	// owner-only, whatever the umask and whether or not the directory
+	// existed. SQLite gives its -wal and -shm files the database's mode.
+	if err := ownerOnly(path); err != nil {
+		lock.Close()
+		return nil, err
+	}
 
 	q := url.Values{}
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "temp_store(MEMORY)",
@@ -178,6 +185,19 @@ func (j *Journal) Close() error {
 	err := j.db.Close()
 	j.lock.Close()
 	return err
+}
+
+// ownerOnly creates the database file 0600, or makes an existing one so.
+func ownerOnly(path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("journal: cannot open %s: %w (pass --journal with a writable path)", path, err)
+	}
+	defer f.Close()
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("journal: cannot make %s readable by its owner only: %w", path, err)
+	}
+	return nil
 }
 
 // OpenReadOnly opens an existing journal for queries only, without taking

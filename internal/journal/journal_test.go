@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -273,3 +274,46 @@ func TestOpenErrorsSayWhatToDo(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// The journal's files are owner-only even where the directory already
+// exists and the umask is permissive, and an older world-readable journal
+// is tightened on open.
+func TestFilesAreOwnerOnly(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "journal.db")
+	if err := os.WriteFile(filepath.Join(dir, "other"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	j, err := journal.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(context.Background(), record(t, sensorEvent(t, "perm"), "ns/x")); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"journal.db", "journal.db-wal", "journal.db-shm", "journal.db.lock"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatalf("%s: %v (the positive control: the journal wrote its files)", name, err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", name, fi.Mode().Perm())
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	j, err = journal.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("a world-readable journal was not tightened on open: %v %v", fi.Mode(), err)
+	}
+}
