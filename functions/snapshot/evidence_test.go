@@ -338,3 +338,22 @@ func TestPodSecretsAreRedacted(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRedactNamesFile: names in the state directory's redact-names file
+// extend the rules the bundle is redacted with.
+func TestRedactNamesFile(t *testing.T) {
+	state := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(state, snapshot.RedactNamesFile), []byte("# site names\ndsn, pin\n"), 0o644))
+	uid := "0000-names"
+	hist := api.PodHistory{PodUID: uid, Cgroups: []api.CgroupRecord{{PodUID: uid,
+		Processes: []api.RecordedProcess{{PID: 1 << 30, Exe: "/usr/bin/app", Args: []string{"app", "--pin", "8642", "--dsn=host-x"}}}}}}
+	reply, res := snap(t, offlineStep(t, state, fakeSensor(t, hist)), "inc-names", uid)
+	if reply.Type() != events.StepDone(snapshot.Name) {
+		t.Fatalf("%s %s", reply.Type(), reply.Data())
+	}
+	fr, err := os.ReadFile(filepath.Join(res.Bundle, "flight-recorder.json"))
+	must(t, err)
+	if strings.Contains(string(fr), "8642") || strings.Contains(string(fr), "host-x") || !strings.Contains(string(fr), redact.Value("8642")) {
+		t.Fatalf("extra names not applied: %s", fr)
+	}
+}

@@ -7,8 +7,10 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -47,9 +49,39 @@ func Definition() step.Definition {
 		if err != nil {
 			return nil, fmt.Errorf("the evidence signing key: %w", err)
 		}
+		names, err := readNames(filepath.Join(d.StateDir, RedactNamesFile))
+		if err != nil {
+			return nil, err
+		}
 		return (&snapshotter{kube: d.Kube, meta: d.Meta, sensors: d.Sensors, store: filepath.Join(d.StateDir, "evidence"),
-			key: key, redact: redact.New(), proc: "/proc"}).act, nil
+			key: key, redact: redact.New(names...), proc: "/proc"}).act, nil
 	}}
+}
+
+// RedactNamesFile, in the state directory, adds names to the redaction
+// rules' defaults (internal/redact): one per line or comma-separated, '#'
+// starts a comment. It is optional; in a cluster a ConfigMap can be mounted
+// there.
+const RedactNamesFile = "redact-names"
+
+func readNames(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for line := range strings.Lines(string(data)) {
+		line, _, _ = strings.Cut(line, "#")
+		for n := range strings.SplitSeq(line, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				names = append(names, n)
+			}
+		}
+	}
+	return names, nil
 }
 
 func spec() step.Spec {
