@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/clients/vault"
 	"parry.dev/parry/internal/logging"
@@ -25,6 +26,11 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:8080", "address of the broker ingress: POST /<namespace>/<broker>")
 	noSensor := fs.Bool("no-sensor", false, "do not start the eBPF sensor in this process")
 	maxEvent := fs.Int64("max-event-bytes", 1<<20, "largest event the ingress accepts; larger ones get 413")
+	limits := broker.DefaultLimits()
+	fs.IntVar(&limits.SenderEvents, "ingress-sender-events", limits.SenderEvents, "events per second the ingress accepts from one sender (its address); more get 429 with Retry-After; -1: no limit")
+	fs.IntVar(&limits.SenderBytes, "ingress-sender-bytes", limits.SenderBytes, "bytes per second the ingress accepts from one sender; -1: no limit")
+	fs.IntVar(&limits.TotalEvents, "ingress-total-events", limits.TotalEvents, "events per second the ingress accepts from all senders together; -1: no limit")
+	fs.IntVar(&limits.TotalBytes, "ingress-total-bytes", limits.TotalBytes, "bytes per second the ingress accepts from all senders together; -1: no limit")
 	newLog := logFlags(fs, stderr)
 	sensorCfg := sensor.DefaultConfig()
 	sensorCfg.FromEnvironment(os.Getenv)
@@ -53,7 +59,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 		}
 	}
 	opts := stack.Options{
-		ConfigDir: *configDir, JournalPath: *journalPath, Listen: *listen, MaxEventBytes: *maxEvent, Log: log,
+		ConfigDir: *configDir, JournalPath: *journalPath, Listen: *listen, MaxEventBytes: *maxEvent, Limits: limits, Log: log,
 		Steps: stack.Steps(), StateDir: stateDir,
 	}
 	// The steps act on the cluster in $KUBECONFIG, if any, and revoke Vault

@@ -21,6 +21,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
+	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/httpclient"
 )
@@ -91,7 +92,7 @@ func benchIngress(b *testing.B, send sender) {
 		delivered.Add(1)
 		return nil, nil
 	}
-	h := start(b, benchTriggers(50), map[string]events.Handler{"sink": sink})
+	h := start(b, benchTriggers(50), map[string]events.Handler{"sink": sink}, limited(broker.Limits{SenderEvents: -1, SenderBytes: -1, TotalEvents: -1, TotalBytes: -1}))
 	var seq atomic.Int64
 	next := func() (string, int64) {
 		return "bench-" + strconv.FormatInt(seq.Add(1), 10), time.Now().UnixNano()

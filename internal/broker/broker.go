@@ -37,6 +37,9 @@ type Options struct {
 	Log       zerolog.Logger
 	// MaxEventBytes bounds an ingress request body; default 1 MiB.
 	MaxEventBytes int64
+	// Limits bound the ingress per sender and in total; zero fields take
+	// DefaultLimits.
+	Limits Limits
 	// Workers is how many deliveries run at once; default 64.
 	Workers int
 	// MaxQueued is how many deliveries may wait before ingress holds new
@@ -49,6 +52,7 @@ type Broker struct {
 	opts     Options
 	log      zerolog.Logger
 	routes   map[string]*route // by broker key "namespace/name"
+	limiter  *limiter
 	triggers map[string]*trigger
 	queue    queue
 	wg       sync.WaitGroup
@@ -103,6 +107,7 @@ func New(opts Options) (*Broker, error) {
 		opts:      opts,
 		log:       opts.Log.With().Str("component", "broker").Logger(),
 		routes:    map[string]*route{},
+		limiter:   newLimiter(opts.Limits),
 		triggers:  map[string]*trigger{},
 		filterCtx: logging.WithLogger(context.Background(), zap.NewNop().Sugar()),
 	}

@@ -37,7 +37,7 @@ type harness struct {
 	journal *journal.Journal
 }
 
-func start(t testing.TB, triggers string, fns map[string]events.Handler) *harness {
+func start(t testing.TB, triggers string, fns map[string]events.Handler, options ...func(*broker.Options)) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	set, err := manifest.Parse(ctx, "test.yaml", []byte(brokerYAML+triggers))
@@ -48,7 +48,11 @@ func start(t testing.TB, triggers string, fns map[string]events.Handler) *harnes
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(broker.Options{Manifests: set, Journal: j, Functions: fns, Client: httpclient.New(0), Log: zerolog.Nop(), MaxEventBytes: 64 << 10})
+	opts := broker.Options{Manifests: set, Journal: j, Functions: fns, Client: httpclient.New(0), Log: zerolog.Nop(), MaxEventBytes: 64 << 10}
+	for _, o := range options {
+		o(&opts)
+	}
+	b, err := broker.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,6 +29,15 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "send CloudEvents with POST", http.StatusMethodNotAllowed)
 		return
 	}
+	// A body of known length is counted before it is read, so a flood
+	// costs the broker no decoding; a chunked one once it is read.
+	from, size := sender(r), headerBytes(r)
+	if r.ContentLength >= 0 {
+		if wait := b.limiter.admit(from, size+int(r.ContentLength), time.Now()); wait > 0 {
+			tooMany(w, wait)
+			return
+		}
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, b.opts.MaxEventBytes)
 	msg := cehttp.NewMessageFromHttpRequest(r)
 	defer msg.Finish(nil)
@@ -50,12 +59,30 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if r.ContentLength < 0 {
+		if wait := b.limiter.admit(from, size+len(e.Data()), time.Now()); wait > 0 {
+			tooMany(w, wait)
+			return
+		}
+	}
 	if err := b.accept(r.Context(), rt, *e, true); err != nil {
 		b.log.Error().Err(err).Str("event_id", e.ID()).Msg("could not journal an event; the sender should retry")
 		http.Error(w, "could not journal the event: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// headerBytes is the size of r's headers, where binary mode carries the
+// event's attributes.
+func headerBytes(r *http.Request) int {
+	n := 0
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
 }
 
 func (b *Broker) brokerPaths() []string {

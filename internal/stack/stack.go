@@ -41,6 +41,8 @@ type Options struct {
 	JournalPath   string
 	Listen        string
 	MaxEventBytes int64
+	// Limits bound the ingress per sender and in total (broker.Limits).
+	Limits broker.Limits
 	// HTTP limits the ingress server; zero fields are httpserver.Defaults.
 	HTTP httpserver.Limits
 	// Sensor runs the eBPF sensor in-process when set and this process may
@@ -146,7 +148,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	b, err := broker.New(broker.Options{
 		Manifests: set, Journal: j, Functions: fns, Client: httpclient.New(0),
-		Log: opts.Log, MaxEventBytes: opts.MaxEventBytes,
+		Log: opts.Log, MaxEventBytes: opts.MaxEventBytes, Limits: opts.Limits,
 	})
 	if err != nil {
 		stopWork()
