@@ -86,9 +86,9 @@ func LoadDir(ctx context.Context, dir string) (*Set, error) {
 			continue
 		}
 		path := filepath.Join(dir, entry.Name())
-		data, err := os.ReadFile(path)
-		if err != nil {
-			errs = append(errs, &Error{Pos: Position{File: path}, Msg: err.Error()})
+		data, rerr := ReadFile(path)
+		if rerr != nil {
+			errs = append(errs, rerr)
 			continue
 		}
 		errs = append(errs, set.add(ctx, path, data)...)
@@ -116,6 +116,9 @@ func (s *Set) add(ctx context.Context, file string, data []byte) Errors {
 	// would: without flags in the context, features such as delivery
 	// timeouts count as disabled.
 	ctx = feature.ToContext(ctx, feature.FromContextOrDefaults(ctx))
+	if e := CheckSize(file, data); e != nil {
+		return Errors{e}
+	}
 	var errs Errors
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
@@ -128,6 +131,10 @@ func (s *Set) add(ctx context.Context, file string, data []byte) Errors {
 			return append(errs, &Error{Pos: Position{File: file}, Msg: "malformed YAML: " + err.Error()})
 		}
 		if len(doc.Content) == 0 {
+			continue
+		}
+		if e := CheckDepth(file, &doc); e != nil {
+			errs = append(errs, e)
 			continue
 		}
 		if err := s.addDocument(ctx, file, &doc); err != nil {

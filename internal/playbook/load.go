@@ -38,9 +38,9 @@ func Load(paths ...string) ([]*Source, error) {
 	slices.Sort(files)
 	var srcs []*Source
 	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			errs = append(errs, &manifest.Error{Pos: manifest.Position{File: f}, Msg: err.Error()})
+		data, rerr := manifest.ReadFile(f)
+		if rerr != nil {
+			errs = append(errs, rerr)
 			continue
 		}
 		got, err := Parse(f, data)

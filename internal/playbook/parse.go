@@ -34,7 +34,13 @@ func (s *Source) errorf(path, format string, args ...any) *manifest.Error {
 // Parse reads every playbook document in data. Unknown fields and values
 // of the wrong type are errors at their line and column; nothing is
 // silently dropped, so a typo cannot widen or narrow a playbook.
+//
+// A file over manifest.MaxFileBytes, or a document nested deeper than
+// manifest.MaxDepth, is refused before it is checked or decoded.
 func Parse(file string, data []byte) ([]*Source, error) {
+	if e := manifest.CheckSize(file, data); e != nil {
+		return nil, manifest.Errors{e}
+	}
 	var out []*Source
 	var errs manifest.Errors
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -49,6 +55,10 @@ func Parse(file string, data []byte) ([]*Source, error) {
 			break
 		}
 		if len(doc.Content) == 0 {
+			continue
+		}
+		if e := manifest.CheckDepth(file, &doc); e != nil {
+			errs = append(errs, e)
 			continue
 		}
 		root := doc.Content[0]
