@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -55,5 +56,65 @@ func TestManifestsAreCurrent(t *testing.T) {
 	n := len(stack.Steps())
 	if kinds["ServiceAccount"] != n || kinds["ClusterRole"] != n || kinds["Service"] != n || kinds["SinkBinding"] != 1 {
 		t.Fatalf("rendered kinds %v, want %d of each per step", kinds, n)
+	}
+}
+
+// Every step's Knative Service runs its container as Pod Security's
+// restricted profile asks (non-root, no privilege escalation, no
+// capabilities, seccomp RuntimeDefault) with a read-only root filesystem.
+func TestManifestsRestrictEveryStep(t *testing.T) {
+	got, err := stack.Manifests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type securityContext struct {
+		RunAsNonRoot             *bool `yaml:"runAsNonRoot"`
+		ReadOnlyRootFilesystem   *bool `yaml:"readOnlyRootFilesystem"`
+		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
+		Privileged               *bool
+		Capabilities             struct{ Add, Drop []string }
+		SeccompProfile           struct{ Type string } `yaml:"seccompProfile"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(got))
+	services := 0
+	for {
+		var doc struct {
+			Kind     string
+			Metadata struct{ Name string }
+			Spec     struct {
+				Template struct {
+					Spec struct {
+						HostNetwork, HostPID bool `yaml:",omitempty"`
+						Containers           []struct {
+							SecurityContext *securityContext `yaml:"securityContext"`
+						}
+					}
+				}
+			}
+		}
+		if err := dec.Decode(&doc); err != nil {
+			break
+		}
+		if doc.Kind != "Service" {
+			continue
+		}
+		services++
+		cs := doc.Spec.Template.Spec.Containers
+		if len(cs) == 0 {
+			t.Fatalf("Service %s has no container", doc.Metadata.Name)
+		}
+		for _, c := range cs {
+			sc := c.SecurityContext
+			yes := func(b *bool) bool { return b != nil && *b }
+			no := func(b *bool) bool { return b != nil && !*b }
+			if sc == nil || !yes(sc.RunAsNonRoot) || !yes(sc.ReadOnlyRootFilesystem) || !no(sc.AllowPrivilegeEscalation) ||
+				yes(sc.Privileged) || len(sc.Capabilities.Add) > 0 || !slices.Equal(sc.Capabilities.Drop, []string{"ALL"}) ||
+				sc.SeccompProfile.Type != "RuntimeDefault" {
+				t.Errorf("Service %s: container securityContext %+v is not restricted", doc.Metadata.Name, sc)
+			}
+		}
+	}
+	if services != len(stack.Steps()) {
+		t.Fatalf("%d Services, want %d", services, len(stack.Steps()))
 	}
 }
