@@ -19,8 +19,8 @@ import (
 )
 
 // AlwaysProtected are the namespaces no playbook may act in, whatever it
-// says: the cluster's own and parry's.
-func AlwaysProtected() []string { return []string{"kube-system", "parry-system"} }
+// says: the cluster's own and parry's (its steps' and its sensor's).
+func AlwaysProtected() []string { return []string{"kube-system", "parry-sensor", "parry-system"} }
 
 // IsProtected reports whether no step may act in namespace: the always
 // protected ones plus the playbook's own list.

@@ -18,6 +18,7 @@ func TestProtectedAndSelf(t *testing.T) {
 	}{
 		{Target{Namespace: "kube-system"}, Rules{}, "namespace kube-system is protected"},
 		{Target{Namespace: "parry-system"}, Rules{}, "namespace parry-system is protected"},
+		{Target{Namespace: "parry-sensor"}, Rules{}, "namespace parry-sensor is protected"},
 		{Target{Namespace: "payments"}, Rules{ProtectedNamespaces: []string{"payments"}}, "namespace payments is protected"},
 		{Target{Namespace: "default", PodLabels: map[string]string{labels.PartOf: labels.PartOfParry}}, Rules{}, "part of parry"},
 	} {

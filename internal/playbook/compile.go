@@ -19,9 +19,12 @@ import (
 )
 
 // Where compiled output goes and what it is called. The Broker is the one
-// config/200-broker.yaml ships.
+// config/200-broker.yaml ships. The sensor runs in SensorNamespace, the one
+// namespace whose Pod Security level is privileged, so its filters
+// ConfigMap is there too.
 const (
-	Namespace  = "parry-system"
+	Namespace       = "parry-system"
+	SensorNamespace = "parry-sensor"
 	BrokerName = "parry"
 
 	SensorFiltersFile      = "300-sensor-filters.yaml"
@@ -91,13 +94,13 @@ func Compile(ctx context.Context, srcs []*Source, reg Registry) (Output, error) 
 	if _, err := filters.Parse(sfYAML, "compiled sensor filters"); err != nil {
 		return nil, fmt.Errorf("the merged sensor filters are invalid: %w", err)
 	}
-	out[SensorFiltersFile] = configMapYAML(SensorFiltersConfigMap, SensorFiltersKey,
+	out[SensorFiltersFile] = configMapYAML(SensorNamespace, SensorFiltersConfigMap, SensorFiltersKey,
 		"What the sensor passes from the kernel: the union of what the playbooks need.\n# The sensor DaemonSet mounts it and passes --filters; parry run reads it from config/.", sfYAML)
 	by, err := yaml.Marshal(bundle)
 	if err != nil {
 		return nil, err
 	}
-	out[BundleFile] = configMapYAML(BundleConfigMap, BundleKey,
+	out[BundleFile] = configMapYAML(Namespace, BundleConfigMap, BundleKey,
 		"The compiled playbooks: match, guardrails and every step's validated parameters.\n# Functions mount it and look a playbook up by the event's playbook extension;\n# parry run reads it from config/.", by)
 	return out, nil
 }
@@ -316,10 +319,10 @@ func baselineTriggerYAML(pbs []Compiled, policy step.Delivery) []byte {
 	return buf.Bytes()
 }
 
-func configMapYAML(name, key, comment string, data []byte) []byte {
+func configMapYAML(namespace, name, key, comment string, data []byte) []byte {
 	doc := map[string]any{
 		"apiVersion": "v1", "kind": "ConfigMap",
-		"metadata": map[string]any{"name": name, "namespace": Namespace, "labels": map[string]string{"app.kubernetes.io/part-of": "parry"}},
+		"metadata": map[string]any{"name": name, "namespace": namespace, "labels": map[string]string{"app.kubernetes.io/part-of": "parry"}},
 		"data":     map[string]string{key: string(data)},
 	}
 	var buf bytes.Buffer

@@ -114,7 +114,7 @@ type Step struct {
 
 // Guardrails bound what a playbook may do.
 type Guardrails struct {
-	// ProtectedNamespaces are added to kube-system and parry-system.
+	// ProtectedNamespaces are added to kube-system, parry-system and parry-sensor.
 	ProtectedNamespaces []string `yaml:"protectedNamespaces,omitempty" json:"protectedNamespaces,omitempty"`
 	// RateLimit trips the playbook's circuit breaker: past it, incidents
 	// are still opened but escalated, not acted on, until Per has passed.
