@@ -13,8 +13,9 @@
 //     kubernetes auth method sets them and the documented jwt role maps them).
 //     Wider blast radius: every pod of that account loses its credentials; the
 //     reply says so.
-//   - prefix: every lease under a path (a parameter, or a pod annotation) is
-//     revoked with sys/leases/revoke-prefix.
+//   - prefix: every lease under the playbook's prefix parameter is revoked
+//     with sys/leases/revoke-prefix. The path never comes from the pod: a
+//     workload must not choose which leases parry revokes.
 //
 // Vault revokes a token's child leases asynchronously. Vault does not say
 // which token owns a lease, but revoking a token marks its leases as

@@ -43,8 +43,8 @@ const (
 // own Vault token (see policy.hcl for exactly what it may do); Deps.Kube
 // reads the pod the event names. Kube is optional: without it, pod mode
 // works from the event's poduid extension alone, and the modes that need
-// the pod (serviceaccount, prefix by annotation, an expected service
-// account) fail with a reason saying so.
+// the pod (serviceaccount, an expected service account) fail with a reason
+// saying so.
 func Definition() step.Definition {
 	return step.Definition{Spec: spec(), New: func(_ context.Context, d step.Deps) (step.Action, error) {
 		if d.Vault == nil {
@@ -64,9 +64,7 @@ func spec() step.Spec {
 			{Name: "mounts", Type: step.StringList, Default: "auth/jwt/,auth/kubernetes/",
 				Description: "auth mount paths whose tokens may be revoked (a token's path must start with one); other tokens are never touched even if their metadata matches"},
 			{Name: "prefix", Type: step.String,
-				Description: "prefix mode: the lease path to revoke, e.g. database/creds/web/ (at least two segments)"},
-			{Name: "annotation", Type: step.String,
-				Description: "prefix mode: the pod annotation that holds the lease path (used when prefix is empty; needs the pod from the Kubernetes API)"},
+				Description: "prefix mode: the lease path to revoke, e.g. database/creds/web/ (at least two segments); only the playbook sets it, never the workload"},
 			{Name: "leases", Type: step.StringList,
 				Description: "lease paths in which to look for the revoked tokens' child leases, e.g. database/creds/; empty means every lease outside auth/ (costs one lookup per lease)"},
 			{Name: "serviceaccount", Type: step.String,
@@ -93,7 +91,7 @@ func spec() step.Spec {
 }
 
 // ClusterRules are the step's Kubernetes permissions: it reads the pod the
-// event names, for its service account, annotations and UID. Nothing else.
+// event names, for its service account and UID. Nothing else.
 func ClusterRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}
 }
@@ -243,10 +241,11 @@ func (r *revoker) target(ctx context.Context, e cloudevents.Event, p step.Params
 	}
 	wantSA := p.String("serviceaccount")
 	needPod := mode == ModeServiceAccount || wantSA != "" ||
-		(mode == ModePod && t.uid == "") ||
-		(mode == ModePrefix && t.prefix == "")
-	if mode == ModePrefix && t.prefix == "" && p.String("annotation") == "" {
-		return t, failf("prefix mode needs the prefix parameter or the annotation parameter naming the pod annotation that holds the lease path")
+		(mode == ModePod && t.uid == "")
+	// The path comes from the playbook alone: a pod annotation would let
+	// the workload under attack choose which leases parry revokes.
+	if mode == ModePrefix && t.prefix == "" {
+		return t, failf("prefix mode needs the prefix parameter: the playbook names the lease path to revoke")
 	}
 	if !needPod {
 		return t, checkTarget(t, mode)
@@ -255,7 +254,7 @@ func (r *revoker) target(ctx context.Context, e cloudevents.Event, p step.Params
 		return t, failf("the event names no pod (extensions %s and %s are empty); mode %s needs one", events.ExtPodNamespace, events.ExtPodName, mode)
 	}
 	if r.kube == nil {
-		return t, failf("mode %s needs pod %s/%s from the Kubernetes API (its service account, UID or annotation), but the step runs without a Kubernetes client", mode, t.ns, t.name)
+		return t, failf("mode %s needs pod %s/%s from the Kubernetes API (its service account or UID), but the step runs without a Kubernetes client", mode, t.ns, t.name)
 	}
 	pod, err := r.kube.CoreV1().Pods(t.ns).Get(ctx, t.name, metav1.GetOptions{})
 	switch {
@@ -263,7 +262,7 @@ func (r *revoker) target(ctx context.Context, e cloudevents.Event, p step.Params
 		// The pod is gone, its tokens are not: revoke by the event's UID.
 		return t, nil
 	case apierrors.IsNotFound(err):
-		return t, failf("pod %s/%s no longer exists; mode %s needs it (its service account or annotation)", t.ns, t.name, mode)
+		return t, failf("pod %s/%s no longer exists; mode %s needs it (its service account)", t.ns, t.name, mode)
 	case apierrors.IsForbidden(err):
 		return t, failf("reading pod %s/%s is forbidden: the step's service account needs get on pods (see Spec().ClusterRules): %v", t.ns, t.name, err)
 	case err != nil:
@@ -282,13 +281,6 @@ func (r *revoker) target(ctx context.Context, e cloudevents.Event, p step.Params
 	}
 	if mode == ModeServiceAccount && (t.sa == "" || t.sa == "default") {
 		return t, failf("pod %s/%s has no service account of its own (it runs as %q): revoking every token of %s/default would cut every pod of the namespace that names none; use mode pod or give the workload its own service account", t.ns, t.name, saName(t.sa), t.ns)
-	}
-	if mode == ModePrefix && t.prefix == "" {
-		ann := p.String("annotation")
-		t.prefix = pod.Annotations[ann]
-		if t.prefix == "" {
-			return t, failf("pod %s/%s has no annotation %q naming the lease path to revoke", t.ns, t.name, ann)
-		}
 	}
 	return t, checkTarget(t, mode)
 }

@@ -217,28 +217,49 @@ func TestServiceAccountModeRevokesEveryPodOfTheAccount(t *testing.T) {
 	}
 }
 
-func TestPrefixModeRevokesTheAnnotatedLeases(t *testing.T) {
+// Prefix mode revokes the playbook's prefix and nothing a workload chose:
+// there is no parameter that reads the path from a pod annotation, and
+// without a prefix the step fails rather than look at the pod. Each pod here
+// is annotated parry.dev/vault-leases with its own lease path, as a workload
+// could write any path it likes.
+func TestPrefixModeRevokesThePlaybooksPrefixOnly(t *testing.T) {
 	in := setup(t)
 	ctx := t.Context()
 	w := newWorkload(t, in, "a", "b")
 	a, b := w.pods["a"], w.pods["b"]
-	r := newRevoker(t, in, map[string]any{"mode": "prefix", "annotation": "parry.dev/vault-leases"})
+	if _, err := revoke.Definition().Spec.Validate(map[string]any{"mode": "prefix", "annotation": "parry.dev/vault-leases"}); err == nil || !strings.Contains(err.Error(), `no parameter "annotation"`) {
+		t.Fatalf("a playbook may still take the lease path from a pod annotation: %v", err)
+	}
+	r := newRevoker(t, in, map[string]any{"mode": "prefix"})
+	reply, err := r(ctx, sensorEvent(t, w, a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := result(t, reply, events.StepFailed(revoke.Name)); !strings.Contains(res.Reason, "prefix parameter") || res.LeasesRevoked != 0 {
+		t.Errorf("prefix mode without a prefix: %+v", res)
+	}
+	if login, session := alive(ctx, in.env, a); !login || !session {
+		t.Fatalf("pod A: login=%v session=%v after a revoke without prefix; want both alive", login, session)
+	}
+	// The event names pod B, annotated with B's path; the playbook names A's.
+	prefix := dbMount + "/creds/" + a.dbRole + "/"
+	r = newRevoker(t, in, map[string]any{"mode": "prefix", "prefix": prefix})
 	start := time.Now()
 	deadAfter := watchDeath(ctx, in, a, start)
-	reply, err := r(ctx, sensorEvent(t, w, a))
+	reply, err = r(ctx, sensorEvent(t, w, b))
 	if err != nil {
 		t.Fatal(err)
 	}
 	res := result(t, reply, events.StepDone(revoke.Name))
 	t.Logf("prefix mode (%s): event -> credential dead %s, Handle %s", res.Prefix, deadAfter(), time.Since(start))
-	if res.LeasesRevoked != 1 || res.Prefix != a.annotations["parry.dev/vault-leases"] {
-		t.Errorf("result %+v: want 1 lease under pod A's annotation", res)
+	if res.LeasesRevoked != 1 || res.Prefix != prefix {
+		t.Errorf("result %+v: want 1 lease under the playbook's prefix %s", res, prefix)
 	}
 	if login, session := alive(ctx, in.env, a); login || session {
 		t.Errorf("pod A: login=%v session=%v; want both dead", login, session)
 	}
 	if login, session := alive(ctx, in.env, b); !login || !session {
-		t.Errorf("pod B: login=%v session=%v; want both alive", login, session)
+		t.Errorf("pod B: login=%v session=%v; want both alive (its annotation names its own leases)", login, session)
 	}
 	// A prefix outside the policy's narrowed revoke-prefix path is refused by
 	// Vault, and the step says which capability it lacks.
@@ -252,7 +273,7 @@ func TestPrefixModeRevokesTheAnnotatedLeases(t *testing.T) {
 		t.Errorf("reason %q does not name the denied path", res.Reason)
 	}
 	for _, bad := range []string{"database/", "", "/database/creds/x", "sys/leases/x"} {
-		r := newRevoker(t, in, map[string]any{"mode": "prefix", "prefix": bad, "annotation": "none"})
+		r := newRevoker(t, in, map[string]any{"mode": "prefix", "prefix": bad})
 		reply, err := r(ctx, sensorEvent(t, w, b))
 		if err != nil {
 			t.Fatal(err)

@@ -164,6 +164,7 @@ func newWorkload(t *testing.T, in *infra, names ...string) *workload {
 	})
 	for _, name := range names {
 		p := &pod{name: name, dbRole: w.ns + "-" + name,
+			// What a workload could write; revoke must never read it.
 			annotations: map[string]string{"parry.dev/vault-leases": dbMount + "/creds/" + w.ns + "-" + name + "/"}}
 		write(t, in.root, dbMount+"/roles/"+p.dbRole, map[string]any{
 			"db_name":             "pg",
