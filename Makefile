@@ -4,7 +4,7 @@ export CGO_ENABLED ?= 0
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X parry.dev/parry/internal/buildinfo.Version=$(VERSION)
 
-.PHONY: all build run test vet fmt-check unit e2e bench-broker playbooks-check cross-check
+.PHONY: all build run test vet fmt-check unit e2e bench-broker playbooks-check cross-check fuzz
 
 all: build
 
@@ -33,8 +33,22 @@ e2e: tools
 
 # Everything: formatting, vet, generated BPF code up to date, every main
 # building for both image architectures, the pinned servers built (cached),
-# then every test.
-test: fmt-check vet generate-check cross-check playbooks-check tools unit
+# then every test; under CI=true, then the fuzzers.
+test: fmt-check vet generate-check cross-check playbooks-check tools unit $(if $(filter true,$(CI)),fuzz)
+
+# Every fuzz target (func Fuzz* in a tracked _test.go file) for FUZZTIME,
+# one after another; `go test` alone runs only their seeds. A crasher is
+# written to the package's testdata/fuzz/<target>/: commit it, and every
+# `go test` replays it from then on. Six targets at 20 s: 2.5 minutes, plus
+# about 7 to build them instrumented on a cold cache (2 cores).
+FUZZTIME ?= 20s
+fuzz:
+	@targets=$$(git grep -n -e '^func Fuzz[A-Za-z0-9_]*(' -- '*_test.go' | sed 's|^\(.*\)/[^/]*_test\.go:[0-9]*:func \(Fuzz[A-Za-z0-9_]*\)(.*|./\1:\2|'); \
+	[ -n "$$targets" ] || { echo "fuzz: no fuzz targets found"; exit 1; }; \
+	for t in $$targets; do \
+	  echo "fuzz: $${t##*:} in $${t%:*} for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$${t##*:}\$$" -fuzztime $(FUZZTIME) "$${t%:*}" || { echo "fuzz: $${t##*:} in $${t%:*} failed: the input is in $${t%:*}/testdata/fuzz/$${t##*:}/"; exit 1; }; \
+	done
 
 # ko.yaml builds every image for linux/amd64 and linux/arm64: every main
 # package must build for both, without cgo (ko's default).
