@@ -27,6 +27,15 @@ path "sys/leases/lookup/*" {
 path "sys/leases/lookup" {
   capabilities = ["update", "list", "sudo"]
 }
+# ... but never under auth/ (Vault checks a listed directory without its
+# trailing slash, hence both paths): the step revokes tokens by accessor and
+# skips auth/ when it walks the leases; token leases are not its business.
+path "sys/leases/lookup/auth" {
+  capabilities = ["deny"]
+}
+path "sys/leases/lookup/auth/*" {
+  capabilities = ["deny"]
+}
 
 # prefix mode: revoke every lease under a path. Narrow this to the secrets
 # engines whose leases a playbook may cut (here: any database engine's
