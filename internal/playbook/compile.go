@@ -25,7 +25,7 @@ import (
 const (
 	Namespace       = "parry-system"
 	SensorNamespace = "parry-sensor"
-	BrokerName = "parry"
+	BrokerName      = "parry"
 
 	SensorFiltersFile      = "300-sensor-filters.yaml"
 	SensorFiltersConfigMap = "parry-sensor-filters"
