@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -234,5 +235,65 @@ func TestForbiddenNamesTheMissingVerb(t *testing.T) {
 	}
 	if reply.Type() != events.StepFailed(isolate.Name) || !strings.Contains(string(reply.Data()), `cannot patch resource \"pods\"`) {
 		t.Fatalf("forbidden patch: %s %s", reply.Type(), reply.Data())
+	}
+}
+
+// isolate runs with exactly the rules its Spec declares, and it declares no
+// verb it does not use: without any one verb on pods or networkpolicies the
+// step fails. (get on nodes finds the node's sensor address for the
+// in-kernel block; this test runs without a sensor.)
+func TestDeclaredRulesAreAllNeeded(t *testing.T) {
+	env := devenv.Require(t)
+	admin := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := t.Context()
+	const ns = "rules"
+	as := func(name string, rules []rbacv1.PolicyRule) kubernetes.Interface {
+		t.Helper()
+		name = "isolate-" + name
+		if _, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
+			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		cfg := rest.CopyConfig(env.RESTConfig())
+		cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + name}
+		return kubernetes.NewForConfigOrDie(cfg)
+	}
+	declared := isolate.Definition().Spec.ClusterRules
+	pod := makePod(t, admin, ns, "web-exact")
+	reply, err := newStep(t, as("exact", declared))(ctx, incident(pod, "miner", "inc-exact"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	result(t, reply, events.StepDone(isolate.Name))
+	n := 0
+	for ri, r := range declared {
+		if slices.Contains(r.Resources, "nodes") {
+			continue
+		}
+		for vi, verb := range r.Verbs {
+			n++
+			rules := make([]rbacv1.PolicyRule, len(declared))
+			for i := range declared {
+				rules[i] = *declared[i].DeepCopy()
+			}
+			rules[ri].Verbs = slices.Delete(rules[ri].Verbs, vi, vi+1)
+			if len(rules[ri].Verbs) == 0 {
+				rules = slices.Delete(rules, ri, ri+1)
+			}
+			pod := makePod(t, admin, ns, fmt.Sprint("web-", n))
+			// A failed reply or an error (which the Trigger retries): either
+			// way the step did not get done.
+			reply, err := newStep(t, as(fmt.Sprint("without-", n), rules))(ctx, incident(pod, "miner", fmt.Sprint("inc-without-", n)))
+			if err == nil && (reply == nil || reply.Type() != events.StepFailed(isolate.Name)) {
+				t.Errorf("without %s on %v the step still succeeds: the Spec declares a verb it does not need", verb, r.Resources)
+			}
+		}
 	}
 }
