@@ -49,7 +49,9 @@ func spec() step.Spec {
 		},
 		ClusterRules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "patch", "create", "delete"}},
-			{APIGroups: []string{"apps"}, Resources: []string{"replicasets", "statefulsets"}, Verbs: []string{"get"}},
+			// The ReplicaSet's selector; a StatefulSet pod is deleted by
+			// name, its StatefulSet never read.
+			{APIGroups: []string{"apps"}, Resources: []string{"replicasets"}, Verbs: []string{"get"}},
 		},
 		Example: `- name: respawn
   function: respawn

@@ -1,0 +1,90 @@
+package respawn_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"parry.dev/parry/functions/respawn"
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/tests/devenv"
+)
+
+// asRules is a client of a new ServiceAccount bound to exactly rules.
+func asRules(t *testing.T, env *devenv.Env, admin kubernetes.Interface, ns, name string, rules []rbacv1.PolicyRule) kubernetes.Interface {
+	t.Helper()
+	ctx := context.Background()
+	name = "respawn-" + name
+	admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if _, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := rest.CopyConfig(env.RESTConfig())
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + name}
+	return kubernetes.NewForConfigOrDie(cfg)
+}
+
+// respawn orphans and replaces a Deployment's pod with exactly the rules its
+// Spec declares, and declares no read of a workload controller it does not
+// make: without any one verb on apps resources the step fails.
+func TestDeclaredRulesAreAllNeeded(t *testing.T) {
+	env := devenv.Require(t)
+	admin := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := t.Context()
+	declared := respawn.Definition().Spec.ClusterRules
+	run := func(name string, rules []rbacv1.PolicyRule) (done bool, detail string) {
+		ns := "respawn-rules-" + name
+		pods := devenv.WebDeployment(t, admin, ns, 2)
+		reply, err := newStep(t, asRules(t, env, admin, ns, name, rules), playbooks{})(ctx, cause(t, pods[0], events.StepDone("isolate"), "inc-"+name))
+		if err != nil {
+			return false, err.Error()
+		}
+		return reply != nil && reply.Type() == events.StepDone(respawn.Name), fmt.Sprintf("%s %s", reply.Type(), reply.Data())
+	}
+	if done, detail := run("exact", declared); !done {
+		t.Fatalf("with its declared rules: %s", detail)
+	}
+	n := 0
+	for ri, r := range declared {
+		if !slices.Contains(r.APIGroups, "apps") {
+			continue
+		}
+		for _, res := range r.Resources {
+			for _, verb := range r.Verbs {
+				n++
+				rules := make([]rbacv1.PolicyRule, 0, len(declared)+1)
+				for i := range declared {
+					if i != ri {
+						rules = append(rules, *declared[i].DeepCopy())
+					}
+				}
+				// r without (res, verb): its other resources keep all verbs,
+				// res keeps the others.
+				if others := slices.DeleteFunc(slices.Clone(r.Resources), func(x string) bool { return x == res }); len(others) > 0 {
+					rules = append(rules, rbacv1.PolicyRule{APIGroups: r.APIGroups, Resources: others, Verbs: r.Verbs})
+				}
+				if verbs := slices.DeleteFunc(slices.Clone(r.Verbs), func(x string) bool { return x == verb }); len(verbs) > 0 {
+					rules = append(rules, rbacv1.PolicyRule{APIGroups: r.APIGroups, Resources: []string{res}, Verbs: verbs})
+				}
+				if done, _ := run(fmt.Sprint("without-", n), rules); done {
+					t.Errorf("without %s on %s the step still succeeds: the Spec declares a verb it does not need", verb, res)
+				}
+			}
+		}
+	}
+}
