@@ -92,7 +92,9 @@ func spec() step.Spec {
 			{Name: "logLines", Type: step.Int, Default: "2000", Description: "container log lines to keep per container"},
 		},
 		ClusterRules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods", "events"}, Verbs: []string{"get", "list"}},
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
+			// The pod's events, by a field selector on its UID.
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"list"}},
 			{APIGroups: []string{""}, Resources: []string{"pods/log"}, Verbs: []string{"get"}},
 			{APIGroups: []string{"apps"}, Resources: []string{"replicasets", "deployments", "statefulsets", "daemonsets"}, Verbs: []string{"get"}},
 			{APIGroups: []string{"batch"}, Resources: []string{"jobs", "cronjobs"}, Verbs: []string{"get"}},
