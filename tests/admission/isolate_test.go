@@ -2,6 +2,7 @@ package admission_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,13 +27,8 @@ import (
 
 func TestMain(m *testing.M) { devenv.Main(m) }
 
-const (
-	policyFile  = "510-isolate-admission.yaml"
-	isolateUser = "system:serviceaccount:parry-system:parry-isolate"
-)
-
-// loadPolicy reads config/510-isolate-admission.yaml: one policy, one binding.
-func loadPolicy(t *testing.T) (*admissionv1.ValidatingAdmissionPolicy, *admissionv1.ValidatingAdmissionPolicyBinding) {
+// loadPolicy reads a file of config/ that holds one policy and its binding.
+func loadPolicy(t *testing.T, policyFile string) (*admissionv1.ValidatingAdmissionPolicy, *admissionv1.ValidatingAdmissionPolicyBinding) {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("..", "..", "config", policyFile))
 	if err != nil {
@@ -83,7 +79,7 @@ func TestIsolateMayPatchOnlyTheQuarantine(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns := nsObj.Name
-	t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}) })
+	t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
 
 	// isolate's ServiceAccount and its declared rules, bound in ns.
 	user := "system:serviceaccount:" + ns + ":parry-isolate"
@@ -94,7 +90,7 @@ func TestIsolateMayPatchOnlyTheQuarantine(t *testing.T) {
 	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: role}, Rules: isolate.Definition().Spec.ClusterRules}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = admin.RbacV1().ClusterRoles().Delete(ctx, role, metav1.DeleteOptions{}) })
+	t.Cleanup(func() { _ = admin.RbacV1().ClusterRoles().Delete(context.Background(), role, metav1.DeleteOptions{}) })
 	if _, err := admin.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "parry-isolate"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
 		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "parry-isolate", Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
@@ -126,55 +122,10 @@ func TestIsolateMayPatchOnlyTheQuarantine(t *testing.T) {
 		t.Fatalf("without the policy, isolate's rules should allow any label patch: %v", err)
 	}
 
-	policy, binding := loadPolicy(t)
-	found := false
-	for i, c := range policy.Spec.MatchConditions {
-		if strings.Contains(c.Expression, "'"+isolateUser+"'") {
-			policy.Spec.MatchConditions[i].Expression = strings.ReplaceAll(c.Expression, isolateUser, user)
-			found = true
-		}
-	}
-	if !found {
-		t.Fatalf("config/%s matches no request by %s", policyFile, isolateUser)
-	}
-	policy.Name += "-" + ns
-	binding.Name += "-" + ns
-	binding.Spec.PolicyName = policy.Name
-	if binding.Spec.MatchResources != nil {
-		t.Fatalf("config/%s: the binding should apply everywhere, it selects %+v", policyFile, binding.Spec.MatchResources)
-	}
-	binding.Spec.MatchResources = &admissionv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: ns}}}
-	if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, policy, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(ctx, policy.Name, metav1.DeleteOptions{})
-	})
-	if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(ctx, binding.Name, metav1.DeleteOptions{})
-	})
+	applyPolicy(t, admin, "510-isolate-admission.yaml", "parry-isolate", ns)
 
-	denied := func(err error, why string) bool {
-		return err != nil && strings.Contains(err.Error(), "denied request") && strings.Contains(err.Error(), why)
-	}
 	// The policy takes effect once the API server has compiled it.
-	deadline := time.Now().Add(30 * time.Second)
-	for i := 0; ; i++ {
-		err := merge(fmt.Sprintf(`{"metadata":{"labels":{"app":"web-%d"}}}`, i))
-		if denied(err, "parry.dev/quarantine") {
-			break
-		}
-		if err != nil {
-			t.Fatalf("waiting for the policy: %v", err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the policy did not take effect in 30 s")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitDenied(t, "parry.dev/quarantine", func(i int) error { return merge(fmt.Sprintf(`{"metadata":{"labels":{"app":"web-%d"}}}`, i)) })
 
 	// What isolate patches.
 	quarantine := fmt.Sprintf(`{"metadata":{"labels":{%q:"inc-1"},"annotations":{%q:"inc-1",%q:%q}}}`,
@@ -228,4 +179,67 @@ func TestIsolateMayPatchOnlyTheQuarantine(t *testing.T) {
 	if err := patch(admin, types.MergePatchType, `{"metadata":{"labels":{"app":"admin"}}}`); err != nil {
 		t.Errorf("an administrator's label patch refused: %v", err)
 	}
+}
+
+func denied(err error, why string) bool {
+	return err != nil && strings.Contains(err.Error(), "denied request") && strings.Contains(err.Error(), why)
+}
+
+// waitDenied retries try (with a new i each time, so that an attempt let
+// through before the policy is active changes something) until the policy
+// denies it.
+func waitDenied(t *testing.T, why string, try func(i int) error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; ; i++ {
+		err := try(i)
+		if denied(err, why) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("waiting for the policy: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the policy did not take effect in 30 s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// applyPolicy creates the policy and binding of config/<file>, matching the
+// ServiceAccount sa of ns instead of parry-system's and bound to ns only.
+func applyPolicy(t *testing.T, admin kubernetes.Interface, file, sa, ns string) {
+	t.Helper()
+	ctx := t.Context()
+	policy, binding := loadPolicy(t, file)
+	want, user := "system:serviceaccount:parry-system:"+sa, "system:serviceaccount:"+ns+":"+sa
+	found := false
+	for i, c := range policy.Spec.MatchConditions {
+		if strings.Contains(c.Expression, "'"+want+"'") {
+			policy.Spec.MatchConditions[i].Expression = strings.ReplaceAll(c.Expression, want, user)
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("config/%s matches no request by %s", file, want)
+	}
+	policy.Name += "-" + ns
+	binding.Name += "-" + ns
+	binding.Spec.PolicyName = policy.Name
+	if binding.Spec.MatchResources != nil {
+		t.Fatalf("config/%s: the binding should apply everywhere, it selects %+v", file, binding.Spec.MatchResources)
+	}
+	binding.Spec.MatchResources = &admissionv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: ns}}}
+	if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, policy, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(context.Background(), policy.Name, metav1.DeleteOptions{})
+	})
+	if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(context.Background(), binding.Name, metav1.DeleteOptions{})
+	})
 }

@@ -2,6 +2,7 @@ package admission_test
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,7 +77,7 @@ func TestConfigPodsPassPodSecurity(t *testing.T) {
 			t.Fatal(err)
 		}
 		testNS[d.Metadata.Name] = ns.Name
-		t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{}) })
 	}
 	create := func(ns string, d doc) error {
 		spec := d.Spec.Template.Spec.DeepCopy()
