@@ -206,6 +206,21 @@ func TestGuardrails(t *testing.T) {
 	}
 }
 
+// waitBound waits until the API server's RBAC authorizer, which reads
+// bindings from an informer cache, applies a new binding to c: get on nodes,
+// which every variant of isolate's rules keeps, answers NotFound instead of
+// Forbidden.
+func waitBound(t *testing.T, c kubernetes.Interface) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, err = c.CoreV1().Nodes().Get(context.Background(), "parry-no-such-node", metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			return
+		}
+	}
+	t.Fatalf("the new binding did not take effect within 10s: %v", err)
+}
+
 func TestForbiddenNamesTheMissingVerb(t *testing.T) {
 	env := devenv.Require(t)
 	admin := kubernetes.NewForConfigOrDie(env.RESTConfig())
@@ -229,6 +244,7 @@ func TestForbiddenNamesTheMissingVerb(t *testing.T) {
 	cfg := rest.CopyConfig(env.RESTConfig())
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:rbac:" + sa}
 	limited := kubernetes.NewForConfigOrDie(cfg)
+	waitBound(t, limited)
 	reply, err := newStep(t, limited)(ctx, incident(pod, "miner", "inc-rbac"))
 	if err != nil {
 		t.Fatal(err)
@@ -263,7 +279,9 @@ func TestDeclaredRulesAreAllNeeded(t *testing.T) {
 		}
 		cfg := rest.CopyConfig(env.RESTConfig())
 		cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + name}
-		return kubernetes.NewForConfigOrDie(cfg)
+		c := kubernetes.NewForConfigOrDie(cfg)
+		waitBound(t, c)
+		return c
 	}
 	declared := isolate.Definition().Spec.ClusterRules
 	pod := makePod(t, admin, ns, "web-exact")
