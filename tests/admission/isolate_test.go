@@ -11,6 +11,7 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -117,6 +118,7 @@ func TestIsolateMayPatchOnlyTheQuarantine(t *testing.T) {
 	}
 	merge := func(body string) error { return patch(sa, types.MergePatchType, body) }
 
+	waitAllowed(t, sa, ns, "patch")
 	// RBAC alone: the SA may rewrite the workload's selector label.
 	if err := merge(`{"metadata":{"labels":{"app":"rbac-alone"}}}`); err != nil {
 		t.Fatalf("without the policy, isolate's rules should allow any label patch: %v", err)
@@ -242,4 +244,25 @@ func applyPolicy(t *testing.T, admin kubernetes.Interface, file, sa, ns string) 
 	t.Cleanup(func() {
 		_ = admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(context.Background(), binding.Name, metav1.DeleteOptions{})
 	})
+}
+
+// waitAllowed waits until c may verb pods in ns: the API server's RBAC
+// authorizer reads bindings from an informer cache, so a binding created a
+// moment ago may not apply yet.
+func waitAllowed(t *testing.T, c kubernetes.Interface, ns, verb string) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		r, err := c.AuthorizationV1().SelfSubjectAccessReviews().Create(context.Background(), &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: verb, Resource: "pods", Namespace: ns}}}, metav1.CreateOptions{})
+		switch {
+		case err != nil:
+			last = err.Error()
+		case r.Status.Allowed:
+			return
+		default:
+			last = "denied: " + r.Status.Reason
+		}
+	}
+	t.Fatalf("%s pods in %s not allowed within 10 s (%s): the binding did not take effect", verb, ns, last)
 }

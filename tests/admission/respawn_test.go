@@ -75,6 +75,7 @@ func TestRespawnMayOnlyOrphan(t *testing.T) {
 		_, err := sa.CoreV1().Pods(ns).Patch(ctx, pod.Name, pt, []byte(body), metav1.PatchOptions{FieldManager: "parry-respawn"})
 		return err
 	}
+	waitAllowed(t, sa, ns, "patch")
 	if err := patch(types.MergePatchType, `{"metadata":{"labels":{"rbac":"alone"}}}`); err != nil {
 		t.Fatalf("without the policy, respawn's rules should allow any label patch: %v", err)
 	}
