@@ -11,6 +11,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/rs/zerolog"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -206,21 +207,6 @@ func TestGuardrails(t *testing.T) {
 	}
 }
 
-// waitBound waits until the API server's RBAC authorizer, which reads
-// bindings from an informer cache, applies a new binding to c: get on nodes,
-// which every variant of isolate's rules keeps, answers NotFound instead of
-// Forbidden.
-func waitBound(t *testing.T, c kubernetes.Interface) {
-	t.Helper()
-	var err error
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if _, err = c.CoreV1().Nodes().Get(context.Background(), "parry-no-such-node", metav1.GetOptions{}); apierrors.IsNotFound(err) {
-			return
-		}
-	}
-	t.Fatalf("the new binding did not take effect within 10s: %v", err)
-}
-
 func TestForbiddenNamesTheMissingVerb(t *testing.T) {
 	env := devenv.Require(t)
 	admin := kubernetes.NewForConfigOrDie(env.RESTConfig())
@@ -244,7 +230,7 @@ func TestForbiddenNamesTheMissingVerb(t *testing.T) {
 	cfg := rest.CopyConfig(env.RESTConfig())
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:rbac:" + sa}
 	limited := kubernetes.NewForConfigOrDie(cfg)
-	waitBound(t, limited)
+	devenv.WaitAllowed(t, limited, authorizationv1.ResourceAttributes{Verb: "get", Resource: "pods", Namespace: "rbac"})
 	reply, err := newStep(t, limited)(ctx, incident(pod, "miner", "inc-rbac"))
 	if err != nil {
 		t.Fatal(err)
@@ -280,7 +266,8 @@ func TestDeclaredRulesAreAllNeeded(t *testing.T) {
 		cfg := rest.CopyConfig(env.RESTConfig())
 		cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + name}
 		c := kubernetes.NewForConfigOrDie(cfg)
-		waitBound(t, c)
+		// get on nodes is in every variant of the rules.
+		devenv.WaitAllowed(t, c, authorizationv1.ResourceAttributes{Verb: "get", Resource: "nodes"})
 		return c
 	}
 	declared := isolate.Definition().Spec.ClusterRules

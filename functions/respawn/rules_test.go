@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,7 +37,10 @@ func asRules(t *testing.T, env *devenv.Env, admin kubernetes.Interface, ns, name
 	}
 	cfg := rest.CopyConfig(env.RESTConfig())
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + name}
-	return kubernetes.NewForConfigOrDie(cfg)
+	c := kubernetes.NewForConfigOrDie(cfg)
+	// get on pods is in every variant of the rules.
+	devenv.WaitAllowed(t, c, authorizationv1.ResourceAttributes{Verb: "get", Resource: "pods", Namespace: ns})
+	return c
 }
 
 // respawn orphans and replaces a Deployment's pod with exactly the rules its

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -50,7 +51,10 @@ func TestDeclaredRulesAreAllNeeded(t *testing.T) {
 		}
 		cfg := rest.CopyConfig(env.RESTConfig())
 		cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + name}
-		return kubernetes.NewForConfigOrDie(cfg), metadata.NewForConfigOrDie(cfg)
+		c := kubernetes.NewForConfigOrDie(cfg)
+		// get on nodes is in every variant of the rules.
+		devenv.WaitAllowed(t, c, authorizationv1.ResourceAttributes{Verb: "get", Resource: "nodes"})
+		return c, metadata.NewForConfigOrDie(cfg)
 	}
 	complete := func(name string, rules []rbacv1.PolicyRule) (bool, string) {
 		cs, meta := as(name, rules)

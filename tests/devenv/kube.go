@@ -16,8 +16,10 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -470,4 +472,26 @@ func httpOK(c *http.Client, url, want string) func(context.Context) error {
 		}
 		return nil
 	}
+}
+
+// WaitAllowed waits until the API server lets c (a client impersonating
+// some user) do what attrs describe: its RBAC authorizer reads bindings from
+// an informer cache, so a binding created a moment ago may not apply yet.
+// Call it with a verb the binding grants before testing what it denies.
+func WaitAllowed(t testing.TB, c kubernetes.Interface, attrs authorizationv1.ResourceAttributes) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		r, err := c.AuthorizationV1().SelfSubjectAccessReviews().Create(context.Background(),
+			&authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &attrs}}, metav1.CreateOptions{})
+		switch {
+		case err != nil:
+			last = err.Error()
+		case r.Status.Allowed:
+			return
+		default:
+			last = "denied: " + r.Status.Reason
+		}
+	}
+	t.Fatalf("%s %s in %q not allowed within 10s (%s): the binding did not take effect", attrs.Verb, attrs.Resource, attrs.Namespace, last)
 }
