@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"parry.dev/parry/internal/binhash"
 	"parry.dev/parry/sensor/api"
 )
 
@@ -15,6 +16,7 @@ import (
 //
 //	GET    /v1/pods                 pods with recorded history
 //	GET    /v1/pods/{uid}           a pod's history: processes, connections, files, events
+//	GET    /v1/pods/{uid}/binaries  SHA-256 of the binaries its live processes run
 //	GET    /v1/cgroups/{id}         one cgroup's history
 //	PUT    /v1/pods/{uid}/block     block the pod's egress in the kernel
 //	DELETE /v1/pods/{uid}/block     lift it
@@ -33,6 +35,14 @@ func (s *Sensor) handler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, h)
+	})
+	mux.HandleFunc("GET "+api.RouteBinaries, func(w http.ResponseWriter, r *http.Request) {
+		b, ok := s.PodBinaries(r.PathValue("uid"))
+		if !ok {
+			httpError(w, http.StatusNotFound, "no history of pod %s on node %s (never seen, or older than --recorder-ttl %s)", r.PathValue("uid"), s.cfg.Node, s.cfg.RecorderTTL)
+			return
+		}
+		writeJSON(w, http.StatusOK, b)
 	})
 	mux.HandleFunc("GET "+api.RouteCgroup, func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
@@ -100,6 +110,38 @@ func (s *Sensor) PodHistory(uid string) (api.PodHistory, bool) {
 		}
 	}
 	return h, true
+}
+
+// PodBinaries hashes the binary of every live process the flight recorder
+// holds for a pod, through /proc/<pid>/exe, while /proc/<pid>/cgroup still
+// names the pod (binhash.Hash). The sensor sees the host's PIDs, which a
+// step in a cluster does not. An executable only exited processes ran is
+// listed with that reason.
+func (s *Sensor) PodBinaries(uid string) (api.Binaries, bool) {
+	cgs, ok := s.rec.Pod(uid)
+	if !ok {
+		return nil, false
+	}
+	var live []binhash.Process
+	exited := map[string]time.Time{}
+	for _, cg := range cgs {
+		for _, p := range cg.Processes {
+			if p.ExitTime != nil {
+				if p.Exe != "" && p.ExitTime.After(exited[p.Exe]) {
+					exited[p.Exe] = *p.ExitTime
+				}
+				continue
+			}
+			live = append(live, binhash.Process{PID: p.PID, Exe: p.Exe})
+		}
+	}
+	b := api.Binaries(binhash.Pod("/proc", uid, live))
+	for exe, at := range exited {
+		if _, ok := b[exe]; !ok {
+			b[exe] = fmt.Sprintf("unreadable: every process of the pod that ran %s has exited (the last at %s)", exe, at.UTC().Format(time.RFC3339))
+		}
+	}
+	return b, true
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -357,3 +357,39 @@ func TestRedactNamesFile(t *testing.T) {
 		t.Fatalf("extra names not applied: %s", fr)
 	}
 }
+
+// TestBinaryHashesFromSensor: with a sensor that serves the pod's binaries
+// (GET /v1/pods/{uid}/binaries), binaries.json is its answer, not hashes
+// through this process's /proc (a snapshot pod in a cluster has no hostPID).
+func TestBinaryHashesFromSensor(t *testing.T) {
+	uid := "0000-sensor-hashes"
+	hist := api.PodHistory{PodUID: uid, Cgroups: []api.CgroupRecord{{PodUID: uid, Processes: []api.RecordedProcess{
+		{PID: uint32(os.Getpid()), Exe: "/usr/bin/app"},
+	}}}}
+	bins := api.Binaries{"/usr/bin/app": "sha256:" + strings.Repeat("ab", 32) + " (/proc/4242/exe)"}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var v any
+		switch r.URL.Path {
+		case api.PodPath(uid):
+			v = hist
+		case api.BinariesPath(uid):
+			v = bins
+		default:
+			http.NotFound(w, r)
+			return
+		}
+		must(t, json.NewEncoder(w).Encode(v))
+	}))
+	t.Cleanup(srv.Close)
+	reply, res := snap(t, offlineStep(t, t.TempDir(), step.SensorAt(strings.TrimPrefix(srv.URL, "http://"), srv.Client())), "inc-sensor-hash", uid)
+	if reply.Type() != events.StepDone(snapshot.Name) {
+		t.Fatalf("%s %s", reply.Type(), reply.Data())
+	}
+	data, err := os.ReadFile(filepath.Join(res.Bundle, "binaries.json"))
+	must(t, err)
+	var got api.Binaries
+	must(t, json.Unmarshal(data, &got))
+	if len(got) != 1 || got["/usr/bin/app"] != bins["/usr/bin/app"] {
+		t.Errorf("binaries.json %v, want the sensor's %v", got, bins)
+	}
+}

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 
+	"parry.dev/parry/internal/binhash"
 	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/internal/step"
 )
@@ -44,8 +44,10 @@ const ManifestFile = "manifest.json"
 // nil without a cluster: the bundle then holds the flight recorder only,
 // and says why.
 func Definition() step.Definition {
-	return step.Definition{Spec: spec(), New: func(_ context.Context, d step.Deps) (step.Action, error) {
-		key, err := LoadOrCreateKey(filepath.Join(d.StateDir, KeyFile))
+	s := spec()
+	s.Secret = SecretName // the signing key in a cluster
+	return step.Definition{Spec: s, New: func(_ context.Context, d step.Deps) (step.Action, error) {
+		key, err := loadKey(d.SecretDir, d.StateDir)
 		if err != nil {
 			return nil, fmt.Errorf("the evidence signing key: %w", err)
 		}
@@ -272,8 +274,9 @@ func (s *snapshotter) logs(ctx context.Context, pod *corev1.Pod, lines int64, b 
 	}
 }
 
-// flightRecorder saves the sensor's history of the pod and hashes the
-// binaries it executed, where this process can read them.
+// flightRecorder saves the sensor's history of the pod and the hashes of
+// the binaries its processes run, as the sensor answers them (it sees the
+// host's PIDs), else as this process's /proc gives them.
 func (s *snapshotter) flightRecorder(ctx context.Context, node, uid string, b *bundle, unavailable map[string]string) {
 	if s.sensors == nil {
 		unavailable["flight-recorder.json"] = "no sensor is configured"
@@ -301,55 +304,20 @@ func (s *snapshotter) flightRecorder(ctx context.Context, node, uid string, b *b
 		}
 	}
 	b.json("flight-recorder.json", h)
-	hashes := map[string]string{}
+	// The sensor hashes the binaries: it sees the host's PIDs, which this
+	// step does not in a cluster (no hostPID). A sensor that does not serve
+	// them (an older one) leaves it to this process's /proc, as before.
+	if bins, err := c.PodBinaries(ctx, uid); err == nil {
+		b.json("binaries.json", bins)
+		return
+	}
+	var procs []binhash.Process
 	for _, cg := range h.Cgroups {
 		for _, p := range cg.Processes {
-			if _, done := hashes[p.Exe]; done || p.Exe == "" {
-				continue
-			}
-			hashes[p.Exe] = hashBinary(s.proc, p.PID, p.Exe, uid)
+			procs = append(procs, binhash.Process{PID: p.PID, Exe: p.Exe})
 		}
 	}
-	b.json("binaries.json", hashes)
-}
-
-// hashBinary hashes what a process of the pod executed, in the pod's
-// mount namespace, never in this process's own: pid is the host PID the
-// sensor recorded, so proc must be the host's /proc (the step then runs in
-// the host PID namespace, as under parry run). Before it reads anything it
-// checks that the PID is still that process of that pod: the process's
-// cgroup names the pod's UID and its exe is exe, so a reused PID, or a PID
-// that means another process in this PID namespace, is never hashed. It
-// reads /proc/<pid>/exe (the very file executed, also when deleted), else
-// /proc/<pid>/root/<exe> (the path in the pod's filesystem). When the
-// process has exited, or is not visible from here, it says so instead:
-// there is no fallback to the path in this process's filesystem, which
-// is another file.
-func hashBinary(proc string, pid uint32, exe, podUID string) string {
-	base := filepath.Join(proc, strconv.FormatUint(uint64(pid), 10))
-	cg, err := os.ReadFile(filepath.Join(base, "cgroup"))
-	if err != nil {
-		return fmt.Sprintf("unreadable: process %d has exited or is not visible from this PID namespace (the sensor's PIDs are the host's)", pid)
-	}
-	if !strings.Contains(string(cg), podUID) && !strings.Contains(string(cg), strings.ReplaceAll(podUID, "-", "_")) {
-		return fmt.Sprintf("unreadable: PID %d is no longer a process of pod %s (it exited and the PID was reused, or this is another PID namespace)", pid, podUID)
-	}
-	if link, err := os.Readlink(filepath.Join(base, "exe")); err != nil || strings.TrimSuffix(link, " (deleted)") != exe {
-		return fmt.Sprintf("unreadable: process %d no longer runs %s (it exec'd again or exited)", pid, exe)
-	}
-	for _, path := range []string{filepath.Join(base, "exe"), filepath.Join(base, "root", exe)} {
-		f, err := os.Open(path)
-		if err != nil {
-			continue
-		}
-		h := sha256.New()
-		_, err = io.Copy(h, f)
-		f.Close()
-		if err == nil {
-			return "sha256:" + hex.EncodeToString(h.Sum(nil)) + " (" + path + ")"
-		}
-	}
-	return fmt.Sprintf("unreadable: neither %s/exe nor %s/root%s could be read", base, base, exe)
+	b.json("binaries.json", binhash.Pod(s.proc, uid, procs))
 }
 
 type bundle struct{ files map[string][]byte }

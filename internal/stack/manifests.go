@@ -21,6 +21,8 @@ const ManifestsFile = "500-functions.yaml"
 const (
 	StateDir   = "/var/lib/parry"
 	SensorPort = "9470"
+	// SecretDir is where a step's Spec.Secret is mounted.
+	SecretDir = "/etc/parry/secret"
 )
 
 // Manifests renders, for every step, the ServiceAccount, the ClusterRole
@@ -74,6 +76,11 @@ func objects(s step.Spec) []any {
 		env = append(env, map[string]any{"name": "PARRY_STATE_DIR", "value": StateDir})
 		mounts = append(mounts, map[string]any{"name": "state", "mountPath": StateDir})
 		volumes = append(volumes, map[string]any{"name": "state", "emptyDir": map[string]any{}})
+	}
+	if s.Secret != "" {
+		env = append(env, map[string]any{"name": "PARRY_SECRET_DIR", "value": SecretDir})
+		mounts = append(mounts, map[string]any{"name": "secret", "mountPath": SecretDir, "readOnly": true})
+		volumes = append(volumes, map[string]any{"name": "secret", "secret": map[string]any{"secretName": s.Secret, "optional": true}})
 	}
 	if s.Sensors {
 		env = append(env, map[string]any{"name": "PARRY_SENSOR_PORT", "value": SensorPort})

@@ -118,3 +118,88 @@ func TestManifestsRestrictEveryStep(t *testing.T) {
 		t.Fatalf("%d Services, want %d", services, len(stack.Steps()))
 	}
 }
+
+// The snapshot Service mounts the evidence key's Secret read-only and
+// optional (the Service starts without it) and tells the step where; no
+// other step mounts a Secret.
+func TestManifestsMountSnapshotSecret(t *testing.T) {
+	got, err := stack.Manifests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(got))
+	found := false
+	for {
+		var doc struct {
+			Kind     string
+			Metadata struct{ Name string }
+			Spec     struct {
+				Template struct {
+					Spec struct {
+						Containers []struct {
+							Env          []struct{ Name, Value string }
+							VolumeMounts []struct {
+								Name      string
+								MountPath string `yaml:"mountPath"`
+								ReadOnly  bool   `yaml:"readOnly"`
+							} `yaml:"volumeMounts"`
+						}
+						Volumes []struct {
+							Name   string
+							Secret *struct {
+								SecretName string `yaml:"secretName"`
+								Optional   *bool
+							}
+						}
+					}
+				}
+			}
+		}
+		if err := dec.Decode(&doc); err != nil {
+			break
+		}
+		if doc.Kind != "Service" {
+			continue
+		}
+		pod := doc.Spec.Template.Spec
+		var secret string
+		for _, v := range pod.Volumes {
+			if v.Secret == nil {
+				continue
+			}
+			if doc.Metadata.Name != "snapshot" || v.Secret.SecretName != "parry-evidence-key" || v.Secret.Optional == nil || !*v.Secret.Optional {
+				t.Errorf("Service %s: Secret volume %s %+v", doc.Metadata.Name, v.Name, *v.Secret)
+			}
+			secret = v.Name
+		}
+		if doc.Metadata.Name != "snapshot" {
+			continue
+		}
+		found = true
+		if secret == "" {
+			t.Fatalf("snapshot mounts no Secret")
+		}
+		for _, c := range pod.Containers {
+			mounted, env := false, ""
+			for _, m := range c.VolumeMounts {
+				if m.Name == secret {
+					mounted = m.ReadOnly && m.MountPath == stack.SecretDir
+					if !mounted {
+						t.Errorf("snapshot mounts the Secret at %s readOnly=%v", m.MountPath, m.ReadOnly)
+					}
+				}
+			}
+			for _, e := range c.Env {
+				if e.Name == "PARRY_SECRET_DIR" {
+					env = e.Value
+				}
+			}
+			if !mounted || env != stack.SecretDir {
+				t.Errorf("snapshot's container: Secret mounted %v, PARRY_SECRET_DIR %q", mounted, env)
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no snapshot Service")
+	}
+}

@@ -43,7 +43,10 @@ type Deps struct {
 	Sink string
 	// StateDir is where a step with Spec.State keeps its files.
 	StateDir string
-	Log      zerolog.Logger
+	// SecretDir is where the Secret of Spec.Secret is mounted in a
+	// cluster; "" when the step has none (under parry run).
+	SecretDir string
+	Log       zerolog.Logger
 }
 
 // SensorLocator returns the API of the sensor on a node.

@@ -73,6 +73,10 @@ type Spec struct {
 	// SingleReplica: the step's state lives in one process, so a cluster
 	// runs exactly one replica.
 	SingleReplica bool
+	// Secret names a Secret the step's pod mounts read-only in a cluster
+	// (optional, so the Service starts without it) at SecretDir, given to
+	// the step as Deps.SecretDir; "" for none.
+	Secret string
 	// Account is the ServiceAccount's name; "parry-<Name>" when empty.
 	Account string
 	// Delivery is how the broker retries the step's Trigger before it

@@ -15,6 +15,8 @@ const (
 	RouteBlocked = "/v1/blocked"          // GET: blocked cgroup ids, []uint64
 	RouteHealth  = "/healthz"             // GET: Health
 	RouteMetrics = "/metrics"             // GET: the counters in Prometheus text format
+
+	RouteBinaries = "/v1/pods/{uid}/binaries" // GET: Binaries
 )
 
 // PodPath is the path of a pod's history.
@@ -22,6 +24,9 @@ func PodPath(uid string) string { return RoutePods + "/" + url.PathEscape(uid) }
 
 // BlockPath is the path of a pod's egress block.
 func BlockPath(uid string) string { return PodPath(uid) + "/block" }
+
+// BinariesPath is the path of the hashes of a pod's binaries.
+func BinariesPath(uid string) string { return PodPath(uid) + "/binaries" }
 
 // CgroupPath is the path of one cgroup's history.
 func CgroupPath(id uint64) string { return "/v1/cgroups/" + strconv.FormatUint(id, 10) }

@@ -15,6 +15,7 @@ func TestPathsMatchRoutes(t *testing.T) {
 		{"GET", RoutePod, PodPath("0d1e-2f/x"), "uid", "0d1e-2f/x"},
 		{"PUT", RouteBlock, BlockPath("0d1e-2f"), "uid", "0d1e-2f"},
 		{"DELETE", RouteBlock, BlockPath("a b"), "uid", "a b"},
+		{"GET", RouteBinaries, BinariesPath("0d1e-2f/x"), "uid", "0d1e-2f/x"},
 		{"GET", RouteCgroup, CgroupPath(4242), "id", "4242"},
 	} {
 		var got string

@@ -107,6 +107,14 @@ type RecordedFile struct {
 	Last  time.Time `json:"last"`
 }
 
+// Binaries answers GET /v1/pods/{uid}/binaries: for each executable of the
+// pod's processes the flight recorder holds, keyed by its path,
+// "sha256:<hex> (<file read>)", read through /proc/<host pid>/exe while the
+// process lives and /proc/<pid>/cgroup still names the pod, or
+// "unreadable: <why>" (it exited, the PID was reused, ...). The snapshot
+// step saves it as binaries.json.
+type Binaries map[string]string
+
 // BlockResult answers PUT and DELETE /v1/pods/{uid}/block.
 type BlockResult struct {
 	PodUID   string `json:"podUID"`

@@ -55,6 +55,24 @@ func (c *Client) PodHistory(ctx context.Context, podUID string) (api.PodHistory,
 	return h, body, nil
 }
 
+// PodBinaries returns the SHA-256 of each binary the pod's live processes
+// run, hashed by the sensor (it sees the host's PIDs), keyed by path, with
+// the reason for each one it could not hash.
+func (c *Client) PodBinaries(ctx context.Context, podUID string) (api.Binaries, error) {
+	body, err := c.do(ctx, http.MethodGet, api.BinariesPath(podUID))
+	if err != nil {
+		return nil, err
+	}
+	var b api.Binaries
+	if err := json.Unmarshal(body, &b); err != nil {
+		return nil, fmt.Errorf("sensor %s: malformed binaries: %w", c.base, err)
+	}
+	if b == nil {
+		b = api.Binaries{}
+	}
+	return b, nil
+}
+
 // Health returns the sensor's counters, as in its health events.
 func (c *Client) Health(ctx context.Context) (api.Health, error) {
 	body, err := c.do(ctx, http.MethodGet, api.RouteHealth)

@@ -8,6 +8,7 @@
 //	KUBECONFIG               outside a cluster; in one, its service account
 //	PARRY_PLAYBOOKS          /etc/parry/playbooks/playbooks.yaml (playbook steps)
 //	PARRY_STATE_DIR          /var/lib/parry (steps that keep state)
+//	PARRY_SECRET_DIR         where the step's Secret is mounted (steps with one)
 //	PARRY_SENSOR_PORT        9470 (steps that talk to the node sensors)
 //	K_SINK                   the Broker (publishing steps; a SinkBinding sets it)
 //	VAULT_ADDR, VAULT_TOKEN  steps that need Vault; or VAULT_K8S_ROLE (and
@@ -52,7 +53,7 @@ func Main(def step.Definition) {
 
 func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 	spec := def.Spec
-	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: envOr("PARRY_STATE_DIR", "/var/lib/parry"), Log: log}
+	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: envOr("PARRY_STATE_DIR", "/var/lib/parry"), SecretDir: os.Getenv("PARRY_SECRET_DIR"), Log: log}
 	cfg, err := clients.KubeConfig(os.Getenv("KUBECONFIG"))
 	switch {
 	case errors.Is(err, clients.ErrNoCluster):
