@@ -156,6 +156,8 @@ func TestBadInput(t *testing.T) {
 		{"duplicate function", head + match + steps + "  - function: classify\n", `function "classify" already runs`},
 		{"empty value", head + "match:\n  - exact: {type: \"\"}\n" + steps, "the value is empty"},
 		{"bad rate", head + match + steps + "guardrails: {rateLimit: {incidents: 0, per: soon}}\n", "rateLimit.incidents must be at least 1"},
+		{"respawn without isolate", head + match + steps + "  - function: snapshot\n    after: classify\n  - function: respawn\n    after: snapshot\n",
+			`bad.yaml:12:5: step "respawn" respawns a pod that no isolate step quarantines`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -240,8 +240,20 @@ func validateSteps(s *Source, reg Registry) manifest.Errors {
 			add(fmt.Sprintf("steps[%d]", i), "step %q is unreachable: it does not descend from %s", st.ID(), RootFunction)
 		}
 	}
+	if j, ok := functions[respawnFunction]; ok {
+		if _, ok := functions[isolateFunction]; !ok {
+			add(fmt.Sprintf("steps[%d]", j), "step %q respawns a pod that no isolate step quarantines: in a cluster respawn may delete only a quarantined pod (config/521-respawn-create-delete-admission.yaml), so the playbook needs an isolate step", s.Steps[j].ID())
+		}
+	}
 	return errs
 }
+
+// isolateFunction and respawnFunction go together: respawn deletes only
+// what isolate quarantined.
+const (
+	isolateFunction = "isolate"
+	respawnFunction = "respawn"
+)
 
 func cycle(steps []Step, index map[string]int, start string) string {
 	path := []string{start}
