@@ -17,7 +17,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"parry.dev/parry/functions/isolate"
 	"parry.dev/parry/internal/events"
@@ -213,24 +212,10 @@ func TestForbiddenNamesTheMissingVerb(t *testing.T) {
 	ctx := context.Background()
 	pod := makePod(t, admin, "rbac", "web-1")
 	// The step's ServiceAccount with its declared rules minus patch on pods.
-	sa := "isolate-without-patch"
-	if _, err := admin.CoreV1().ServiceAccounts("rbac").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	rules := isolate.Definition().Spec.ClusterRules
 	rules[0].Verbs = []string{"get"}
-	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: sa}, Rules: rules}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: sa},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: sa},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: "rbac"}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	cfg := rest.CopyConfig(env.RESTConfig())
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:rbac:" + sa}
+	cfg := env.BoundServiceAccount(t, "rbac", "isolate-without-patch", rules, authorizationv1.ResourceAttributes{Verb: "get", Resource: "pods", Namespace: "rbac"})
 	limited := kubernetes.NewForConfigOrDie(cfg)
-	devenv.WaitAllowed(t, limited, authorizationv1.ResourceAttributes{Verb: "get", Resource: "pods", Namespace: "rbac"})
 	reply, err := newStep(t, limited)(ctx, incident(pod, "miner", "inc-rbac"))
 	if err != nil {
 		t.Fatal(err)
@@ -251,24 +236,8 @@ func TestDeclaredRulesAreAllNeeded(t *testing.T) {
 	const ns = "rules"
 	as := func(name string, rules []rbacv1.PolicyRule) kubernetes.Interface {
 		t.Helper()
-		name = "isolate-" + name
-		if _, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
-			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
-			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		cfg := rest.CopyConfig(env.RESTConfig())
-		cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + name}
-		c := kubernetes.NewForConfigOrDie(cfg)
 		// get on nodes is in every variant of the rules.
-		devenv.WaitAllowed(t, c, authorizationv1.ResourceAttributes{Verb: "get", Resource: "nodes"})
-		return c
+		return kubernetes.NewForConfigOrDie(env.BoundServiceAccount(t, ns, "isolate-"+name, rules, authorizationv1.ResourceAttributes{Verb: "get", Resource: "nodes"}))
 	}
 	declared := isolate.Definition().Spec.ClusterRules
 	pod := makePod(t, admin, ns, "web-exact")

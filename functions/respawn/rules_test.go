@@ -1,17 +1,13 @@
 package respawn_test
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"testing"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
-	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"parry.dev/parry/functions/respawn"
 	"parry.dev/parry/internal/events"
@@ -19,28 +15,11 @@ import (
 )
 
 // asRules is a client of a new ServiceAccount bound to exactly rules.
-func asRules(t *testing.T, env *devenv.Env, admin kubernetes.Interface, ns, name string, rules []rbacv1.PolicyRule) kubernetes.Interface {
+func asRules(t *testing.T, env *devenv.Env, ns, name string, rules []rbacv1.PolicyRule) kubernetes.Interface {
 	t.Helper()
-	ctx := context.Background()
-	name = "respawn-" + name
-	admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	if _, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	cfg := rest.CopyConfig(env.RESTConfig())
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + name}
-	c := kubernetes.NewForConfigOrDie(cfg)
 	// get on pods is in every variant of the rules.
-	devenv.WaitAllowed(t, c, authorizationv1.ResourceAttributes{Verb: "get", Resource: "pods", Namespace: ns})
-	return c
+	cfg := env.BoundServiceAccount(t, ns, "respawn-"+name, rules, authorizationv1.ResourceAttributes{Verb: "get", Resource: "pods", Namespace: ns})
+	return kubernetes.NewForConfigOrDie(cfg)
 }
 
 // respawn orphans and replaces a Deployment's pod with exactly the rules its
@@ -54,7 +33,7 @@ func TestDeclaredRulesAreAllNeeded(t *testing.T) {
 	run := func(name string, rules []rbacv1.PolicyRule) (done bool, detail string) {
 		ns := "respawn-rules-" + name
 		pods := devenv.WebDeployment(t, admin, ns, 2)
-		reply, err := newStep(t, asRules(t, env, admin, ns, name, rules), playbooks{})(ctx, cause(t, pods[0], events.StepDone("isolate"), "inc-"+name))
+		reply, err := newStep(t, asRules(t, env, ns, name, rules), playbooks{})(ctx, cause(t, pods[0], events.StepDone("isolate"), "inc-"+name))
 		if err != nil {
 			return false, err.Error()
 		}

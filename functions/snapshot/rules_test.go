@@ -11,12 +11,10 @@ import (
 	"testing"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
-	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/rest"
 
 	"parry.dev/parry/functions/snapshot"
 	"parry.dev/parry/internal/events"
@@ -37,24 +35,9 @@ func TestDeclaredRulesAreAllNeeded(t *testing.T) {
 	pod := runningPod(t, admin, ns)
 	as := func(name string, rules []rbacv1.PolicyRule) (kubernetes.Interface, metadata.Interface) {
 		t.Helper()
-		name = "snapshot-" + name
-		if _, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
-			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
-			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		cfg := rest.CopyConfig(env.RESTConfig())
-		cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + name}
-		c := kubernetes.NewForConfigOrDie(cfg)
 		// get on nodes is in every variant of the rules.
-		devenv.WaitAllowed(t, c, authorizationv1.ResourceAttributes{Verb: "get", Resource: "nodes"})
-		return c, metadata.NewForConfigOrDie(cfg)
+		cfg := env.BoundServiceAccount(t, ns, "snapshot-"+name, rules, authorizationv1.ResourceAttributes{Verb: "get", Resource: "nodes"})
+		return kubernetes.NewForConfigOrDie(cfg), metadata.NewForConfigOrDie(cfg)
 	}
 	complete := func(name string, rules []rbacv1.PolicyRule) (bool, string) {
 		cs, meta := as(name, rules)
