@@ -59,6 +59,10 @@ func (b *Bundle) Step(playbook, fn string) (step.Params, bool) {
 	if !ok {
 		return nil, false
 	}
+	return p.step(fn)
+}
+
+func (p Compiled) step(fn string) (step.Params, bool) {
 	for _, s := range p.Steps {
 		if s.Function == fn {
 			return s.Params, true
@@ -74,7 +78,7 @@ func (b *Bundle) StepConfig(playbook, fn string) (step.StepConfig, error) {
 	if !ok {
 		return step.StepConfig{}, fmt.Errorf("no playbook %q in the compiled playbooks (is the playbook extension right, and config/ compiled?)", playbook)
 	}
-	params, ok := b.Step(playbook, fn)
+	params, ok := p.step(fn)
 	if !ok {
 		return step.StepConfig{}, fmt.Errorf("playbook %q has no step %q", playbook, fn)
 	}
