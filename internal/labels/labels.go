@@ -28,20 +28,15 @@ const (
 // Value makes s a valid label value: at most 63 characters of
 // [A-Za-z0-9._-], alphanumeric at both ends.
 func Value(s string) string {
-	v := Sanitize(s, '-')
-	if len(v) > 63 {
-		v = v[:63]
-	}
-	return strings.Trim(v, "-._")
-}
-
-// Sanitize replaces every character outside [A-Za-z0-9._-] with repl.
-func Sanitize(s string, repl rune) string {
-	return strings.Map(func(r rune) rune {
+	v := strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
 			return r
 		}
-		return repl
+		return '-'
 	}, s)
+	if len(v) > 63 {
+		v = v[:63]
+	}
+	return strings.Trim(v, "-._")
 }

@@ -251,15 +251,13 @@ func FailedReply(cause cloudevents.Event, step, reason string) (*cloudevents.Eve
 	return build(cause, step, events.StepFailed(step), step, nil, map[string]string{"reason": reason})
 }
 
-// Source is the CloudEvents source of a step's replies.
-func Source(step string) string { return "parry://function/" + step }
 
 func build(cause cloudevents.Event, step, typ, key string, ext map[string]string, data any) (*cloudevents.Event, error) {
 	all := map[string]string{events.ExtStep: step}
 	for k, v := range ext {
 		all[k] = v
 	}
-	r, err := events.Reply(cause, events.Spec{Type: typ, Source: Source(step), Key: key, Extensions: all, Data: data})
+	r, err := events.Reply(cause, events.Spec{Type: typ, Source: "parry://function/" + step, Key: key, Extensions: all, Data: data})
 	if err != nil {
 		return nil, fmt.Errorf("%s: building the reply: %w", step, err)
 	}
