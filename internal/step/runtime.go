@@ -251,7 +251,6 @@ func FailedReply(cause cloudevents.Event, step, reason string) (*cloudevents.Eve
 	return build(cause, step, events.StepFailed(step), step, nil, map[string]string{"reason": reason})
 }
 
-
 func build(cause cloudevents.Event, step, typ, key string, ext map[string]string, data any) (*cloudevents.Event, error) {
 	all := map[string]string{events.ExtStep: step}
 	for k, v := range ext {
