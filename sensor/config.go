@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/httpserver"
 	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/sensor/internal/recorder"
@@ -52,6 +53,12 @@ type Config struct {
 	SpoolMaxBytes int64
 	// SinkTimeout bounds one delivery attempt.
 	SinkTimeout time.Duration
+	// SinkToken is sent as "Authorization: Bearer <token>" on every
+	// delivery to the sink: the sensor's identity, which Knative's Broker
+	// (OIDC sender authentication) and the embedded broker check. nil sends
+	// no header. --sink-token-file reads a projected service-account token
+	// and re-reads it as the kubelet rotates it (auth.FileToken).
+	SinkToken auth.TokenSource
 	// RingBufferSize in bytes (a power of two, at least a page).
 	RingBufferSize int
 	// HealthInterval between dev.parry.sensor.health.v1 events; a loss
@@ -230,6 +237,14 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.RecorderMaxBytes, "recorder-max-bytes", d.RecorderMaxBytes, "memory the flight recorder may hold over all cgroups, events and summaries together; the oldest events of the busiest cgroup go first")
 	fs.StringVar(&c.SpoolDir, "spool-dir", d.SpoolDir, `directory for events while the sink is down; "-" keeps no spool`)
 	fs.Int64Var(&c.SpoolMaxBytes, "spool-max-bytes", d.SpoolMaxBytes, "spool size bound; events beyond it are counted as lost")
+	fs.Func("sink-token-file", "file holding the bearer token sent to the sink on every delivery (a projected service-account token for the Broker's audience; re-read as it rotates); default: no token", func(path string) error {
+		if path == "" {
+			c.SinkToken = nil
+			return nil
+		}
+		c.SinkToken = auth.FileToken(path)
+		return nil
+	})
 	fs.DurationVar(&c.SinkTimeout, "sink-timeout", d.SinkTimeout, "time allowed for one delivery to the sink")
 	fs.IntVar(&c.RingBufferSize, "ring-buffer-size", d.RingBufferSize, "BPF ring buffer size in bytes (power of two)")
 	fs.DurationVar(&c.HealthInterval, "health-interval", d.HealthInterval, "interval of dev.parry.sensor.health.v1 events (one is sent at once on any loss)")

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/rs/zerolog"
 
+	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/httpclient"
 	"parry.dev/parry/internal/httpserver"
 	"parry.dev/parry/internal/redact"
@@ -199,8 +200,17 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 		if spool == "-" {
 			spool = ""
 		}
+		client := httpclient.New(cfg.SinkTimeout)
+		if cfg.SinkToken != nil {
+			// Read it once now, so a wrong path fails the start and not
+			// every delivery.
+			if _, err := cfg.SinkToken(); err != nil {
+				return nil, fmt.Errorf("sink token (--sink-token-file): %w; mount the projected service-account token there, or leave the flag out to send none", err)
+			}
+			client = auth.WithToken(client, cfg.SinkToken)
+		}
 		s.em, err = emit.New(emit.Options{
-			Sink: cfg.Sink, Client: httpclient.New(cfg.SinkTimeout), SpoolDir: spool,
+			Sink: cfg.Sink, Client: client, SpoolDir: spool,
 			SpoolMaxBytes: cfg.SpoolMaxBytes, Overrides: ov, Log: log,
 		})
 		if err != nil {
