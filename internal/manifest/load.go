@@ -15,13 +15,25 @@ import (
 	"go.yaml.in/yaml/v3"
 	"knative.dev/eventing/pkg/apis/eventing"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/apis/eventing/v1alpha1"
 	"knative.dev/eventing/pkg/apis/feature"
 	"knative.dev/eventing/pkg/eventfilter/subscriptionsapi"
 	"knative.dev/pkg/apis"
 	sigsyaml "sigs.k8s.io/yaml"
 )
 
-const eventingV1 = "eventing.knative.dev/v1"
+const (
+	eventingV1       = "eventing.knative.dev/v1"
+	eventingV1Alpha1 = "eventing.knative.dev/v1alpha1"
+)
+
+// Knative Eventing's feature flags: the ConfigMap config/ ships to turn
+// OIDC sender authentication on, and the one key of it the embedded broker
+// applies (what a broker no EventPolicy names accepts).
+const (
+	FeaturesNamespace = "knative-eventing"
+	FeaturesConfigMap = "config-features"
+)
 
 // Broker is a Broker manifest and where it was read.
 type Broker struct {
@@ -53,12 +65,29 @@ func (t Trigger) BrokerKey() string {
 	return t.Namespace + "/" + t.Spec.Broker
 }
 
+// EventPolicy is an EventPolicy manifest (who may send what to a Broker)
+// and where it was read.
+type EventPolicy struct {
+	*v1alpha1.EventPolicy
+	Pos Position
+}
+
+// Key is "namespace/name".
+func (p EventPolicy) Key() string { return p.Namespace + "/" + p.Name }
+
 // Set is what a config directory declares for the event mesh. Other
 // Kubernetes objects in the directory (RBAC, Services, the sensor's
 // DaemonSet) are for `ko apply` and are not part of it.
 type Set struct {
-	Brokers  []Broker
-	Triggers []Trigger
+	Brokers       []Broker
+	Triggers      []Trigger
+	EventPolicies []EventPolicy
+	// Features are Knative's feature flags from the ConfigMap
+	// knative-eventing/config-features when the directory ships one, else
+	// nil (a cluster's own then apply).
+	Features feature.Flags
+	// featuresPos is where Features were read.
+	featuresPos Position
 }
 
 // Broker returns the broker with key "namespace/name".
@@ -149,11 +178,20 @@ func (s *Set) addDocument(ctx context.Context, file string, doc *yaml.Node) Erro
 	var meta struct {
 		APIVersion string `yaml:"apiVersion"`
 		Kind       string `yaml:"kind"`
+		Metadata   struct {
+			Name      string `yaml:"name"`
+			Namespace string `yaml:"namespace"`
+		} `yaml:"metadata"`
 	}
 	if err := root.Decode(&meta); err != nil {
 		return Errors{{Pos: here, Msg: "not a Kubernetes object: " + err.Error()}}
 	}
-	if meta.APIVersion != eventingV1 || (meta.Kind != "Broker" && meta.Kind != "Trigger") {
+	kind := meta.APIVersion + " " + meta.Kind
+	switch {
+	case meta.APIVersion == eventingV1 && (meta.Kind == "Broker" || meta.Kind == "Trigger"):
+	case kind == eventingV1Alpha1+" EventPolicy":
+	case kind == "v1 ConfigMap" && meta.Metadata.Namespace == FeaturesNamespace && meta.Metadata.Name == FeaturesConfigMap:
+	default:
 		return nil
 	}
 	raw, err := yaml.Marshal(root)
@@ -161,6 +199,27 @@ func (s *Set) addDocument(ctx context.Context, file string, doc *yaml.Node) Erro
 		return Errors{{Pos: here, Msg: err.Error()}}
 	}
 	switch meta.Kind {
+	case "ConfigMap":
+		return s.addFeatures(file, doc, here, raw)
+	case "EventPolicy":
+		var p v1alpha1.EventPolicy
+		if err := sigsyaml.UnmarshalStrict(raw, &p); err != nil {
+			return Errors{{Pos: here, Msg: "EventPolicy: " + err.Error()}}
+		}
+		defaultNamespace(&p.ObjectMeta.Namespace)
+		p.SetDefaults(ctx)
+		name := "EventPolicy " + p.Namespace + "/" + p.Name
+		if fe := p.Validate(ctx); fe != nil {
+			return fieldErrors(file, doc, name, fe)
+		}
+		if errs := checkMaterializes(file, doc, name, "spec.filters", p.Spec.Filters); len(errs) > 0 {
+			out := make(Errors, len(errs))
+			for i, e := range errs {
+				out[i] = e.Error
+			}
+			return out
+		}
+		s.EventPolicies = append(s.EventPolicies, EventPolicy{EventPolicy: &p, Pos: here})
 	case "Broker":
 		var b eventingv1.Broker
 		if err := sigsyaml.UnmarshalStrict(raw, &b); err != nil {
@@ -205,6 +264,38 @@ func (s *Set) addDocument(ctx context.Context, file string, doc *yaml.Node) Erro
 		}
 		s.Triggers = append(s.Triggers, Trigger{Trigger: &t, Pos: here})
 	}
+	return nil
+}
+
+// addFeatures reads Knative's feature flags as Knative does
+// (feature.NewFlagsConfigFromMap: defaults for absent keys).
+func (s *Set) addFeatures(file string, doc *yaml.Node, here Position, raw []byte) Errors {
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := sigsyaml.Unmarshal(raw, &cm); err != nil {
+		return Errors{{Pos: here, Msg: "ConfigMap " + FeaturesNamespace + "/" + FeaturesConfigMap + ": " + err.Error()}}
+	}
+	// Knative only logs a value it does not know; for the two flags parry
+	// relies on, an unknown value would silently leave senders
+	// unauthenticated or every sender allowed.
+	for key, known := range map[string][]feature.Flag{
+		feature.OIDCAuthentication:       {feature.Enabled, feature.Disabled},
+		feature.AuthorizationDefaultMode: {feature.AuthorizationAllowAll, feature.AuthorizationDenyAll, feature.AuthorizationAllowSameNamespace},
+	} {
+		v, ok := cm.Data[key]
+		if ok && !slices.ContainsFunc(known, func(f feature.Flag) bool { return strings.EqualFold(v, string(f)) }) {
+			return Errors{{Pos: Locate(file, doc, "data."+key), Msg: fmt.Sprintf("ConfigMap %s/%s data.%s: unknown value %q (want one of %v)", FeaturesNamespace, FeaturesConfigMap, key, v, known)}}
+		}
+	}
+	flags, err := feature.NewFlagsConfigFromMap(cm.Data)
+	if err != nil {
+		return Errors{{Pos: Locate(file, doc, "data"), Msg: "ConfigMap " + FeaturesNamespace + "/" + FeaturesConfigMap + " data: " + err.Error()}}
+	}
+	if s.Features != nil {
+		return Errors{{Pos: here, Msg: fmt.Sprintf("ConfigMap %s/%s is also defined at %s", FeaturesNamespace, FeaturesConfigMap, s.featuresPos)}}
+	}
+	s.Features, s.featuresPos = flags, here
 	return nil
 }
 
@@ -347,6 +438,12 @@ func (s *Set) check() Errors {
 		if _, ok := s.Broker(t.BrokerKey()); !ok {
 			errs = append(errs, &Error{Pos: t.Pos, Msg: fmt.Sprintf("Trigger %s subscribes to Broker %s, which no manifest defines", t.Key(), t.BrokerKey())})
 		}
+	}
+	for _, p := range s.EventPolicies {
+		if prev, dup := seen["EventPolicy "+p.Key()]; dup {
+			errs = append(errs, &Error{Pos: p.Pos, Msg: fmt.Sprintf("EventPolicy %s is also defined at %s", p.Key(), prev)})
+		}
+		seen["EventPolicy "+p.Key()] = p.Pos
 	}
 	return errs
 }

@@ -147,3 +147,101 @@ func TestLoadDirMissing(t *testing.T) {
 		t.Fatalf("error does not say what to do: %v", err)
 	}
 }
+
+func TestParseEventPolicyAndFeatures(t *testing.T) {
+	set, err := manifest.Parse(context.Background(), "policy.yaml", []byte(broker+`---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: config-features, namespace: knative-eventing}
+data:
+  authentication-oidc: enabled
+  default-authorization-mode: deny-all
+---
+apiVersion: eventing.knative.dev/v1alpha1
+kind: EventPolicy
+metadata: {name: sensor, namespace: parry-system}
+spec:
+  to:
+  - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: parry}
+  from:
+  - sub: system:serviceaccount:parry-sensor:parry-sensor
+  - ref: {apiVersion: eventing.knative.dev/v1, kind: Trigger, name: t}
+  filters:
+  - prefix: {type: dev.parry.sensor.}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set.EventPolicies) != 1 {
+		t.Fatalf("got %d EventPolicies", len(set.EventPolicies))
+	}
+	p := set.EventPolicies[0]
+	if p.Key() != "parry-system/sensor" || p.Spec.From[1].Ref.Namespace != "parry-system" {
+		t.Fatalf("policy %s: from[1].ref.namespace = %q: Knative's defaulting did not run", p.Key(), p.Spec.From[1].Ref.Namespace)
+	}
+	if !set.Features.IsOIDCAuthentication() || !set.Features.IsAuthorizationDefaultModeDenyAll() {
+		t.Fatalf("features = %v", set.Features)
+	}
+	// Without the ConfigMap, no flags: a cluster's own apply.
+	set, err = manifest.Parse(context.Background(), "b.yaml", []byte(broker))
+	if err != nil || set.Features != nil {
+		t.Fatalf("features = %v, err = %v", set.Features, err)
+	}
+}
+
+func TestParseEventPolicyErrorsNameFileAndField(t *testing.T) {
+	cases := []struct {
+		name, doc string
+		want      []string
+	}{
+		{"wildcard not at the end", `apiVersion: eventing.knative.dev/v1alpha1
+kind: EventPolicy
+metadata: {name: p, namespace: parry-system}
+spec:
+  from:
+  - sub: "system:*:x"
+`, []string{"bad.yaml:12:", "EventPolicy parry-system/p spec.from[0].sub", "only allowed as suffix"}},
+		{"ref and sub", `apiVersion: eventing.knative.dev/v1alpha1
+kind: EventPolicy
+metadata: {name: p, namespace: parry-system}
+spec:
+  from:
+  - sub: a
+    ref: {apiVersion: eventing.knative.dev/v1, kind: Trigger, name: t}
+`, []string{"bad.yaml:13:10", "spec.from[0].ref", "expected exactly one, got both"}},
+		{"empty filter value", `apiVersion: eventing.knative.dev/v1alpha1
+kind: EventPolicy
+metadata: {name: p, namespace: parry-system}
+spec:
+  from:
+  - sub: a
+  filters:
+  - prefix: {type: ""}
+`, []string{"bad.yaml:", "EventPolicy parry-system/p spec.filters[0]"}},
+		{"unknown field", `apiVersion: eventing.knative.dev/v1alpha1
+kind: EventPolicy
+metadata: {name: p, namespace: parry-system}
+spec:
+  form: []
+`, []string{"bad.yaml:7:1", "EventPolicy", "form"}},
+		{"bad feature flag", `apiVersion: v1
+kind: ConfigMap
+metadata: {name: config-features, namespace: knative-eventing}
+data:
+  authentication-oidc: sometimes
+`, []string{"bad.yaml:11:24", "config-features data.authentication-oidc", "sometimes"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := manifest.Parse(context.Background(), "bad.yaml", []byte(broker+"---\n"+c.doc))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
