@@ -27,6 +27,8 @@ const (
 	FieldPlaybook  = "playbook"
 	FieldPodUID    = "pod_uid"
 	FieldReason    = "reason"
+	// FieldUser is an authenticated caller's Kubernetes username.
+	FieldUser = "user"
 )
 
 // New returns a logger writing to w at level ("debug", "info", "warn",
