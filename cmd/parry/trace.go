@@ -144,6 +144,9 @@ func printEvent(w io.Writer, e journal.Entry, start time.Time, prefix, branch st
 	if attrs := keyAttributes(e); attrs != "" {
 		fmt.Fprintf(w, "%s  %s\n", pad, printable(attrs))
 	}
+	if e.Sender != "" {
+		fmt.Fprintf(w, "%s  from %s\n", pad, printable(e.Sender))
+	}
 	for _, why := range explanations(e) {
 		fmt.Fprintf(w, "%s  ! %s\n", pad, printable(why))
 	}
@@ -289,6 +292,7 @@ type traceNode struct {
 	ID         string            `json:"id"`
 	Type       string            `json:"type"`
 	Source     string            `json:"source"`
+	Sender     string            `json:"sender,omitempty"`
 	Subject    string            `json:"subject,omitempty"`
 	Time       time.Time         `json:"time,omitzero"`
 	Received   time.Time         `json:"received"`
@@ -317,7 +321,7 @@ func toTraceNode(n *journal.Node, start time.Time) traceNode {
 		ext[k] = events.String(n.Event, k)
 	}
 	out := traceNode{
-		ID: n.ID, Type: n.Type, Source: n.Source, Subject: n.Subject, Time: n.Event.Time(), Received: n.Received,
+		ID: n.ID, Type: n.Type, Source: n.Source, Sender: n.Sender, Subject: n.Subject, Time: n.Event.Time(), Received: n.Received,
 		OffsetMS: float64(n.Received.Sub(start).Microseconds()) / 1000, Incident: n.Incident, Causation: n.Causation,
 		TraceID: n.TraceID, Extensions: ext,
 	}

@@ -64,7 +64,8 @@ func TestTraceShowsTheChainAndWhy(t *testing.T) {
 	}
 	text := string(out)
 	for _, want := range []string{"3 events", events.TypeNetworkConnect, "└─ " + events.TypeIncidentOpened, "! +70: playbook crypto-miner (high)",
-		events.StepFailed("isolate"), "! refused: namespace kube-system is protected", "dport=3333"} {
+		events.StepFailed("isolate"), "! refused: namespace kube-system is protected", "dport=3333",
+		"from system:serviceaccount:parry-sensor:parry-sensor"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("trace output lacks %q:\n%s", want, text)
 		}
@@ -75,9 +76,11 @@ func TestTraceShowsTheChainAndWhy(t *testing.T) {
 	}
 	var trees []struct {
 		ID       string
+		Sender   string
 		Children []struct{ Type string }
 	}
-	if err := json.Unmarshal(out, &trees); err != nil || len(trees) != 1 || trees[0].ID != root.ID() || trees[0].Children[0].Type != events.TypeIncidentOpened {
+	if err := json.Unmarshal(out, &trees); err != nil || len(trees) != 1 || trees[0].ID != root.ID() || trees[0].Children[0].Type != events.TypeIncidentOpened ||
+		trees[0].Sender != "system:serviceaccount:parry-sensor:parry-sensor" {
 		t.Fatalf("--json: %v %s", err, out)
 	}
 	if out, err := exec.Command(bin, "trace", "--journal", path, "nope").CombinedOutput(); err == nil || !strings.Contains(string(out), "--last 20") {
@@ -87,7 +90,7 @@ func TestTraceShowsTheChainAndWhy(t *testing.T) {
 
 func record(t *testing.T, e cloudevents.Event) journal.Record {
 	t.Helper()
-	r, err := journal.NewRecord("parry-system/parry", e, []string{"parry-system/next"})
+	r, err := journal.NewRecord("parry-system/parry", "system:serviceaccount:parry-sensor:parry-sensor", e, []string{"parry-system/next"})
 	if err != nil {
 		t.Fatal(err)
 	}

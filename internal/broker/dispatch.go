@@ -193,7 +193,7 @@ func (b *Broker) complete(ctx context.Context, j job, reply *cloudevents.Event) 
 	var matched []*trigger
 	if reply != nil {
 		matched = b.match(b.routes[j.trig.broker], *reply)
-		r, err := journal.NewRecord(j.trig.broker, *reply, triggerKeys(matched))
+		r, err := journal.NewRecord(j.trig.broker, "", *reply, triggerKeys(matched))
 		if err != nil {
 			b.log.Error().Err(err).Str("trigger", j.trig.key).Msg("could not encode a reply")
 			return

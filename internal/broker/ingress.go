@@ -108,7 +108,7 @@ func (b *Broker) accept(ctx context.Context, rt *route, e cloudevents.Event, ext
 		}
 	}
 	matched := b.match(rt, e)
-	rec, err := journal.NewRecord(rt.key, e, triggerKeys(matched))
+	rec, err := journal.NewRecord(rt.key, "", e, triggerKeys(matched))
 	if err != nil {
 		return err
 	}

@@ -29,7 +29,7 @@ func BenchmarkAppendComplete(b *testing.B) {
 		for pb.Next() {
 			ev := e.Clone()
 			ev.SetID(strconv.FormatInt(n.Add(1), 10))
-			r, err := journal.NewRecord("ns/b", ev, []string{"ns/t"})
+			r, err := journal.NewRecord("ns/b", "", ev, []string{"ns/t"})
 			if err != nil {
 				b.Error(err)
 				return

@@ -78,6 +78,9 @@ type Journal struct {
 	// (database/sql's Tx.Stmt would re-prepare them per transaction).
 	conn  *sql.Conn
 	stmts statements
+	// senderColumn is what queries select as the sender: "sender", or ''
+	// for a journal from before senders were recorded, read read-only.
+	senderColumn string
 }
 
 // writeReq is one caller's write: an event to add (with its deliveries), a
@@ -162,9 +165,18 @@ func Open(ctx context.Context, path string) (*Journal, error) {
 }
 
 func (j *Journal) init(ctx context.Context) error {
-	if _, err := j.db.ExecContext(ctx, schema); err != nil {
+	var hasSender bool
+	if err := j.db.QueryRowContext(ctx, hasSenderSQL).Scan(&hasSender); err != nil {
 		return err
 	}
+	ddl := schema
+	if !hasSender {
+		ddl = "BEGIN IMMEDIATE;" + migrateSender + "COMMIT;"
+	}
+	if _, err := j.db.ExecContext(ctx, ddl); err != nil {
+		return fmt.Errorf("creating or migrating the schema: %w", err)
+	}
+	j.senderColumn = "sender"
 	conn, err := j.db.Conn(ctx)
 	if err != nil {
 		return err
@@ -214,11 +226,16 @@ func OpenReadOnly(ctx context.Context, path string) (*Journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("journal: %s: %w", path, err)
 	}
-	if err := db.PingContext(ctx); err != nil {
+	var hasSender bool
+	if err := db.QueryRowContext(ctx, hasSenderSQL).Scan(&hasSender); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("journal: %s: %w", path, err)
 	}
-	return &Journal{db: db}, nil
+	j := &Journal{db: db, senderColumn: "sender"}
+	if !hasSender {
+		j.senderColumn = "''"
+	}
+	return j, nil
 }
 
 // write queues req for the next group commit and waits for it.
@@ -372,8 +389,8 @@ func (st *statements) prepare(ctx context.Context, conn *sql.Conn) error {
 	st.commit = prep(`COMMIT`)
 	st.rollback = prep(`ROLLBACK`)
 	st.checkpoint = prep(checkpointSQL)
-	st.insertEvent = prep(`INSERT INTO events (id, source, type, subject, incident, causation, traceid, broker, received, body)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id, source) DO NOTHING`)
+	st.insertEvent = prep(`INSERT INTO events (id, source, type, subject, incident, causation, traceid, broker, received, body, sender)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id, source, sender) DO NOTHING`)
 	st.insertDelivery = prep(`INSERT OR IGNORE INTO deliveries (event_seq, trigger, target, code, error, updated, state)
 		VALUES (?, ?, ?, ?, ?, ?, 'pending')`)
 	st.finish = prep(`UPDATE deliveries SET state = ?, attempts = ?, code = ?, error = ?, reply_seq = ?, updated = ?
@@ -395,12 +412,12 @@ func (st *statements) apply(ctx context.Context, req *writeReq) error {
 	if r := req.rec; r != nil {
 		e := r.Event
 		res, err := st.insertEvent.ExecContext(ctx, e.ID(), e.Source(), e.Type(), e.Subject(),
-			r.incident, r.causation, r.traceID, r.Broker, req.now, r.body)
+			r.incident, r.causation, r.traceID, r.Broker, req.now, r.body, r.Sender)
 		if err != nil {
 			return fmt.Errorf("journal: inserting event %s: %w", e.ID(), err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			// Journaled before (same source and id): a redelivery.
+			// Journaled before (same source, id and sender): a redelivery.
 			req.out.Duplicate = true
 		} else {
 			req.out.Seq, _ = res.LastInsertId()
@@ -437,6 +454,10 @@ type Record struct {
 	Broker   string
 	Event    cloudevents.Event
 	Triggers []string
+	// Sender is who sent it (an authenticated username; "" when the
+	// ingress was unauthenticated). Only the same sender's event with the
+	// same source and id is a duplicate.
+	Sender string
 	// body is the structured-mode JSON and the rest the indexed columns,
 	// prepared on the caller's goroutine so the single writer only writes.
 	body                []byte
@@ -444,13 +465,13 @@ type Record struct {
 	traceID             string
 }
 
-// NewRecord encodes e for the journal.
-func NewRecord(broker string, e cloudevents.Event, triggers []string) (Record, error) {
+// NewRecord encodes e, sent by sender, for the journal.
+func NewRecord(broker, sender string, e cloudevents.Event, triggers []string) (Record, error) {
 	body, err := e.MarshalJSON()
 	if err != nil {
 		return Record{}, fmt.Errorf("journal: encoding event %s: %w", e.ID(), err)
 	}
-	return Record{Broker: broker, Event: e, Triggers: triggers, body: body,
+	return Record{Broker: broker, Sender: sender, Event: e, Triggers: triggers, body: body,
 		incident: nullable(events.String(e, events.ExtIncident)), causation: nullable(events.String(e, events.ExtCausation)),
 		traceID: events.TraceID(e)}, nil
 }
@@ -459,7 +480,7 @@ func NewRecord(broker string, e cloudevents.Event, triggers []string) (Record, e
 type Appended struct {
 	Seq int64
 	// Duplicate is true when an event with the same source and id was
-	// journaled before: nothing was added and it must not be delivered again.
+	// journaled before from the same sender: nothing was added and it must not be delivered again.
 	Duplicate bool
 }
 

@@ -2,6 +2,7 @@ package journal_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -36,9 +37,16 @@ func sensorEvent(t testing.TB, key string) cloudevents.Event {
 	return e
 }
 
+const sensorSender = "system:serviceaccount:parry-sensor:parry-sensor"
+
 func record(t testing.TB, e cloudevents.Event, triggers ...string) journal.Record {
 	t.Helper()
-	r, err := journal.NewRecord("parry-system/parry", e, triggers)
+	return recordFrom(t, sensorSender, e, triggers...)
+}
+
+func recordFrom(t testing.TB, sender string, e cloudevents.Event, triggers ...string) journal.Record {
+	t.Helper()
+	r, err := journal.NewRecord("parry-system/parry", sender, e, triggers)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,6 +69,86 @@ func TestAppendDeduplicatesBySourceAndID(t *testing.T) {
 	pending, err := j.Pending(ctx)
 	if err != nil || len(pending) != 1 {
 		t.Fatalf("want exactly one pending delivery, got %d (%v)", len(pending), err)
+	}
+}
+
+// A duplicate is the same sender's: an id another sender sent first (a
+// forged pre-sent reply id) must not suppress the real event.
+func TestDedupIsScopedBySender(t *testing.T) {
+	ctx := context.Background()
+	j := open(t, filepath.Join(t.TempDir(), "j.db"))
+	defer j.Close()
+	e := sensorEvent(t, "k1")
+	forged, err := j.Append(ctx, recordFrom(t, "system:serviceaccount:default:attacker", e, "parry-system/a"))
+	if err != nil || forged.Duplicate {
+		t.Fatalf("forged append: %+v %v", forged, err)
+	}
+	real, err := j.Append(ctx, record(t, e, "parry-system/a"))
+	if err != nil || real.Duplicate {
+		t.Fatalf("the real sender's event was suppressed by another sender's id: %+v %v", real, err)
+	}
+	// Positive control: the real sender's redelivery is still a duplicate.
+	again, err := j.Append(ctx, record(t, e, "parry-system/a"))
+	if err != nil || !again.Duplicate {
+		t.Fatalf("the real sender's redelivery was not recognised: %+v %v", again, err)
+	}
+	last, err := j.Last(ctx, 2)
+	if err != nil || len(last) != 2 || last[0].Sender != "system:serviceaccount:default:attacker" || last[1].Sender != sensorSender {
+		t.Fatalf("senders not journaled: %+v %v", last, err)
+	}
+}
+
+// A journal written before senders were recorded is migrated on open: its
+// events keep their seq and get sender "", and dedup is by sender after.
+func TestOpenMigratesAJournalWithoutSenders(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := sensorEvent(t, "old")
+	body, _ := e.MarshalJSON()
+	for _, q := range []string{
+		`CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, source TEXT NOT NULL, type TEXT NOT NULL,
+			subject TEXT NOT NULL DEFAULT '', incident TEXT, causation TEXT, traceid TEXT NOT NULL DEFAULT '',
+			broker TEXT NOT NULL, received INTEGER NOT NULL, body BLOB NOT NULL, UNIQUE (id, source))`,
+		`CREATE INDEX events_by_incident ON events (incident) WHERE incident IS NOT NULL`,
+		`CREATE INDEX events_by_causation ON events (causation) WHERE causation IS NOT NULL`,
+		`CREATE TABLE deliveries (event_seq INTEGER NOT NULL, trigger TEXT NOT NULL, target TEXT NOT NULL, state TEXT NOT NULL,
+			attempts INTEGER NOT NULL DEFAULT 0, code INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '', reply_seq INTEGER,
+			updated INTEGER NOT NULL, PRIMARY KEY (event_seq, trigger, target)) WITHOUT ROWID`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.Exec(`INSERT INTO events (seq, id, source, type, broker, received, body) VALUES (7, ?, ?, ?, 'parry-system/parry', 1, ?)`,
+		e.ID(), e.Source(), e.Type(), body); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	ro, err := journal.OpenReadOnly(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ro.Event(ctx, e.ID()); err != nil || got.Seq != 7 || got.Sender != "" {
+		t.Fatalf("read-only, before migration: %+v %v", got, err)
+	}
+	ro.Close()
+
+	j := open(t, path)
+	defer j.Close()
+	if got, err := j.Event(ctx, e.ID()); err != nil || got.Seq != 7 || got.Sender != "" {
+		t.Fatalf("after migration: %+v %v", got, err)
+	}
+	a, err := j.Append(ctx, record(t, e))
+	if err != nil || a.Duplicate || a.Seq <= 7 {
+		t.Fatalf("an authenticated sender's event was taken for the unauthenticated one's: %+v %v", a, err)
+	}
+	if again, err := j.Append(ctx, record(t, e)); err != nil || !again.Duplicate {
+		t.Fatalf("dedup after migration: %+v %v", again, err)
 	}
 }
 

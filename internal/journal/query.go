@@ -15,15 +15,18 @@ var ErrNotFound = errors.New("journal: no such event")
 
 // Entry is one journaled event and what became of its deliveries.
 type Entry struct {
-	Seq        int64
-	ID         string
-	Source     string
-	Type       string
-	Subject    string
-	Incident   string
-	Causation  string
-	TraceID    string
-	Broker     string
+	Seq       int64
+	ID        string
+	Source    string
+	Type      string
+	Subject   string
+	Incident  string
+	Causation string
+	TraceID   string
+	Broker    string
+	// Sender is who sent it: an authenticated username ("" when
+	// unauthenticated or journaled before senders were recorded).
+	Sender     string
 	Received   time.Time
 	Event      cloudevents.Event
 	Deliveries []Delivery
@@ -57,13 +60,15 @@ type PendingDelivery struct {
 	Event    cloudevents.Event
 }
 
-const entryColumns = `seq, id, source, type, subject, COALESCE(incident, ''), COALESCE(causation, ''), traceid, broker, received, body`
+func (j *Journal) entryColumns() string {
+	return `seq, id, source, type, subject, COALESCE(incident, ''), COALESCE(causation, ''), traceid, broker, received, body, ` + j.senderColumn
+}
 
 func scanEntry(row interface{ Scan(...any) error }) (Entry, error) {
 	var e Entry
 	var received int64
 	var body []byte
-	if err := row.Scan(&e.Seq, &e.ID, &e.Source, &e.Type, &e.Subject, &e.Incident, &e.Causation, &e.TraceID, &e.Broker, &received, &body); err != nil {
+	if err := row.Scan(&e.Seq, &e.ID, &e.Source, &e.Type, &e.Subject, &e.Incident, &e.Causation, &e.TraceID, &e.Broker, &received, &body, &e.Sender); err != nil {
 		return e, err
 	}
 	e.Received = time.Unix(0, received)
@@ -74,7 +79,7 @@ func scanEntry(row interface{ Scan(...any) error }) (Entry, error) {
 }
 
 func (j *Journal) queryEntries(ctx context.Context, where string, args ...any) ([]Entry, error) {
-	rows, err := j.db.QueryContext(ctx, `SELECT `+entryColumns+` FROM events `+where, args...)
+	rows, err := j.db.QueryContext(ctx, `SELECT `+j.entryColumns()+` FROM events `+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
