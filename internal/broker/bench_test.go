@@ -63,16 +63,43 @@ func benchTriggers(n int) string {
 // sender=nethttp uses net/http's client, whose two goroutines per
 // connection cost about a fifth of the machine. Both keep one request in
 // flight per connection: no pipelining.
+//
+// auth=on is the default: every request carries a bearer token, checked
+// against the token file, and the event against the EventPolicies (the
+// sensor's, as config/ ships it); auth=off is the insecure ingress
+// (--insecure-ingress), for the cost of both side by side.
 func BenchmarkIngressToHandler(b *testing.B) {
-	b.Run("sender=raw", func(b *testing.B) { benchIngress(b, rawSender) })
-	b.Run("sender=nethttp", func(b *testing.B) { benchIngress(b, netHTTPSender) })
+	for _, s := range []struct {
+		name string
+		send sender
+	}{{"raw", rawSender}, {"nethttp", netHTTPSender}} {
+		for _, secure := range []bool{false, true} {
+			name := "sender=" + s.name + "/auth=off"
+			if secure {
+				name = "sender=" + s.name + "/auth=on"
+			}
+			b.Run(name, func(b *testing.B) { benchIngress(b, s.send, secure) })
+		}
+	}
 }
 
-// A sender posts events from one goroutine until pb is done; next gives the
-// id and the send time of each.
-type sender func(b *testing.B, url string, pb *testing.PB, next func() (id string, sentNs int64))
+// benchPolicy lets the benchmark's sender, as config/ lets the sensor, send
+// sensor events.
+const benchPolicy = `---
+apiVersion: eventing.knative.dev/v1alpha1
+kind: EventPolicy
+metadata: {name: sensor, namespace: parry-system}
+spec:
+  to: [{ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: parry}}]
+  from: [{sub: "` + sensorUser + `"}]
+  filters: [{prefix: {type: dev.parry.sensor.}}]
+`
 
-func benchIngress(b *testing.B, send sender) {
+// A sender posts events from one goroutine until pb is done, with token
+// ("" for none); next gives the id and the send time of each.
+type sender func(b *testing.B, url, token string, pb *testing.PB, next func() (id string, sentNs int64))
+
+func benchIngress(b *testing.B, send sender, secure bool) {
 	var delivered atomic.Int64
 	latencies := make([]int64, 0, 1<<20)
 	lat := make(chan int64, 1<<16)
@@ -92,7 +119,14 @@ func benchIngress(b *testing.B, send sender) {
 		delivered.Add(1)
 		return nil, nil
 	}
-	h := start(b, benchTriggers(50), map[string]events.Handler{"sink": sink}, limited(broker.Limits{SenderEvents: -1, SenderBytes: -1, TotalEvents: -1, TotalBytes: -1}))
+	options := []func(*broker.Options){limited(broker.Limits{SenderEvents: -1, SenderBytes: -1, TotalEvents: -1, TotalBytes: -1})}
+	token := ""
+	if secure {
+		file, toks := tokens(b, sensorUser)
+		token = toks[sensorUser]
+		options = append(options, secured(file))
+	}
+	h := start(b, benchTriggers(50)+benchPolicy, map[string]events.Handler{"sink": sink}, options...)
 	var seq atomic.Int64
 	next := func() (string, int64) {
 		return "bench-" + strconv.FormatInt(seq.Add(1), 10), time.Now().UnixNano()
@@ -102,7 +136,7 @@ func benchIngress(b *testing.B, send sender) {
 	b.SetParallelism(16)
 	b.ResetTimer()
 	began, cpu0 := time.Now(), processCPU()
-	b.RunParallel(func(pb *testing.PB) { send(b, h.url, pb, next) })
+	b.RunParallel(func(pb *testing.PB) { send(b, h.url, token, pb, next) })
 	for delivered.Load() < seq.Load() {
 		time.Sleep(100 * time.Microsecond)
 	}
@@ -130,7 +164,7 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func rawSender(b *testing.B, target string, pb *testing.PB, next func() (string, int64)) {
+func rawSender(b *testing.B, target, token string, pb *testing.PB, next func() (string, int64)) {
 	u, err := url.Parse(target)
 	if err != nil {
 		b.Error(err)
@@ -146,6 +180,9 @@ func rawSender(b *testing.B, target string, pb *testing.PB, next func() (string,
 	head := "POST " + u.Path + " HTTP/1.1\r\nHost: " + u.Host +
 		"\r\nCe-Specversion: 1.0\r\nCe-Source: parry://sensor/bench\r\nCe-Type: " + events.TypeNetworkConnect +
 		"\r\nCe-Dport: 3333\r\nCe-Poduid: 7f8e\r\nContent-Length: 0\r\nCe-Id: "
+	if token != "" {
+		head = strings.Replace(head, "\r\nCe-Specversion", "\r\nAuthorization: Bearer "+token+"\r\nCe-Specversion", 1)
+	}
 	var req []byte
 	for pb.Next() {
 		id, sent := next()
@@ -153,6 +190,8 @@ func rawSender(b *testing.B, target string, pb *testing.PB, next func() (string,
 		req = append(req, id...)
 		req = append(req, "\r\nCe-Sentns: "...)
 		req = strconv.AppendInt(req, sent, 10)
+		req = append(req, "\r\nCe-Time: "...)
+		req = time.Unix(0, sent).UTC().AppendFormat(req, time.RFC3339Nano)
 		req = append(req, "\r\n\r\n"...)
 		if _, err := conn.Write(req); err != nil {
 			b.Error(err)
@@ -188,7 +227,7 @@ func readAccepted(r *bufio.Reader) error {
 	}
 }
 
-func netHTTPSender(b *testing.B, url string, pb *testing.PB, next func() (string, int64)) {
+func netHTTPSender(b *testing.B, url, token string, pb *testing.PB, next func() (string, int64)) {
 	client := httpclient.New(10 * time.Second)
 	for pb.Next() {
 		id, sent := next()
@@ -199,6 +238,7 @@ func netHTTPSender(b *testing.B, url string, pb *testing.PB, next func() (string
 		e.SetExtension("dport", "3333")
 		e.SetExtension("poduid", "7f8e")
 		e.SetExtension("sentns", strconv.FormatInt(sent, 10))
+		e.SetTime(time.Unix(0, sent))
 		req, err := http.NewRequest(http.MethodPost, url, nil)
 		if err != nil {
 			b.Error(err)
@@ -207,6 +247,9 @@ func netHTTPSender(b *testing.B, url string, pb *testing.PB, next func() (string
 		if err := cehttp.WriteRequest(context.Background(), binding.ToMessage(&e), req); err != nil {
 			b.Error(err)
 			return
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
 		}
 		resp, err := client.Do(req)
 		if err != nil {

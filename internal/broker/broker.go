@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/rs/zerolog"
@@ -20,6 +22,7 @@ import (
 	duckv1 "knative.dev/pkg/apis/duck/v1"
 	"knative.dev/pkg/logging"
 
+	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/manifest"
@@ -45,6 +48,37 @@ type Options struct {
 	// MaxQueued is how many deliveries may wait before ingress holds new
 	// events back; default 65536.
 	MaxQueued int
+	// Authenticators verify the bearer token of every ingress request, by
+	// Broker key "namespace/name": TokenReview for the Broker's Audience in
+	// a cluster, a token file without one. Every Broker needs one unless
+	// Insecure.
+	Authenticators map[string]auth.Authenticator
+	// Insecure accepts ingress requests without a token (the sender is then
+	// unknown, journaled as ""), for a loopback listener only; the caller
+	// checks the address and announces it.
+	Insecure bool
+	// Freshness bounds the time attribute of ingress events; zero fields
+	// take DefaultFreshness.
+	Freshness Freshness
+}
+
+// Freshness is how far an ingress event's time may lie from the broker's
+// clock. A negative bound is no bound.
+type Freshness struct {
+	MaxAge  time.Duration // how far back
+	MaxSkew time.Duration // how far ahead (the sender's clock running fast)
+}
+
+// DefaultFreshness: five minutes back, 30 seconds ahead.
+func DefaultFreshness() Freshness { return Freshness{MaxAge: 5 * time.Minute, MaxSkew: 30 * time.Second} }
+
+// Stats count what the ingress refused, for metrics and tests.
+type Stats struct {
+	Unauthenticated atomic.Uint64 // 401: no token, or a rejected one
+	Forbidden       atomic.Uint64 // 403: no EventPolicy allows the sender this event
+	Unavailable     atomic.Uint64 // 503: the token could not be reviewed (failed closed)
+	Stale           atomic.Uint64 // 400: time outside the freshness window
+	RepliesRefused  atomic.Uint64 // in-process replies no EventPolicy allows
 }
 
 // Broker serves every Broker of a manifest set.
@@ -59,10 +93,14 @@ type Broker struct {
 	// filterCtx carries a no-op zap logger: Knative's filters log at debug
 	// level through the context, and the fallback logger costs per event.
 	filterCtx context.Context
+	// Stats count refusals.
+	Stats Stats
 }
 
 type route struct {
-	key string
+	key   string
+	authn auth.Authenticator // nil when Options.Insecure
+	authz *authorizer
 	// byType holds the Triggers that can only pass events of one type;
 	// anyType the rest. Knative's filters cost about a microsecond per
 	// Trigger and event, and most Triggers name their type, so an event is
@@ -80,8 +118,11 @@ func (r *route) add(t *trigger, eventType string) {
 }
 
 type trigger struct {
-	key        string
-	broker     string
+	key    string
+	broker string
+	// identity is who the Trigger's subscriber's replies come from: the
+	// Trigger's OIDC identity, as Knative's broker filter sends them.
+	identity   string
 	filter     eventfilter.Filter
 	subscriber destination
 	deadLetter *destination
@@ -103,6 +144,13 @@ func New(opts Options) (*Broker, error) {
 	if opts.MaxQueued <= 0 {
 		opts.MaxQueued = 1 << 16
 	}
+	def := DefaultFreshness()
+	if opts.Freshness.MaxAge == 0 {
+		opts.Freshness.MaxAge = def.MaxAge
+	}
+	if opts.Freshness.MaxSkew == 0 {
+		opts.Freshness.MaxSkew = def.MaxSkew
+	}
 	b := &Broker{
 		opts:      opts,
 		log:       opts.Log.With().Str("component", "broker").Logger(),
@@ -112,10 +160,18 @@ func New(opts Options) (*Broker, error) {
 		filterCtx: logging.WithLogger(context.Background(), zap.NewNop().Sugar()),
 	}
 	b.queue.init()
-	for _, br := range opts.Manifests.Brokers {
-		b.routes[br.Key()] = &route{key: br.Key(), byType: map[string][]*trigger{}}
-	}
 	var problems []string
+	for _, br := range opts.Manifests.Brokers {
+		authz, p := newAuthorizer(opts.Manifests, br)
+		problems = append(problems, p...)
+		rt := &route{key: br.Key(), byType: map[string][]*trigger{}, authz: authz}
+		if !opts.Insecure {
+			if rt.authn = opts.Authenticators[br.Key()]; rt.authn == nil {
+				problems = append(problems, fmt.Sprintf("%s: Broker %s: no authenticator for its ingress (give it one, or run insecure on loopback)", br.Pos, br.Key()))
+			}
+		}
+		b.routes[br.Key()] = rt
+	}
 	for _, t := range opts.Manifests.Triggers {
 		br, _ := opts.Manifests.Broker(t.BrokerKey())
 		eventType := requiredType(t)
@@ -137,7 +193,7 @@ func New(opts Options) (*Broker, error) {
 // and delivery. indexedType is the type the route index already requires of
 // every event shown to this Trigger (see requiredType).
 func (b *Broker) resolve(t manifest.Trigger, br manifest.Broker, indexedType string) (*trigger, error) {
-	trig := &trigger{key: t.Key(), broker: t.BrokerKey()}
+	trig := &trigger{key: t.Key(), broker: t.BrokerKey(), identity: TriggerIdentity(t.Namespace, t.Name)}
 	switch {
 	case len(t.Spec.Filters) > 0:
 		if filters := withoutTypeFilter(t.Spec.Filters, indexedType); len(filters) > 0 {

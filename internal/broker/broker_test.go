@@ -35,6 +35,7 @@ metadata: {name: parry, namespace: parry-system}
 type harness struct {
 	url     string
 	journal *journal.Journal
+	broker  *broker.Broker
 }
 
 func start(t testing.TB, triggers string, fns map[string]events.Handler, options ...func(*broker.Options)) *harness {
@@ -48,7 +49,9 @@ func start(t testing.TB, triggers string, fns map[string]events.Handler, options
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := broker.Options{Manifests: set, Journal: j, Functions: fns, Client: httpclient.New(0), Log: zerolog.Nop(), MaxEventBytes: 64 << 10}
+	// Tests about other things than authentication run the ingress insecure
+	// (auth_test.go tests it); in-process replies still meet the policies.
+	opts := broker.Options{Manifests: set, Journal: j, Functions: fns, Client: httpclient.New(0), Log: zerolog.Nop(), MaxEventBytes: 64 << 10, Insecure: true}
 	for _, o := range options {
 		o(&opts)
 	}
@@ -66,7 +69,7 @@ func start(t testing.TB, triggers string, fns map[string]events.Handler, options
 		b.Wait()
 		j.Close()
 	})
-	return &harness{url: srv.URL + "/parry-system/parry", journal: j}
+	return &harness{url: srv.URL + "/parry-system/parry", journal: j, broker: b}
 }
 
 func newEvent(id, typ string, ext map[string]any) cloudevents.Event {
@@ -74,6 +77,7 @@ func newEvent(id, typ string, ext map[string]any) cloudevents.Event {
 	e.SetID(id)
 	e.SetSource("test")
 	e.SetType(typ)
+	e.SetTime(time.Now())
 	for k, v := range ext {
 		e.SetExtension(k, v)
 	}

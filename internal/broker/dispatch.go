@@ -133,12 +133,12 @@ func (b *Broker) deliver(ctx context.Context, j job) {
 	}
 	j.attempts++
 	if out.ok() {
-		reply, err := b.prepareReply(j, out.reply)
+		reply, code, err := b.prepareReply(j, out.reply)
 		if err == nil {
 			b.complete(ctx, j, reply)
 			return
 		}
-		out = outcome{code: http.StatusBadGateway, err: err}
+		out = outcome{code: code, err: err, resp: &http.Response{StatusCode: code}}
 	}
 	// Only a failure gets a logger with the delivery's fields: building it
 	// for every delivery would allocate on the hot path.
@@ -174,18 +174,25 @@ func (b *Broker) deliver(ctx context.Context, j job) {
 
 // prepareReply links a subscriber's reply to the event it answers. A reply
 // built with package events already is; one from a foreign subscriber gets
-// the causation and trace here.
-func (b *Broker) prepareReply(j job, reply *cloudevents.Event) (*cloudevents.Event, error) {
+// the causation and trace here. The reply re-enters the Broker from the
+// Trigger's identity, as Knative's broker filter sends it, so the same
+// EventPolicies decide: a reply they refuse fails the delivery with 403,
+// which is not retried (the dead-letter sink then reports it).
+func (b *Broker) prepareReply(j job, reply *cloudevents.Event) (*cloudevents.Event, int, error) {
 	if reply == nil || j.key.Target == journal.ToDeadLetter {
-		return nil, nil
+		return nil, 0, nil
 	}
 	if events.String(*reply, events.ExtCausation) == "" || events.TraceID(*reply) == "" {
 		events.SetCause(reply, j.event)
 	}
 	if err := events.Validate(*reply); err != nil {
-		return nil, fmt.Errorf("%s replied with an invalid event: %w", j.trig.subscriber.name, err)
+		return nil, http.StatusBadGateway, fmt.Errorf("%s replied with an invalid event: %w", j.trig.subscriber.name, err)
 	}
-	return reply, nil
+	if ok, reason := b.routes[j.trig.broker].authz.allow(b.filterCtx, j.trig.identity, *reply); !ok {
+		b.Stats.RepliesRefused.Add(1)
+		return nil, http.StatusForbidden, fmt.Errorf("the reply of %s is refused: %s", j.trig.subscriber.name, reason)
+	}
+	return reply, 0, nil
 }
 
 func (b *Broker) complete(ctx context.Context, j job, reply *cloudevents.Event) {
@@ -193,7 +200,7 @@ func (b *Broker) complete(ctx context.Context, j job, reply *cloudevents.Event) 
 	var matched []*trigger
 	if reply != nil {
 		matched = b.match(b.routes[j.trig.broker], *reply)
-		r, err := journal.NewRecord(j.trig.broker, "", *reply, triggerKeys(matched))
+		r, err := journal.NewRecord(j.trig.broker, j.trig.identity, *reply, triggerKeys(matched))
 		if err != nil {
 			b.log.Error().Err(err).Str("trigger", j.trig.key).Msg("could not encode a reply")
 			return

@@ -6,6 +6,21 @@
 // journaled, 400 naming the offending attribute for a malformed event, 413
 // over the size limit and 404 for a broker no manifest defines.
 //
+// Senders are authenticated as Knative's OIDC sender authentication does:
+// a bearer token for the Broker's audience (Audience), verified by an
+// auth.Authenticator (TokenReview in a cluster, a token file without one):
+// 401 without or with a bad token, 503 when it cannot be reviewed (failed
+// closed). The EventPolicies of the manifests that apply to the Broker
+// then decide with Knative's semantics and filter code (the first policy
+// by name naming the sender decides by its filters; with none, the
+// default-authorization-mode of config-features): 403 with the sender and
+// type otherwise. A subscriber's reply re-enters with the identity of the
+// Trigger that delivered to it (TriggerIdentity), as Knative's broker
+// filter sends it, and meets the same policies. Events whose time lies
+// outside the freshness window are refused with 400 (a journaled event a
+// sender retries is still a duplicate, answered 202). Dedup is by source,
+// id and sender, so nobody can pre-send an id to suppress another's event.
+//
 // Filtering is Knative's own code (knative.dev/eventing/pkg/eventfilter):
 // spec.filters with the exact, prefix, suffix, all, any, not and cesql
 // dialects when set, otherwise spec.filter.attributes.

@@ -12,6 +12,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
+	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
 )
@@ -29,9 +30,29 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "send CloudEvents with POST", http.StatusMethodNotAllowed)
 		return
 	}
+	// Who is sending comes first, as at Knative's ingress: nothing of an
+	// unauthenticated request is read.
+	from := sender(r)
+	if rt.authn != nil {
+		id, err := rt.authn.Authenticate(r.Context(), auth.BearerToken(r))
+		if err != nil {
+			status := http.StatusUnauthorized
+			var u *auth.Unavailable
+			if errors.As(err, &u) {
+				status = http.StatusServiceUnavailable
+				b.Stats.Unavailable.Add(1)
+				b.log.Warn().Err(err).Str("broker", rt.key).Msg("ingress: a token could not be reviewed, so the event is refused (503); the sender retries")
+			} else {
+				b.Stats.Unauthenticated.Add(1)
+			}
+			auth.Refuse(w, status, fmt.Sprintf("Broker %s needs a bearer token for audience %s: %v", rt.key, Audience(rt.key), err))
+			return
+		}
+		from = id.Username
+	}
 	// A body of known length is counted before it is read, so a flood
 	// costs the broker no decoding; a chunked one once it is read.
-	from, size := sender(r), headerBytes(r)
+	size := headerBytes(r)
 	if r.ContentLength >= 0 {
 		if wait := b.limiter.admit(from, size+int(r.ContentLength), time.Now()); wait > 0 {
 			tooMany(w, wait)
@@ -65,12 +86,49 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := b.accept(r.Context(), rt, *e, true); err != nil {
+	sender := ""
+	if rt.authn != nil {
+		sender = from
+		if ok, reason := rt.authz.allow(b.filterCtx, sender, *e); !ok {
+			b.Stats.Forbidden.Add(1)
+			auth.Refuse(w, http.StatusForbidden, reason)
+			return
+		}
+	}
+	if reason := b.stale(*e, time.Now()); reason != "" {
+		// A sender retrying what was journaled already (its 202 lost) is
+		// answered as any duplicate, however old the event is by now.
+		if dup, err := b.opts.Journal.Has(r.Context(), e.ID(), e.Source(), sender); err != nil || !dup {
+			b.Stats.Stale.Add(1)
+			http.Error(w, reason, http.StatusBadRequest)
+			return
+		}
+	}
+	if err := b.accept(r.Context(), rt, *e, sender, true); err != nil {
 		b.log.Error().Err(err).Str("event_id", e.ID()).Msg("could not journal an event; the sender should retry")
 		http.Error(w, "could not journal the event: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// stale says why e's time is outside the freshness window, or "". An
+// event without a time is refused too: parry's sensor and steps always set
+// it, and an undated event could be replayed forever.
+func (b *Broker) stale(e cloudevents.Event, now time.Time) string {
+	f := b.opts.Freshness
+	t := e.Time()
+	switch {
+	case t.IsZero():
+		return "event has no time attribute: the ingress refuses events it cannot date (set time to when the event occurred)"
+	case f.MaxAge >= 0 && t.Before(now.Add(-f.MaxAge)):
+		return fmt.Sprintf("event time %s is more than %s before the broker's clock (%s): too old to act on (the bound is --ingress-max-age)",
+			t.UTC().Format(time.RFC3339Nano), f.MaxAge, now.UTC().Format(time.RFC3339Nano))
+	case f.MaxSkew >= 0 && t.After(now.Add(f.MaxSkew)):
+		return fmt.Sprintf("event time %s is more than %s after the broker's clock (%s): check the sender's clock (the bound is --ingress-max-skew)",
+			t.UTC().Format(time.RFC3339Nano), f.MaxSkew, now.UTC().Format(time.RFC3339Nano))
+	}
+	return ""
 }
 
 // headerBytes is the size of r's headers, where binary mode carries the
@@ -97,7 +155,7 @@ func (b *Broker) brokerPaths() []string {
 // journaled before (same source and id) is not delivered again. external
 // events wait while the queue is full: that backpressure reaches the sender
 // as a slower 202 instead of unbounded memory.
-func (b *Broker) accept(ctx context.Context, rt *route, e cloudevents.Event, external bool) error {
+func (b *Broker) accept(ctx context.Context, rt *route, e cloudevents.Event, sender string, external bool) error {
 	if external {
 		for b.queue.len() >= b.opts.MaxQueued {
 			select {
@@ -108,7 +166,7 @@ func (b *Broker) accept(ctx context.Context, rt *route, e cloudevents.Event, ext
 		}
 	}
 	matched := b.match(rt, e)
-	rec, err := journal.NewRecord(rt.key, "", e, triggerKeys(matched))
+	rec, err := journal.NewRecord(rt.key, sender, e, triggerKeys(matched))
 	if err != nil {
 		return err
 	}

@@ -13,8 +13,8 @@ import (
 
 // Limits bound what the ingress accepts, counting events and bytes, per
 // sender and over all senders, so that a flood cannot grow the journal
-// without end. A sender is the client's address until senders are
-// authenticated. Each rate allows a burst of one second's worth. Zero
+// without end. A sender is its authenticated identity (its address when
+// the ingress runs insecure). Each rate allows a burst of one second's worth. Zero
 // fields take the defaults; a negative rate means no limit.
 type Limits struct {
 	SenderEvents, SenderBytes int // per second, per sender
@@ -121,7 +121,7 @@ func (l *limiter) evictOldest() {
 	delete(l.senders, oldest)
 }
 
-// sender is who sent r: its address, until senders are authenticated.
+// sender is r's address: who sent it when the ingress runs insecure.
 func sender(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {

@@ -139,6 +139,16 @@ func (j *Journal) Event(ctx context.Context, id string) (Entry, error) {
 	return es[0], nil
 }
 
+// Has reports whether sender's event with id and source is journaled.
+func (j *Journal) Has(ctx context.Context, id, source, sender string) (bool, error) {
+	var n int
+	err := j.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM events WHERE id = ? AND source = ? AND `+j.senderColumn+` = ?`, id, source, sender).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("journal: %w", err)
+	}
+	return n > 0, nil
+}
+
 // Last returns the n most recent events, oldest first.
 func (j *Journal) Last(ctx context.Context, n int) ([]Entry, error) {
 	es, err := j.queryEntries(ctx, `WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM events) - ? ORDER BY seq`, n)
