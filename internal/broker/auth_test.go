@@ -316,7 +316,7 @@ kind: EventPolicy
 metadata: {name: other-broker, namespace: parry-system}
 spec:
   to: [{ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: elsewhere}}]
-  from: [{sub: "` + attackerUser + `"}]
+  from: [{sub: "`+attackerUser+`"}]
 `))
 	if err != nil {
 		t.Fatal(err)

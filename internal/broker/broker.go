@@ -70,7 +70,9 @@ type Freshness struct {
 }
 
 // DefaultFreshness: five minutes back, 30 seconds ahead.
-func DefaultFreshness() Freshness { return Freshness{MaxAge: 5 * time.Minute, MaxSkew: 30 * time.Second} }
+func DefaultFreshness() Freshness {
+	return Freshness{MaxAge: 5 * time.Minute, MaxSkew: 30 * time.Second}
+}
 
 // Stats count what the ingress refused, for metrics and tests.
 type Stats struct {
