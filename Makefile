@@ -63,7 +63,7 @@ playbooks-check:
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(GO) run ./cmd/parry playbook compile --out $$tmp playbooks/ >/dev/null && \
 	for f in $$tmp/*; do cmp -s $$f config/$$(basename $$f) || { echo "config/$$(basename $$f) is stale: run 'go run ./cmd/parry playbook compile --out config/ playbooks/'"; exit 1; }; done && \
-	for f in config/300-sensor-filters.yaml config/310-playbooks.yaml config/390-classify-baseline.yaml config/400-playbook-*.yaml; do [ -e $$tmp/$$(basename $$f) ] || { echo "$$f is no longer generated: remove it or recompile"; exit 1; }; done
+	for f in config/300-sensor-filters.yaml config/310-playbooks.yaml config/390-classify-baseline.yaml config/400-playbook-*.yaml config/450-event-policies.yaml; do [ -e $$tmp/$$(basename $$f) ] || { echo "$$f is no longer generated: remove it or recompile"; exit 1; }; done
 
 # The embedded default's hot path: ingress → 50 Triggers → journal → handler.
 bench-broker:

@@ -342,9 +342,9 @@ spec:
 	for _, sub := range []string{sensorUser, trig, attackerUser, "system:serviceaccount:team:x", "system:serviceaccount:team:y", "system:serviceaccount:teams:x"} {
 		for _, typ := range []string{events.TypeProcessExec, events.StepDone("isolate"), events.StepFailed("isolate"), events.StepDone("snapshot")} {
 			e := newEvent("x", typ, nil)
-			got, reason, problems := broker.Allow(set, "parry-system/parry", sub, e)
-			if len(problems) > 0 {
-				t.Fatal(problems)
+			got, reason, err := broker.Decide(context.Background(), set, "parry-system/parry", sub, e)
+			if err != nil {
+				t.Fatal(err)
 			}
 			want := knauth.SubjectAndFiltersPass(context.Background(), sub, swf, &e, zap.NewNop().Sugar())
 			if got != want {
@@ -373,9 +373,9 @@ func TestPoliciesItCannotResolveAreErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, _, problems := broker.Allow(set, "parry-system/parry", sensorUser, newEvent("x", "t", nil))
-		if len(problems) != 1 || !strings.Contains(problems[0], c.want) || !strings.Contains(problems[0], "p.yaml:") {
-			t.Errorf("problems %v, want one naming the file and %q", problems, c.want)
+		_, _, err = broker.Decide(context.Background(), set, "parry-system/parry", sensorUser, newEvent("x", "t", nil))
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "p.yaml:") {
+			t.Errorf("error %v, want one naming the file and %q", err, c.want)
 		}
 	}
 	// And without an authenticator the broker does not start.

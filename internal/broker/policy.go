@@ -38,6 +38,22 @@ func TriggerIdentity(namespace, trigger string) string {
 	return auth.ServiceAccountUser(namespace, TriggerServiceAccount(trigger))
 }
 
+// Decide is the EventPolicy decision of the Broker brokerKey of set for an
+// event e from sender, exactly as the broker's ingress makes it; an error
+// names a policy the embedded broker cannot resolve. reason says why not.
+func Decide(ctx context.Context, set *manifest.Set, brokerKey, sender string, e cloudevents.Event) (bool, string, error) {
+	br, ok := set.Broker(brokerKey)
+	if !ok {
+		return false, "", fmt.Errorf("no Broker %s", brokerKey)
+	}
+	a, problems := newAuthorizer(set, br)
+	if len(problems) > 0 {
+		return false, "", fmt.Errorf("%s", strings.Join(problems, "\n"))
+	}
+	ok, reason := a.allow(ctx, sender, e)
+	return ok, reason, nil
+}
+
 // policy is one EventPolicy that applies to a Broker, with its from
 // resolved to subjects and its filters built by Knative's code once.
 type policy struct {

@@ -37,6 +37,13 @@ const (
 	// owns the files with this prefix and removes stale ones.
 	TriggerFilePrefix = "400-playbook-"
 	BaselineFile      = "390-classify-baseline.yaml"
+	// PoliciesFile holds the EventPolicies: who may send which events to
+	// the Broker (Knative's OIDC sender authorization; the embedded broker
+	// enforces the same file).
+	PoliciesFile = "450-event-policies.yaml"
+	// SensorServiceAccount is the sensor DaemonSet's (config/600-sensor.yaml),
+	// in SensorNamespace.
+	SensorServiceAccount = "parry-sensor"
 )
 
 // BaselineTypes are the sensor events classify learns workload baselines
@@ -87,6 +94,11 @@ func Compile(ctx context.Context, srcs []*Source, reg Registry) (Output, error) 
 		return nil, errs
 	}
 	out[BaselineFile] = baselineTriggerYAML(bundle.Playbooks, reg[RootFunction].Delivery)
+	pol := policiesYAML(bundle.Playbooks)
+	if _, err := manifest.Parse(ctx, PoliciesFile, pol); err != nil {
+		return nil, fmt.Errorf("the compiled EventPolicies fail Knative's validation: %w", err)
+	}
+	out[PoliciesFile] = pol
 	sfYAML, err := filters.Marshal(sf)
 	if err != nil {
 		return nil, err
@@ -220,6 +232,10 @@ const DeadLetterFunction = "parry-failed"
 
 type subscriber struct {
 	Ref ref `yaml:"ref"`
+	// Audience is the step Service's OIDC audience: a Knative Service
+	// advertises none, so without it Knative's broker filter would send the
+	// step no token to verify (step.Serve).
+	Audience string `yaml:"audience"`
 }
 
 type ref struct {
@@ -229,7 +245,7 @@ type ref struct {
 }
 
 func serviceRef(fn string) subscriber {
-	return subscriber{Ref: ref{APIVersion: "serving.knative.dev/v1", Kind: "Service", Name: fn}}
+	return subscriber{Ref: ref{APIVersion: "serving.knative.dev/v1", Kind: "Service", Name: fn}, Audience: step.ServiceAudience(Namespace, fn)}
 }
 
 // StepFilters are the Trigger filters of a step: the playbook's match for
@@ -269,6 +285,9 @@ func triggersYAML(s *Source, c Compiled, reg Registry) ([]byte, error) {
 	for i, st := range c.Steps {
 		if i > 0 {
 			buf.WriteString("---\n")
+		}
+		if name := c.Name + "-" + st.Function; len(name) > MaxTriggerName {
+			return nil, fmt.Errorf("Trigger %s: name longer than %d characters: Knative would hash its OIDC ServiceAccount's name and the step could not recognise the Trigger as its sender; shorten the playbook's name", name, MaxTriggerName)
 		}
 		d := triggerDoc{
 			APIVersion: "eventing.knative.dev/v1", Kind: "Trigger",
@@ -315,6 +334,112 @@ func baselineTriggerYAML(pbs []Compiled, policy step.Delivery) []byte {
 	}
 	if err := encode(&buf, d); err != nil {
 		panic(err) // static shape; cannot fail
+	}
+	return buf.Bytes()
+}
+
+// MaxTriggerName is the longest Trigger name whose OIDC ServiceAccount
+// Knative names <trigger>-oidc-eventing.knative.dev-trigger (63 characters
+// in all); a longer one is hashed.
+const MaxTriggerName = 63 - len("-oidc-eventing.knative.dev-trigger")
+
+// The families of types the EventPolicies allow (events.StepDone,
+// events.StepFailed and the incident types build them; a test checks that
+// every type parry sends is allowed).
+const (
+	typeStepPrefix     = "dev.parry.step."
+	typeFailedSuffix   = ".failed.v1"
+	typeIncidentPrefix = "dev.parry.incident."
+)
+
+// policyDoc is an EventPolicy as compile writes it.
+type policyDoc struct {
+	APIVersion string      `yaml:"apiVersion"`
+	Kind       string      `yaml:"kind"`
+	Metadata   triggerMeta `yaml:"metadata"`
+	Spec       policySpec  `yaml:"spec"`
+}
+
+type policySpec struct {
+	To      []policyTo   `yaml:"to"`
+	From    []policyFrom `yaml:"from"`
+	Filters []Filter     `yaml:"filters"`
+}
+
+type policyTo struct {
+	Ref ref `yaml:"ref"`
+}
+
+type policyFrom struct {
+	Ref *policyRef `yaml:"ref,omitempty"`
+	Sub string     `yaml:"sub,omitempty"`
+}
+
+type policyRef struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Name       string `yaml:"name"`
+	Namespace  string `yaml:"namespace"`
+}
+
+// policiesYAML writes who may send what to the Broker: the sensor only
+// sensor events; each step, through the Triggers that deliver to it (a
+// step's reply reaches the Broker with the identity of the Trigger that
+// delivered the cause, as Knative's broker filter sends it), only its own
+// types; the dead-letter sink, which publishes with its own
+// ServiceAccount, only failed events. With one policy per sender, Knative's
+// first-match-by-name never picks another's filters.
+func policiesYAML(pbs []Compiled) []byte {
+	triggers := map[string][]string{RootFunction: {"classify-baseline"}}
+	for _, c := range pbs {
+		for _, st := range c.Steps {
+			triggers[st.Function] = append(triggers[st.Function], c.Name+"-"+st.Function)
+		}
+	}
+	stepsWithTriggers := make([]string, 0, len(triggers))
+	for fn := range triggers {
+		stepsWithTriggers = append(stepsWithTriggers, fn)
+	}
+	slices.Sort(stepsWithTriggers)
+
+	broker := []policyTo{{Ref: ref{APIVersion: "eventing.knative.dev/v1", Kind: "Broker", Name: BrokerName}}}
+	doc := func(name, what string, from []policyFrom, filters []Filter) policyDoc {
+		return policyDoc{APIVersion: "eventing.knative.dev/v1alpha1", Kind: "EventPolicy",
+			Metadata: triggerMeta{Name: "sender-" + name, Namespace: Namespace,
+				Labels: map[string]string{"app.kubernetes.io/part-of": "parry", "parry.dev/sender": what}},
+			Spec: policySpec{To: broker, From: from, Filters: filters}}
+	}
+	docs := []policyDoc{
+		doc("sensor", "sensor", []policyFrom{{Sub: "system:serviceaccount:" + SensorNamespace + ":" + SensorServiceAccount}},
+			[]Filter{{Prefix: map[string]string{"type": events.TypeSensorPrefix}}}),
+		// functions/failed's ServiceAccount is named after it.
+		doc(DeadLetterFunction, DeadLetterFunction, []policyFrom{{Sub: "system:serviceaccount:" + Namespace + ":" + DeadLetterFunction}},
+			[]Filter{{Prefix: map[string]string{"type": typeStepPrefix}}, {Suffix: map[string]string{"type": typeFailedSuffix}}}),
+	}
+	for _, fn := range stepsWithTriggers {
+		var from []policyFrom
+		for _, t := range triggers[fn] {
+			from = append(from, policyFrom{Ref: &policyRef{APIVersion: "eventing.knative.dev/v1", Kind: "Trigger", Name: t, Namespace: Namespace}})
+		}
+		own := Filter{Prefix: map[string]string{"type": typeStepPrefix + fn + "."}}
+		filters := []Filter{own}
+		if fn == RootFunction {
+			filters = []Filter{{Any: []Filter{{Prefix: map[string]string{"type": typeIncidentPrefix}}, own}}}
+		}
+		docs = append(docs, doc("step-"+fn, fn, from, filters))
+	}
+	var buf bytes.Buffer
+	buf.WriteString("# Generated by `parry playbook compile`. DO NOT EDIT.\n" +
+		"# Who may send which events to the Broker. Knative enforces them once\n" +
+		"# config/150-knative-features.yaml turns OIDC sender authentication on;\n" +
+		"# parry run's embedded broker enforces this file.\n")
+	for i, d := range docs {
+		if i > 0 {
+			buf.WriteString("---\n")
+		}
+		if err := encode(&buf, d); err != nil {
+			panic(err) // static shape; cannot fail
+		}
 	}
 	return buf.Bytes()
 }

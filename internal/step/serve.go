@@ -18,6 +18,13 @@ import (
 	"parry.dev/parry/internal/httpserver"
 )
 
+// ServiceAudience is the OIDC audience of a step's Knative Service: the
+// Triggers name it as their subscriber's audience, so Knative's broker
+// filter sends a token for it, and Serve accepts only tokens for it.
+func ServiceAudience(namespace, name string) string {
+	return "serving.knative.dev/service/" + namespace + "/" + name
+}
+
 // MaxEventBytes bounds the body of a request Serve accepts; more is
 // answered 413. The broker's ingress has the same bound.
 const MaxEventBytes = 1 << 20
