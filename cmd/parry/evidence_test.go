@@ -23,6 +23,7 @@ import (
 	"parry.dev/parry/functions/snapshot"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/step"
+	"parry.dev/parry/internal/step/steptest"
 )
 
 type snapshotPlaybooks struct{}
@@ -45,7 +46,7 @@ func TestEvidenceVerify(t *testing.T) {
 		w.Write([]byte(`{"podUID": "0000-a", "cgroups": [{"id": 7, "processes": [{"pid": 1073741824, "exe": "/usr/bin/app"}]}]}`))
 	}))
 	defer sensor.Close()
-	h, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{Playbooks: snapshotPlaybooks{}, StateDir: state, Log: zerolog.Nop(),
+	h, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{IncidentKey: steptest.Key, Playbooks: snapshotPlaybooks{}, StateDir: state, Log: zerolog.Nop(),
 		Sensors: step.SensorAt(strings.TrimPrefix(sensor.URL, "http://"), sensor.Client())})
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +57,7 @@ func TestEvidenceVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reply, err := h(context.Background(), ev)
+	reply, err := steptest.Sealed(h)(context.Background(), ev)
 	if err != nil {
 		t.Fatal(err)
 	}

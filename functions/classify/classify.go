@@ -42,7 +42,7 @@ func Definition() step.Definition {
 		if !ok {
 			return nil, fmt.Errorf("classify needs the compiled playbook bundle, got %T", d.Playbooks)
 		}
-		c, err := New(Options{Bundle: bundle, StorePath: filepath.Join(d.StateDir, "classify.json"), Log: d.Log})
+		c, err := New(Options{Bundle: bundle, StorePath: filepath.Join(d.StateDir, "classify.json"), IncidentKey: d.IncidentKey, Log: d.Log})
 		if err != nil {
 			return nil, err
 		}
@@ -76,6 +76,9 @@ type Options struct {
 	// StorePath is the JSON file baselines, open incidents and circuit
 	// breakers persist in.
 	StorePath string
+	// IncidentKey seals the incidents classify opens (step.Seal); the
+	// steps refuse incidents without a valid seal.
+	IncidentKey []byte
 	// LearningWindow is how long after a workload's first event its
 	// baseline keeps learning; anomalies count only after it.
 	LearningWindow time.Duration
@@ -103,6 +106,9 @@ type matcher struct {
 func New(opts Options) (*Classifier, error) {
 	if opts.Bundle == nil {
 		return nil, fmt.Errorf("classify: no playbook bundle (compile the playbooks with `parry playbook compile`)")
+	}
+	if len(opts.IncidentKey) == 0 {
+		return nil, fmt.Errorf("classify: no incident key, so it cannot seal the incidents it opens (mount the Secret %s)", step.IncidentKeySecret)
 	}
 	if opts.LearningWindow == 0 {
 		opts.LearningWindow = 10 * time.Minute
@@ -299,12 +305,12 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 		if inc.First == e.ID() {
 			// The same event again (another Trigger, or a redelivery):
 			// the same reply, with the same id.
-			return c.reply(events.TypeIncidentOpened, pb, inc.ID, inc.Score, inc.Response, inc.Reasons)
+			return c.reply(e, events.TypeIncidentOpened, pb, inc.ID, inc.Score, inc.Response, inc.Reasons)
 		}
 		inc.Last = now
 		inc.Events++
 		c.opts.Log.Debug().Str("incident", inc.ID).Str("playbook", pb.Name).Str("event_id", e.ID()).Msg("joined the open incident")
-		return c.reply(events.TypeIncidentJoined, pb, inc.ID, inc.Score, inc.Response,
+		return c.reply(e, events.TypeIncidentJoined, pb, inc.ID, inc.Score, inc.Response,
 			[]string{fmt.Sprintf("joined incident %s (%d events): same pod and playbook within %s of its last event", inc.ID, inc.Events, window)})
 	}
 	base := severityPoints(pb.Severity)
@@ -312,7 +318,7 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 	reasons := append([]string{fmt.Sprintf("+%d: playbook %s (%s): %s", base, pb.Name, pb.Severity, pb.Description)}, anomalyReasons...)
 	if score < threshold {
 		reasons = append(reasons, fmt.Sprintf("score %d is below the threshold %d: recorded, not acted on", score, threshold))
-		return c.reply(events.TypeIncidentSuppressed, pb, "", score, "", reasons)
+		return c.reply(e, events.TypeIncidentSuppressed, pb, "", score, "", reasons)
 	}
 	id := incidentID(e, pb.Name)
 	response, why := c.guard(e, pb, id, now)
@@ -323,7 +329,7 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 	c.st.expire(now)
 	c.opts.Log.Info().Str("incident", inc.ID).Str("playbook", pb.Name).Int("score", score).Str("response", response).
 		Str("pod", inc.Pod).Msg("incident opened")
-	return c.reply(events.TypeIncidentOpened, pb, inc.ID, score, response, reasons)
+	return c.reply(e, events.TypeIncidentOpened, pb, inc.ID, score, response, reasons)
 }
 
 // guard applies the guardrails to a new incident.
@@ -338,7 +344,7 @@ func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, incident s
 			br = &guard.Breaker{}
 			c.st.Breakers[pb.Name] = br
 		}
-		if refusal := br.Admit(now, pb.Name, incident, g); refusal != nil {
+		if refusal := br.Admit(now, pb.Name, pod(e), g); refusal != nil {
 			return events.ResponseEscalate, "escalated: " + refusal.Reason
 		}
 	}
@@ -365,11 +371,17 @@ type Data struct {
 	Reasons     []string `json:"reasons"`
 }
 
-func (c *Classifier) reply(typ string, pb playbook.Compiled, inc string, score int, response string, reasons []string) (step.Reply, error) {
+func (c *Classifier) reply(e cloudevents.Event, typ string, pb playbook.Compiled, inc string, score int, response string, reasons []string) (step.Reply, error) {
 	sev := scoreSeverity(score)
 	ext := map[string]string{
 		events.ExtIncident: inc, events.ExtPlaybook: pb.Name, events.ExtSeverity: sev,
 		events.ExtRule: pb.Name, events.ExtResponse: response, events.ExtScore: strconv.Itoa(score),
+	}
+	if inc != "" {
+		// The seal binds the incident to this playbook and this pod; the
+		// steps refuse an incident without it.
+		ext[events.ExtIncidentSeal] = step.Seal(c.opts.IncidentKey, inc, pb.Name, events.String(e, events.ExtPodUID),
+			events.String(e, events.ExtPodNamespace), events.String(e, events.ExtPodName))
 	}
 	if typ != events.TypeIncidentJoined {
 		ext[events.ExtDescription] = pb.Description

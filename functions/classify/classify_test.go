@@ -15,6 +15,7 @@ import (
 	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/step"
+	"parry.dev/parry/internal/step/steptest"
 )
 
 // clock is a settable time source.
@@ -41,7 +42,7 @@ func execOf(comm string) []playbook.Filter {
 
 func newClassifier(t *testing.T, store string, clk *clock, pbs ...playbook.Compiled) *Classifier {
 	t.Helper()
-	c, err := New(Options{Bundle: &playbook.Bundle{Playbooks: pbs}, StorePath: store, Now: clk.now, LearningWindow: time.Hour, Log: zerolog.Nop()})
+	c, err := New(Options{Bundle: &playbook.Bundle{Playbooks: pbs}, StorePath: store, IncidentKey: steptest.Key, Now: clk.now, LearningWindow: time.Hour, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}

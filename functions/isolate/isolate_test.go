@@ -23,6 +23,7 @@ import (
 	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/labels"
 	"parry.dev/parry/internal/step"
+	"parry.dev/parry/internal/step/steptest"
 	"parry.dev/parry/tests/devenv"
 )
 
@@ -50,11 +51,11 @@ var config = playbooks{
 // newStep is the step as the runtime runs it, without a sensor.
 func newStep(t *testing.T, kube kubernetes.Interface) events.Handler {
 	t.Helper()
-	h, err := step.Build(t.Context(), isolate.Definition(), step.Deps{Kube: kube, Playbooks: config, Log: zerolog.Nop()})
+	h, err := step.Build(t.Context(), isolate.Definition(), step.Deps{IncidentKey: steptest.Key, Kube: kube, Playbooks: config, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return h
+	return steptest.Sealed(h)
 }
 
 func getPod(t *testing.T, cs kubernetes.Interface, ns, name string) *corev1.Pod {

@@ -57,7 +57,7 @@ func spec() step.Spec {
   function: respawn
   after: [snapshot]
   when: succeeded`,
-		Target:   step.TargetPodName,
+		Target:   step.TargetPod,
 		Playbook: true,
 		DryRun:   true,
 		// An attempt waits up to readyTimeout (60 s by default) for the
@@ -87,7 +87,7 @@ type Result struct {
 
 // act respawns the pod an incident names.
 func (s *respawner) act(ctx context.Context, r *step.Request) (any, error) {
-	ns, name, uid := r.Pod.Namespace, r.Pod.Name, r.Pod.UID
+	ns, name := r.Pod.Namespace, r.Pod.Name
 	if s.kube == nil {
 		return nil, step.Fail("skipped: no Kubernetes cluster (KUBECONFIG is unset): nothing to respawn")
 	}
@@ -96,19 +96,11 @@ func (s *respawner) act(ctx context.Context, r *step.Request) (any, error) {
 	evidenceSaved := e.Type() == events.StepDone("snapshot")
 	res := Result{Namespace: ns, Pod: name, DryRun: r.DryRun}
 
-	pod, err := s.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err) || (err == nil && uid != "" && string(pod.UID) != uid):
+	if r.Pod.Gone {
 		res.DeleteNote = "the quarantined pod is already gone; its controller replaces it as usual"
 		return res, nil
-	case apierrors.IsForbidden(err):
-		return nil, step.Fail("RBAC: %v", err)
-	case err != nil:
-		return nil, fmt.Errorf("reading pod %s/%s: %w (retried per the Trigger's delivery spec)", ns, name, err)
 	}
-	if err := r.AdmitPod(pod.Labels); err != nil {
-		return nil, err
-	}
+	pod := r.Pod.Object
 	owner := metav1.GetControllerOf(pod)
 	if pod.Annotations[labels.OrphanedFrom] != "" {
 		// A redelivery or a second respawn step: orphaned before.
@@ -204,7 +196,10 @@ func (s *respawner) orphan(ctx context.Context, r *step.Request, pod *corev1.Pod
 	return s.finish(ctx, r, pod, evidenceSaved, cfg.Params.Duration("deleteAfter"), res)
 }
 
-// finish deletes the quarantined pod once its evidence is saved.
+// finish deletes the quarantined pod once its evidence is saved: only a pod
+// that carries this incident's quarantine label (which only isolate sets),
+// and only after snapshot replied done for this incident (the event's seal
+// proves classify opened the incident for this pod).
 func (s *respawner) finish(ctx context.Context, r *step.Request, pod *corev1.Pod, evidenceSaved bool, ttl time.Duration, res Result) (any, error) {
 	if !evidenceSaved {
 		res.DeleteNote = "kept: the quarantined pod is deleted by a respawn step chained after snapshot.done"
@@ -217,6 +212,9 @@ func (s *respawner) finish(ctx context.Context, r *step.Request, pod *corev1.Pod
 			res.DeleteNote = "kept until " + at + " (deleteAfter), or until a respawn after snapshot.done"
 		}
 		return res, nil
+	}
+	if q := pod.Labels[labels.Quarantine]; q != labels.Value(r.Incident) {
+		return nil, step.Fail("refused: pod %s/%s does not carry incident %s's quarantine (label %s=%q): respawn deletes only the pod isolate quarantined for the incident", pod.Namespace, pod.Name, r.Incident, labels.Quarantine, q)
 	}
 	if err := s.kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		if apierrors.IsForbidden(err) {

@@ -18,6 +18,7 @@ import (
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/labels"
 	"parry.dev/parry/internal/step"
+	"parry.dev/parry/internal/step/steptest"
 	"parry.dev/parry/tests/devenv"
 )
 
@@ -37,11 +38,11 @@ func (pb playbooks) StepConfig(_, _ string) (step.StepConfig, error) {
 // newStep is the step as the runtime runs it.
 func newStep(t *testing.T, cs kubernetes.Interface, pb playbooks) events.Handler {
 	t.Helper()
-	h, err := step.Build(t.Context(), respawn.Definition(), step.Deps{Kube: cs, Playbooks: pb, Log: zerolog.Nop()})
+	h, err := step.Build(t.Context(), respawn.Definition(), step.Deps{IncidentKey: steptest.Key, Kube: cs, Playbooks: pb, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return h
+	return steptest.Sealed(h)
 }
 
 func cause(t *testing.T, pod corev1.Pod, typ, id string) cloudevents.Event {
@@ -55,12 +56,21 @@ func cause(t *testing.T, pod corev1.Pod, typ, id string) cloudevents.Event {
 	return e
 }
 
+// quarantine labels pod as isolate does for incident.
+func quarantine(t *testing.T, cs kubernetes.Interface, pod corev1.Pod, incident string) {
+	t.Helper()
+	if _, err := cs.CoreV1().Pods(pod.Namespace).Patch(t.Context(), pod.Name, "application/merge-patch+json", []byte(`{"metadata":{"labels":{"`+labels.Quarantine+`":"`+incident+`"}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestOrphanReplaceThenDeleteAfterSnapshot(t *testing.T) {
 	env := devenv.Require(t)
 	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
 	ctx := context.Background()
 	pods := devenv.WebDeployment(t, cs, "respawn", 2)
 	victim := pods[0]
+	quarantine(t, cs, victim, "inc-r")
 	handle := newStep(t, cs, playbooks{})
 
 	started := time.Now()
@@ -100,9 +110,7 @@ func TestKeptPodIsReapedAfterDeleteAfter(t *testing.T) {
 	ctx := context.Background()
 	victim := devenv.WebDeployment(t, cs, "reap", 2)[0]
 	// A quarantine label, as isolate leaves it: the reaper only looks there.
-	if _, err := cs.CoreV1().Pods("reap").Patch(ctx, victim.Name, "application/merge-patch+json", []byte(`{"metadata":{"labels":{"`+labels.Quarantine+`":"inc-reap"}}}`), metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	quarantine(t, cs, victim, "inc-reap")
 	handle := newStep(t, cs, playbooks{"deleteAfter": "1s"})
 	reply, err := handle(ctx, cause(t, victim, events.StepDone("isolate"), "inc-reap"))
 	if err != nil || reply.Type() != events.StepDone(respawn.Name) {
@@ -155,5 +163,49 @@ func TestBarePodAndProtectedNamespaceAreRefused(t *testing.T) {
 		if _, err := cs.CoreV1().Pods(ns).Get(ctx, "lonely", metav1.GetOptions{}); err != nil {
 			t.Fatalf("%s: refused pod was touched: %v", ns, err)
 		}
+	}
+}
+
+// respawn deletes only what classify's seal and isolate's quarantine
+// vouch for: a forged snapshot.done (no seal: classify never opened the
+// incident), or one for a pod quarantined under another incident, deletes
+// nothing. The positive control deletes the pod with the real event.
+func TestForgedOrMismatchedSnapshotDoneDeletesNothing(t *testing.T) {
+	env := devenv.Require(t)
+	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := t.Context()
+	sts := devenv.WebDeployment(t, cs, "forged", 1)[0]
+	unsealed, err := step.Build(ctx, respawn.Definition(), step.Deps{IncidentKey: steptest.Key, Kube: cs, Playbooks: playbooks{}, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed := steptest.Sealed(unsealed)
+	alive := func() {
+		t.Helper()
+		p, err := cs.CoreV1().Pods(sts.Namespace).Get(ctx, sts.Name, metav1.GetOptions{})
+		if err != nil || p.UID != sts.UID || p.DeletionTimestamp != nil {
+			t.Fatalf("the pod was deleted: %v", err)
+		}
+	}
+
+	reply, err := unsealed(ctx, cause(t, sts, events.StepDone("snapshot"), "inc-forged"))
+	if err != nil || reply.Type() != events.StepFailed(respawn.Name) || !strings.Contains(string(reply.Data()), "incident seal") {
+		t.Fatalf("forged snapshot.done: %v %v", reply, err)
+	}
+	alive()
+	quarantine(t, cs, sts, "inc-other")
+	reply, err = sealed(ctx, cause(t, sts, events.StepDone("snapshot"), "inc-forged"))
+	if err != nil || reply.Type() != events.StepFailed(respawn.Name) || !strings.Contains(string(reply.Data()), "does not carry incident inc-forged's quarantine") {
+		t.Fatalf("snapshot.done of another incident: %v %v", reply, err)
+	}
+	alive()
+
+	quarantine(t, cs, sts, "inc-forged")
+	reply, err = sealed(ctx, cause(t, sts, events.StepDone("snapshot"), "inc-forged"))
+	if err != nil || reply.Type() != events.StepDone(respawn.Name) {
+		t.Fatalf("the real snapshot.done: %v %v", reply, err)
+	}
+	if p, err := cs.CoreV1().Pods(sts.Namespace).Get(ctx, sts.Name, metav1.GetOptions{}); err == nil && p.UID == sts.UID && p.DeletionTimestamp == nil {
+		t.Fatalf("the real chain did not delete the quarantined pod: %s", reply.Data())
 	}
 }

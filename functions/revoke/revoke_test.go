@@ -21,6 +21,7 @@ import (
 	"parry.dev/parry/functions/revoke"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/step"
+	"parry.dev/parry/internal/step/steptest"
 )
 
 // sensorEvent is what the sensor emits for a process in p: the pod travels
@@ -55,7 +56,11 @@ func (p params) StepConfig(_, _ string) (step.StepConfig, error) {
 
 // build is the step as the runtime runs it.
 func build(t *testing.T, vault *vaultapi.Client, kube kubernetes.Interface, p params) (events.Handler, error) {
-	return step.Build(t.Context(), revoke.Definition(), step.Deps{Vault: vault, Kube: kube, Playbooks: p, Log: zerolog.New(zerolog.NewTestWriter(t))})
+	h, err := step.Build(t.Context(), revoke.Definition(), step.Deps{IncidentKey: steptest.Key, Vault: vault, Kube: kube, Playbooks: p, Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		return nil, err
+	}
+	return steptest.Sealed(h), nil
 }
 
 func newRevoker(t *testing.T, in *infra, params map[string]any) events.Handler {

@@ -31,6 +31,7 @@ import (
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/redact"
 	"parry.dev/parry/internal/step"
+	"parry.dev/parry/internal/step/steptest"
 	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/tests/devenv"
 )
@@ -54,9 +55,9 @@ func fakeSensor(t *testing.T, h api.PodHistory) step.SensorLocator {
 // offlineStep is the step without a cluster, with the sensor given.
 func offlineStep(t *testing.T, state string, sensors step.SensorLocator) events.Handler {
 	t.Helper()
-	h, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{Sensors: sensors, Playbooks: playbooks{}, StateDir: state, Log: zerolog.Nop()})
+	h, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{IncidentKey: steptest.Key, Sensors: sensors, Playbooks: playbooks{}, StateDir: state, Log: zerolog.Nop()})
 	must(t, err)
-	return h
+	return steptest.Sealed(h)
 }
 
 func snap(t *testing.T, handle events.Handler, incident, uid string) (cloudevents.Event, snapshot.Result) {

@@ -17,6 +17,7 @@ import (
 	"parry.dev/parry/functions/snapshot"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/step"
+	"parry.dev/parry/internal/step/steptest"
 	"parry.dev/parry/sensor/api"
 )
 
@@ -46,7 +47,7 @@ func TestSecretKeySigns(t *testing.T) {
 	state, secret := t.TempDir(), t.TempDir()
 	secretKey(t, secret)
 	// a key already in the state directory must not be the one used
-	_, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{Playbooks: playbooks{}, StateDir: state, Log: zerolog.Nop()})
+	_, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{IncidentKey: steptest.Key, Playbooks: playbooks{}, StateDir: state, Log: zerolog.Nop()})
 	must(t, err)
 	statePub, err := snapshot.ReadPublicKey(filepath.Join(state, snapshot.PublicKeyFile))
 	must(t, err)
@@ -56,10 +57,10 @@ func TestSecretKeySigns(t *testing.T) {
 	uid := "1d1e2f3a-4b5c-6d7e-8f90-a1b2c3d4e5f6"
 	hist := api.PodHistory{PodUID: uid, Node: "n1", Cgroups: []api.CgroupRecord{{ID: 7, PodUID: uid,
 		Processes: []api.RecordedProcess{{PID: 1 << 30, Exe: "/usr/bin/app", Args: []string{"app"}}}}}}
-	h, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{Sensors: fakeSensor(t, hist), Playbooks: playbooks{},
+	h, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{IncidentKey: steptest.Key, Sensors: fakeSensor(t, hist), Playbooks: playbooks{},
 		StateDir: state, SecretDir: secret, Log: zerolog.Nop()})
 	must(t, err)
-	reply, res := snap(t, h, "inc-secret", uid)
+	reply, res := snap(t, steptest.Sealed(h), "inc-secret", uid)
 	if reply.Type() != events.StepDone(snapshot.Name) {
 		t.Fatalf("%s %s", reply.Type(), reply.Data())
 	}
@@ -79,13 +80,13 @@ func TestSecretKeySigns(t *testing.T) {
 // evidence.key is no ed25519 key refuses to start, naming it.
 func TestSecretDirWithoutKey(t *testing.T) {
 	state, secret := t.TempDir(), t.TempDir()
-	_, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{Playbooks: playbooks{}, StateDir: state, SecretDir: secret, Log: zerolog.Nop()})
+	_, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{IncidentKey: steptest.Key, Playbooks: playbooks{}, StateDir: state, SecretDir: secret, Log: zerolog.Nop()})
 	must(t, err)
 	if _, err := os.Stat(filepath.Join(state, snapshot.KeyFile)); err != nil {
 		t.Fatalf("no key created in the state directory: %v", err)
 	}
 	must(t, os.WriteFile(filepath.Join(secret, snapshot.KeyFile), []byte("not a key\n"), 0o600))
-	_, err = step.Build(t.Context(), snapshot.Definition(), step.Deps{Playbooks: playbooks{}, StateDir: state, SecretDir: secret, Log: zerolog.Nop()})
+	_, err = step.Build(t.Context(), snapshot.Definition(), step.Deps{IncidentKey: steptest.Key, Playbooks: playbooks{}, StateDir: state, SecretDir: secret, Log: zerolog.Nop()})
 	if err == nil || !strings.Contains(err.Error(), filepath.Join(secret, snapshot.KeyFile)) {
 		t.Fatalf("an invalid Secret key: %v, want an error naming it", err)
 	}

@@ -19,7 +19,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -101,11 +100,13 @@ func spec() step.Spec {
 			{APIGroups: []string{"apps"}, Resources: []string{"replicasets", "deployments", "statefulsets", "daemonsets"}, Verbs: []string{"get"}},
 			{APIGroups: []string{"batch"}, Resources: []string{"jobs", "cronjobs"}, Verbs: []string{"get"}},
 			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
+			// The node sensor's flight recorder (sensor/api: the sensor asks the API server).
+			{APIGroups: []string{"parry.dev"}, Resources: []string{"sensors/history"}, Verbs: []string{"get"}},
 		},
 		Example: `- name: snapshot
   function: snapshot
   after: [isolate]`,
-		Target:   step.TargetPodUID,
+		Target:   step.TargetPod,
 		Playbook: true,
 		DryRun:   true,
 		Sensors:  true,
@@ -141,7 +142,7 @@ type Result struct {
 
 // act saves the bundle of the pod an incident names.
 func (s *snapshotter) act(ctx context.Context, r *step.Request) (any, error) {
-	ns, name, uid := r.Pod.Namespace, r.Pod.Name, r.Pod.UID
+	ns, uid := r.Pod.Namespace, r.Pod.UID
 	// The ids name the bundle's directories: refuse what could leave the
 	// store ("..", "/") instead of rewriting it into another bundle's name.
 	for what, id := range map[string]string{"incident id": r.Incident, "pod UID": uid} {
@@ -163,23 +164,14 @@ func (s *snapshotter) act(ctx context.Context, r *step.Request) (any, error) {
 		return res, nil
 	}
 
-	var err error
 	b := &bundle{files: map[string][]byte{}}
-	var pod *corev1.Pod
-	if s.kube != nil {
-		pod, err = s.kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-	}
+	pod := r.Pod.Object
 	switch {
 	case s.kube == nil:
 		res.Unavailable["pod.json"] = "no Kubernetes cluster (KUBECONFIG is unset): pod, owners, events and logs are not saved"
-	case apierrors.IsNotFound(err) || (err == nil && string(pod.UID) != uid):
+	case r.Pod.Gone:
 		res.PodGone = true
 		res.Unavailable["pod.json"] = "the pod no longer exists; the flight recorder holds what happened in it"
-		pod = nil
-	case apierrors.IsForbidden(err):
-		return nil, step.Fail("RBAC: %v", err)
-	case err != nil:
-		return nil, fmt.Errorf("reading pod %s/%s: %w (retried per the Trigger's delivery spec)", ns, name, err)
 	default:
 		b.json("pod.json", s.redactPod(pod))
 		b.json("owners.json", s.owners(ctx, pod, res.Unavailable))
@@ -193,11 +185,7 @@ func (s *snapshotter) act(ctx context.Context, r *step.Request) (any, error) {
 			res.Unavailable["events.json"] = err.Error()
 		}
 	}
-	node := r.Node
-	if node == "" && pod != nil {
-		node = pod.Spec.NodeName
-	}
-	s.flightRecorder(ctx, node, uid, b, res.Unavailable)
+	s.flightRecorder(ctx, r.Pod.Node, uid, b, res.Unavailable)
 
 	m, err := b.write(s.store, rel, s.key, res.Unavailable)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"parry.dev/parry/functions/snapshot"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/step"
+	"parry.dev/parry/internal/step/steptest"
 	"parry.dev/parry/tests/devenv"
 )
 
@@ -37,11 +38,11 @@ func (playbooks) StepConfig(_, _ string) (step.StepConfig, error) {
 // its evidence under state.
 func newStep(t *testing.T, cs kubernetes.Interface, meta metadata.Interface, state string) events.Handler {
 	t.Helper()
-	h, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{Kube: cs, Meta: meta, Playbooks: playbooks{}, StateDir: state, Log: zerolog.Nop()})
+	h, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{IncidentKey: steptest.Key, Kube: cs, Meta: meta, Playbooks: playbooks{}, StateDir: state, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return h
+	return steptest.Sealed(h)
 }
 
 func must(t *testing.T, err error) {

@@ -56,6 +56,7 @@ func Extensions() []Entry {
 		{ExtRule, "classify", "the playbook that matched"},
 		{ExtSeverity, "sensor, classify", "low, medium, high or critical; warning on a lossy health event"},
 		{ExtIncident, "classify", "the incident id; every later step of the incident carries it"},
+		{ExtIncidentSeal, "classify", "an HMAC under the key parry's steps share of the incident, playbook and pod (UID, namespace, name): steps refuse an incident without a valid one, so incident ids cannot be invented or reused for another pod"},
 		{ExtPlaybook, "classify", "the playbook whose steps run"},
 		{ExtResponse, "classify", fmt.Sprintf("%s, %s or %s: what the guardrails allow; steps do not run for %s", ResponseAct, ResponseDryRun, ResponseEscalate, ResponseEscalate)},
 		{ExtScore, "classify", "the incident's score, 0-100"},

@@ -57,6 +57,8 @@ const (
 	ExtIncident     = "incident"
 	ExtPlaybook     = "playbook"
 	ExtStep         = "step"
+	// ExtIncidentSeal binds incident, playbook and pod (step.Seal).
+	ExtIncidentSeal = "incidentseal"
 	// Sensor attributes beside the ones above. ExtContainer is the
 	// container's name (as in the pod spec); ExtContainerID its runtime id.
 	ExtContainerID = "containerid"
@@ -95,7 +97,7 @@ const (
 // later steps of the same incident can still be filtered by pod and playbook.
 var inherited = []string{
 	ExtNode, ExtPodNamespace, ExtPodName, ExtPodUID, ExtContainer,
-	ExtIncident, ExtPlaybook, ExtSeverity, ExtRule,
+	ExtIncident, ExtPlaybook, ExtSeverity, ExtRule, ExtIncidentSeal,
 }
 
 // Spec describes an event to build. Key is the stable identity of the

@@ -1,8 +1,9 @@
 // Package guard enforces a playbook's guardrails inside classify and every
 // response step, not only at compile time: protected namespaces
-// (kube-system and parry-system always), parry's own pods, and a
-// per-playbook rate limit whose circuit breaker stops a runaway playbook
-// from quarantining a fleet.
+// (kube-system and parry's own always, so parry's own pods are recognised
+// by namespace, never by a label a workload could set on itself), and a
+// per-playbook rate limit on distinct pods whose circuit breaker stops a
+// runaway playbook from quarantining a fleet.
 //
 // A refusal is not an error: the step replies dev.parry.step.<name>.failed.v1
 // with Refusal's reason (classify escalates instead), so the trace says why
@@ -14,8 +15,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-
-	"parry.dev/parry/internal/labels"
 )
 
 // AlwaysProtected are the namespaces no playbook may act in, whatever it
@@ -32,8 +31,10 @@ func IsProtected(namespace string, extra []string) bool {
 // the always-protected namespaces and the default rate limit filled in.
 type Rules struct {
 	ProtectedNamespaces []string `yaml:"protectedNamespaces" json:"protectedNamespaces"`
-	// RateIncidents is how many distinct incidents the playbook may act on
-	// per RatePer before its breaker opens; zero means no limit.
+	// RateIncidents is how many distinct pods the playbook may act on per
+	// RatePer before its breaker opens (the name predates counting pods:
+	// incident ids are not counted, so reusing or inventing them neither
+	// passes nor trips the limit); zero means no limit.
 	RateIncidents int `yaml:"rateIncidents" json:"rateIncidents"`
 	// RatePer is a duration (10m). It is also the breaker's cooldown: an
 	// open breaker refuses for one window.
@@ -55,21 +56,20 @@ type Refusal struct{ Reason string }
 
 func (r *Refusal) Error() string { return r.Reason }
 
-// Target is what a step is about to act on.
+// Target is what a step is about to act on: the pod as the API server
+// has it (its namespace resolved from its UID), never as an event claims.
 type Target struct {
 	Playbook  string
-	Incident  string
 	Namespace string
-	PodLabels map[string]string
+	// Pod is what the rate limit counts: the pod's UID (or, for an event
+	// without one, its node).
+	Pod string
 }
 
-// Check refuses protected namespaces and parry's own pods.
+// Check refuses protected namespaces, parry's own among them.
 func Check(t Target, rules Rules) *Refusal {
 	if IsProtected(t.Namespace, rules.ProtectedNamespaces) {
 		return &Refusal{Reason: fmt.Sprintf("refused: namespace %s is protected", t.Namespace)}
-	}
-	if t.PodLabels[labels.PartOf] == labels.PartOfParry {
-		return &Refusal{Reason: fmt.Sprintf("refused: the pod is part of parry (%s=%s)", labels.PartOf, labels.PartOfParry)}
 	}
 	return nil
 }
@@ -86,8 +86,8 @@ type Guard struct {
 func New() *Guard { return &Guard{breakers: map[string]*Breaker{}, now: time.Now} }
 
 // Admit returns nil when the step may act on t under rules, or a *Refusal.
-// An incident already admitted stays admitted (redeliveries and later steps
-// of the same incident are not counted twice).
+// A pod already admitted stays admitted (redeliveries, later steps and
+// later incidents of the same pod are not counted twice).
 func (g *Guard) Admit(t Target, rules Rules) *Refusal {
 	if r := Check(t, rules); r != nil {
 		return r
@@ -102,21 +102,21 @@ func (g *Guard) Admit(t Target, rules Rules) *Refusal {
 		b = &Breaker{}
 		g.breakers[t.Playbook] = b
 	}
-	return b.Admit(g.now(), t.Playbook, t.Incident, rules)
+	return b.Admit(g.now(), t.Playbook, t.Pod, rules)
 }
 
-// Breaker is one playbook's circuit breaker: it opens when an incident would
-// be the (RateIncidents+1)th within RatePer, and then refuses every new
-// incident for RatePer. Its fields are exported so that classify can keep
-// it across restarts; it is not safe for concurrent use.
+// Breaker is one playbook's circuit breaker: it opens when a pod would be
+// the (RateIncidents+1)th distinct pod within RatePer, and then refuses
+// every new pod for RatePer. Its fields are exported so that classify can
+// keep it across restarts; it is not safe for concurrent use.
 type Breaker struct {
-	Admitted  map[string]time.Time `json:"admitted"` // incident → first admitted
+	Admitted  map[string]time.Time `json:"admittedPods"` // pod → first admitted
 	OpenUntil time.Time            `json:"openUntil"`
 }
 
-// Admit admits incident of playbook at now, or refuses it.
-func (b *Breaker) Admit(now time.Time, playbook, incident string, rules Rules) *Refusal {
-	if _, ok := b.Admitted[incident]; ok {
+// Admit admits pod for playbook at now, or refuses it.
+func (b *Breaker) Admit(now time.Time, playbook, pod string, rules Rules) *Refusal {
+	if _, ok := b.Admitted[pod]; ok {
 		return nil
 	}
 	if b.Admitted == nil {
@@ -124,7 +124,7 @@ func (b *Breaker) Admit(now time.Time, playbook, incident string, rules Rules) *
 	}
 	per := rules.Per()
 	if now.Before(b.OpenUntil) {
-		return &Refusal{Reason: fmt.Sprintf("refused: circuit breaker of playbook %s is open until %s (more than %d incidents in %s)", playbook, b.OpenUntil.UTC().Format(time.RFC3339), rules.RateIncidents, per)}
+		return &Refusal{Reason: fmt.Sprintf("refused: circuit breaker of playbook %s is open until %s (more than %d pods in %s)", playbook, b.OpenUntil.UTC().Format(time.RFC3339), rules.RateIncidents, per)}
 	}
 	recent := 0
 	for id, at := range b.Admitted {
@@ -136,8 +136,8 @@ func (b *Breaker) Admit(now time.Time, playbook, incident string, rules Rules) *
 	}
 	if recent >= rules.RateIncidents {
 		b.OpenUntil = now.Add(per)
-		return &Refusal{Reason: fmt.Sprintf("refused: circuit breaker of playbook %s opened: incident %s would be the %dth in %s, the limit is %d; it stays open until %s", playbook, incident, recent+1, per, rules.RateIncidents, b.OpenUntil.UTC().Format(time.RFC3339))}
+		return &Refusal{Reason: fmt.Sprintf("refused: circuit breaker of playbook %s opened: pod %s would be the %dth pod in %s, the limit is %d; it stays open until %s", playbook, pod, recent+1, per, rules.RateIncidents, b.OpenUntil.UTC().Format(time.RFC3339))}
 	}
-	b.Admitted[incident] = now
+	b.Admitted[pod] = now
 	return nil
 }

@@ -23,6 +23,8 @@ const (
 	SensorPort = "9470"
 	// SecretDir is where a step's Spec.Secret is mounted.
 	SecretDir = "/etc/parry/secret"
+	// IncidentKeyDir is where the incident key's Secret is mounted.
+	IncidentKeyDir = "/etc/parry/incident-key"
 )
 
 // Manifests renders, for every step, the ServiceAccount, the ClusterRole
@@ -81,6 +83,13 @@ func objects(s step.Spec) []any {
 		env = append(env, map[string]any{"name": "PARRY_SECRET_DIR", "value": SecretDir})
 		mounts = append(mounts, map[string]any{"name": "secret", "mountPath": SecretDir, "readOnly": true})
 		volumes = append(volumes, map[string]any{"name": "secret", "secret": map[string]any{"secretName": s.Secret, "optional": true}})
+	}
+	if s.NeedsIncidentKey() {
+		// optional: a missing Secret then fails the step's start with the
+		// command that creates it, not with a pod stuck in ContainerCreating.
+		env = append(env, map[string]any{"name": "PARRY_INCIDENT_KEY", "value": IncidentKeyDir + "/key"})
+		mounts = append(mounts, map[string]any{"name": "incident-key", "mountPath": IncidentKeyDir, "readOnly": true})
+		volumes = append(volumes, map[string]any{"name": "incident-key", "secret": map[string]any{"secretName": step.IncidentKeySecret, "optional": true}})
 	}
 	if s.Sensors {
 		env = append(env, map[string]any{"name": "PARRY_SENSOR_PORT", "value": SensorPort})

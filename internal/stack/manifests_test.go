@@ -12,6 +12,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"parry.dev/parry/internal/stack"
+	steps "parry.dev/parry/internal/step"
 )
 
 var update = flag.Bool("update", false, "rewrite config/"+stack.ManifestsFile)
@@ -120,8 +121,9 @@ func TestManifestsRestrictEveryStep(t *testing.T) {
 }
 
 // The snapshot Service mounts the evidence key's Secret read-only and
-// optional (the Service starts without it) and tells the step where; no
-// other step mounts a Secret.
+// optional (the Service starts without it) and tells the step where; the
+// steps that seal or verify incidents mount the incident key's Secret; no
+// step mounts another Secret.
 func TestManifestsMountSnapshotSecret(t *testing.T) {
 	got, err := stack.Manifests()
 	if err != nil {
@@ -129,6 +131,7 @@ func TestManifestsMountSnapshotSecret(t *testing.T) {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(got))
 	found := false
+	incidentKey := map[string]bool{}
 	for {
 		var doc struct {
 			Kind     string
@@ -167,6 +170,10 @@ func TestManifestsMountSnapshotSecret(t *testing.T) {
 			if v.Secret == nil {
 				continue
 			}
+			if v.Secret.SecretName == steps.IncidentKeySecret {
+				incidentKey[doc.Metadata.Name] = true
+				continue
+			}
 			if doc.Metadata.Name != "snapshot" || v.Secret.SecretName != "parry-evidence-key" || v.Secret.Optional == nil || !*v.Secret.Optional {
 				t.Errorf("Service %s: Secret volume %s %+v", doc.Metadata.Name, v.Name, *v.Secret)
 			}
@@ -201,5 +208,10 @@ func TestManifestsMountSnapshotSecret(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("no snapshot Service")
+	}
+	for _, d := range stack.Steps() {
+		if incidentKey[d.Spec.Name] != d.Spec.NeedsIncidentKey() {
+			t.Errorf("Service %s mounts the incident key: %v, want %v", d.Spec.Name, incidentKey[d.Spec.Name], d.Spec.NeedsIncidentKey())
+		}
 	}
 }

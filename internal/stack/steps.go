@@ -2,9 +2,11 @@ package stack
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -64,6 +66,19 @@ func (s *Stack) buildSteps(ctx context.Context, opts Options) (map[string]events
 	}
 	if s.Sensor != nil && s.Sensor.RecorderAddr() != "" {
 		d.Sensors = step.SensorAt(s.Sensor.RecorderAddr(), hc)
+	}
+	// The incident key lives beside the journal, made on first start, so
+	// incidents sealed before a restart still verify after it; a stack
+	// without a state directory keeps nothing, the key included.
+	if opts.StateDir == "" {
+		d.IncidentKey = make([]byte, step.IncidentKeyBytes)
+		rand.Read(d.IncidentKey)
+	} else {
+		key, err := step.LoadIncidentKey(filepath.Join(opts.StateDir, "incident.key"), true)
+		if err != nil {
+			return nil, err
+		}
+		d.IncidentKey = key
 	}
 	bundle, err := playbook.LoadBundle(opts.ConfigDir)
 	switch {

@@ -9,6 +9,9 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/rs/zerolog"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 
@@ -46,7 +49,11 @@ type Deps struct {
 	// SecretDir is where the Secret of Spec.Secret is mounted in a
 	// cluster; "" when the step has none (under parry run).
 	SecretDir string
-	Log       zerolog.Logger
+	// IncidentKey verifies (and, for classify, makes) incident seals
+	// (Seal). Without it a step that acts on an incident refuses every
+	// event.
+	IncidentKey []byte
+	Log         zerolog.Logger
 }
 
 // SensorLocator returns the API of the sensor on a node.
@@ -73,9 +80,16 @@ type Playbooks interface {
 	StepConfig(playbook, step string) (StepConfig, error)
 }
 
-// Pod is the pod an event names.
+// Pod is the pod an event names, as the runtime verified it. With a
+// cluster, Namespace, Name and UID name a pod the API server has (Object),
+// Node is where it runs, or Gone says the API server has no pod of that
+// namespace, name and UID (any more). Without a cluster they are the
+// event's, sealed by classify; only the sensor's own checks back them.
 type Pod struct {
 	Namespace, Name, UID string
+	Node                 string
+	Object               *corev1.Pod
+	Gone                 bool
 }
 
 // Request is one event as the runtime has checked it.
@@ -91,22 +105,10 @@ type Request struct {
 	// DryRun: describe what would be done, change nothing.
 	DryRun bool
 	Log    zerolog.Logger
-
-	guard *guard.Guard
 }
 
 // Params are the step's parameters from the playbook.
 func (r *Request) Params() Params { return r.Config.Params }
-
-// AdmitPod applies the guardrails that need the pod's labels (parry's own
-// pods), once the action has read it. It returns a *Failure or nil.
-func (r *Request) AdmitPod(labels map[string]string) error {
-	t := guard.Target{Playbook: r.Playbook, Incident: r.Incident, Namespace: r.Pod.Namespace, PodLabels: labels}
-	if refusal := r.guard.Admit(t, r.Config.Guard); refusal != nil {
-		return &Failure{Reason: refusal.Reason}
-	}
-	return nil
-}
 
 // Failure is a permanent reason not to act: the step replies failed.
 type Failure struct {
@@ -135,7 +137,7 @@ type Reply struct {
 // Handler is the runtime around def's action a: the one events.Handler a
 // step runs as, in-process and in a cluster.
 func Handler(def Definition, a Action, d Deps) events.Handler {
-	rt := &runtime{spec: def.Spec, action: a, playbooks: d.Playbooks, guard: guard.New(),
+	rt := &runtime{spec: def.Spec, action: a, playbooks: d.Playbooks, guard: guard.New(), kube: d.Kube, key: d.IncidentKey,
 		log: d.Log.With().Str(logging.FieldStep, def.Spec.Name).Logger()}
 	return rt.handle
 }
@@ -145,6 +147,8 @@ type runtime struct {
 	action    Action
 	playbooks Playbooks
 	guard     *guard.Guard
+	kube      kubernetes.Interface
+	key       []byte
 	log       zerolog.Logger
 }
 
@@ -155,8 +159,7 @@ func (rt *runtime) handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 		Playbook: events.String(e, events.ExtPlaybook),
 		Pod: Pod{Namespace: events.String(e, events.ExtPodNamespace), Name: events.String(e, events.ExtPodName),
 			UID: events.String(e, events.ExtPodUID)},
-		Node:  events.String(e, events.ExtNode),
-		guard: rt.guard,
+		Node: events.String(e, events.ExtNode),
 	}
 	r.Log = rt.log.With().Str(logging.FieldEventID, e.ID()).Str(logging.FieldEventType, e.Type()).Str(logging.FieldIncident, r.Incident).
 		Str(logging.FieldPlaybook, r.Playbook).Str(logging.FieldPodUID, r.Pod.UID).Logger()
@@ -174,7 +177,26 @@ func (rt *runtime) handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 		r.Config, r.DryRun = cfg, cfg.Guard.DryRun
 	}
 	if rt.spec.Target != TargetNone {
-		t := guard.Target{Playbook: r.Playbook, Incident: r.Incident, Namespace: r.Pod.Namespace}
+		if reason := verifySeal(rt.key, e); reason != "" {
+			return rt.failed(r, &Failure{Reason: "refused: " + reason})
+		}
+	}
+	if rt.spec.Target == TargetPod {
+		if err := rt.resolve(ctx, r); err != nil {
+			var f *Failure
+			if errors.As(err, &f) {
+				return rt.failed(r, f)
+			}
+			r.Log.Error().Err(err).Msg("attempt failed; the broker retries per the Trigger's delivery spec")
+			return nil, err
+		}
+	}
+	if rt.spec.Target != TargetNone {
+		pod := r.Pod.UID
+		if pod == "" {
+			pod = "node/" + r.Node
+		}
+		t := guard.Target{Playbook: r.Playbook, Namespace: r.Pod.Namespace, Pod: pod}
 		if refusal := rt.guard.Admit(t, r.Config.Guard); refusal != nil {
 			return rt.failed(r, &Failure{Reason: refusal.Reason})
 		}
@@ -209,16 +231,11 @@ func (rt *runtime) missingTarget(r *Request) string {
 	p := r.Pod
 	switch rt.spec.Target {
 	case TargetPod:
-		if r.Incident == "" || (p.UID == "" && (p.Namespace == "" || p.Name == "")) {
-			return "the event names no pod (poduid, or podns and podname) or no incident: nothing to " + rt.spec.Name
-		}
-	case TargetPodUID:
 		if r.Incident == "" || p.UID == "" {
 			return "the event names no pod UID (poduid) or no incident: nothing to " + rt.spec.Name
 		}
-	case TargetPodName:
-		if p.Namespace == "" || p.Name == "" {
-			return "the event names no pod (podns, podname): nothing to " + rt.spec.Name
+		if rt.kube != nil && (p.Namespace == "" || p.Name == "") {
+			return "the event names pod " + p.UID + " without its namespace and name (podns, podname), so the API server cannot confirm which pod it is: nothing to " + rt.spec.Name
 		}
 	case TargetIncident:
 		if r.Incident == "" {
@@ -226,6 +243,39 @@ func (rt *runtime) missingTarget(r *Request) string {
 		}
 	}
 	return ""
+}
+
+// resolve checks the pod the event names against the API server: the pod
+// at the event's namespace and name must have the event's UID, and run on
+// the node of the sensor that saw it. Namespace, name and node then are
+// the API server's, not the event's. Without a cluster it only takes the
+// event's node.
+func (rt *runtime) resolve(ctx context.Context, r *Request) error {
+	p := &r.Pod
+	if rt.kube == nil {
+		p.Node = r.Node
+		return nil
+	}
+	pod, err := rt.kube.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err) || (err == nil && string(pod.UID) != p.UID):
+		// Gone, or the same name now belongs to another pod (a
+		// StatefulSet's successor), which must not be acted on.
+		p.Gone, p.Node = true, r.Node
+		return nil
+	case apierrors.IsForbidden(err):
+		return Fail("RBAC: %v", err)
+	case err != nil:
+		return fmt.Errorf("reading pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	if r.Node != "" && pod.Spec.NodeName != "" && pod.Spec.NodeName != r.Node {
+		return Fail("refused: pod %s/%s (%s) runs on node %s, not on node %s whose sensor the event names", p.Namespace, p.Name, p.UID, pod.Spec.NodeName, r.Node)
+	}
+	p.Object, p.Node = pod, pod.Spec.NodeName
+	if p.Node == "" {
+		p.Node = r.Node
+	}
+	return nil
 }
 
 func (rt *runtime) failed(r *Request, f *Failure) (*cloudevents.Event, error) {

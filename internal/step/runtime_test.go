@@ -25,6 +25,9 @@ func (p playbooks) StepConfig(playbook, _ string) (step.StepConfig, error) {
 	return c, nil
 }
 
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+// incident is the event classify opens an incident with, sealed.
 func incident(t *testing.T, ns, playbook string) cloudevents.Event {
 	t.Helper()
 	e, err := events.New(events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: ns + playbook,
@@ -33,6 +36,7 @@ func incident(t *testing.T, ns, playbook string) cloudevents.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
+	step.SealEvent(testKey, &e)
 	return e
 }
 
@@ -49,7 +53,7 @@ func run(t *testing.T, spec step.Spec, act step.Action, e cloudevents.Event) (*c
 		"dry":   {Guard: guard.Rules{DryRun: true}},
 		"extra": {Guard: guard.Rules{ProtectedNamespaces: []string{"payments"}}},
 	}
-	h, err := step.Build(t.Context(), def, step.Deps{Playbooks: pbs, Log: zerolog.Nop()})
+	h, err := step.Build(t.Context(), def, step.Deps{Playbooks: pbs, IncidentKey: testKey, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,11 +100,26 @@ func TestRefusalsNeverReachTheAction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	unsealed := incident(t, "shop", "miner")
+	unsealed.SetExtension(events.ExtIncidentSeal, nil)
+	otherPod := incident(t, "shop", "miner") // the incident id reused for another pod
+	otherPod.SetExtension(events.ExtPodUID, "uid-2")
+	otherPlaybook := incident(t, "shop", "miner")
+	otherPlaybook.SetExtension(events.ExtPlaybook, "extra")
+	spoofedNamespace := incident(t, "kube-system", "miner") // sealed for kube-system, claims default
+	spoofedNamespace.SetExtension(events.ExtPodNamespace, "default")
+	forged := incident(t, "shop", "miner")
+	forged.SetExtension(events.ExtIncidentSeal, step.Seal([]byte("not-parrys-key-not-parrys-key-00"), "inc-1", "miner", "uid-1", "shop", "web-1"))
 	for name, c := range map[string]struct {
 		e    cloudevents.Event
 		want string
 	}{
 		"no pod":                  {noPod, "names no pod"},
+		"no seal":                 {unsealed, "no valid incident seal"},
+		"incident of another pod": {otherPod, "seal does not match"},
+		"another playbook":        {otherPlaybook, "seal does not match"},
+		"spoofed namespace":       {spoofedNamespace, "seal does not match"},
+		"sealed with another key": {forged, "seal does not match"},
 		"unknown playbook":        {incident(t, "shop", "nope"), `playbook "nope"`},
 		"always protected":        {incident(t, "kube-system", "miner"), "namespace kube-system is protected"},
 		"protected by a playbook": {incident(t, "payments", "extra"), "namespace payments is protected"},

@@ -96,6 +96,10 @@ type Delivery struct {
 	Timeout time.Duration
 }
 
+// NeedsIncidentKey: classify seals the incidents it opens and every step
+// that acts on an incident verifies the seal (Seal), so both get the key.
+func (s Spec) NeedsIncidentKey() bool { return s.Root || s.Target != TargetNone }
+
 // ServiceAccount is the name of the step's ServiceAccount in a cluster.
 func (s Spec) ServiceAccount() string {
 	if s.Account != "" {
@@ -110,12 +114,10 @@ type Target int
 const (
 	// TargetNone: the step acts on no pod (classify, the dead-letter sink).
 	TargetNone Target = iota
-	// TargetPod: an incident and the pod by UID, or by namespace and name.
+	// TargetPod: an incident and the pod's UID (with a cluster, its
+	// namespace and name too), which the runtime checks against the API
+	// server before the action runs (Request.Pod).
 	TargetPod
-	// TargetPodUID: an incident and the pod's UID.
-	TargetPodUID
-	// TargetPodName: the pod's namespace and name.
-	TargetPodName
 	// TargetIncident: an incident; the step finds what it acts on itself
 	// (revoke, whose modes need different parts of the pod).
 	TargetIncident

@@ -9,6 +9,9 @@
 //	PARRY_PLAYBOOKS          /etc/parry/playbooks/playbooks.yaml (playbook steps)
 //	PARRY_STATE_DIR          /var/lib/parry (steps that keep state)
 //	PARRY_SECRET_DIR         where the step's Secret is mounted (steps with one)
+//	PARRY_INCIDENT_KEY       /etc/parry/incident-key/key: the key incidents are
+//	                         sealed with (classify and the steps that act on
+//	                         an incident; the Secret parry-incident-key)
 //	PARRY_SENSOR_PORT        9470 (steps that talk to the node sensors)
 //	K_SINK                   the Broker (publishing steps; a SinkBinding sets it)
 //	VAULT_ADDR, VAULT_TOKEN  steps that need Vault; or VAULT_K8S_ROLE (and
@@ -54,6 +57,13 @@ func Main(def step.Definition) {
 func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 	spec := def.Spec
 	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: envOr("PARRY_STATE_DIR", "/var/lib/parry"), SecretDir: os.Getenv("PARRY_SECRET_DIR"), Log: log}
+	if spec.NeedsIncidentKey() {
+		key, err := step.LoadIncidentKey(envOr("PARRY_INCIDENT_KEY", "/etc/parry/incident-key/key"), false)
+		if err != nil {
+			return err
+		}
+		d.IncidentKey = key
+	}
 	cfg, err := clients.KubeConfig(os.Getenv("KUBECONFIG"))
 	switch {
 	case errors.Is(err, clients.ErrNoCluster):
