@@ -259,3 +259,27 @@ func TestWorkloadsAreBounded(t *testing.T) {
 		t.Fatalf("kept %v", st.Workloads)
 	}
 }
+
+// Many incidents of one pod count once against the limit: eleven
+// detections of one pod, each past the dedup window (so each opens an
+// incident), leave the breaker closed, and the next pod's detection acts.
+// And the incident classify opens is sealed to its pod and playbook.
+func TestOnePodCannotTripTheBreaker(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	c := newClassifier(t, "", clk, compiled("limited", "high", execOf("nc"), step.Params{"threshold": "40", "dedupWindow": "1s"}, guard.Rules{RateIncidents: 10, RatePer: "1h"}))
+	for i := range 11 {
+		r := handle(t, c, exec(t, "pod-noisy", "nc", "/bin/nc"))
+		if r == nil || r.Type() != events.TypeIncidentOpened || events.String(*r, events.ExtResponse) != "act" {
+			t.Fatalf("detection %d of one pod: %v", i+1, r)
+		}
+		clk.advance(2 * time.Second)
+	}
+	r := handle(t, c, exec(t, "pod-real", "nc", "/bin/nc"))
+	if r == nil || events.String(*r, events.ExtResponse) != "act" {
+		t.Fatalf("the next pod's detection: %v, want act", r)
+	}
+	want := step.Seal(steptest.Key, events.String(*r, events.ExtIncident), "limited", "pod-real", "", "")
+	if got := events.String(*r, events.ExtIncidentSeal); got != want {
+		t.Fatalf("incidentseal %q, want the seal of the incident, playbook and pod %q", got, want)
+	}
+}

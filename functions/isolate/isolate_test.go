@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,13 +40,15 @@ func (p playbooks) StepConfig(playbook, _ string) (step.StepConfig, error) {
 	if !ok {
 		return c, fmt.Errorf("no playbook %q", playbook)
 	}
-	params, err := isolate.Definition().Spec.Validate(map[string]any{"allowEgress": []any{"dns", "10.0.0.5/32:443"}, "kernelBlock": false})
+	params, err := isolate.Definition().Spec.Validate(map[string]any{"allowEgress": []any{"dns", "10.0.0.5/32:443"}, "kernelBlock": playbook == "kernel"})
 	c.Params = params
 	return c, err
 }
 
 var config = playbooks{
 	"miner":   {},
+	"kernel":  {},
+	"ten":     {Guard: guard.Rules{RateIncidents: 10, RatePer: "1h"}},
 	"dry":     {Guard: guard.Rules{DryRun: true}},
 	"limited": {Guard: guard.Rules{RateIncidents: 2, RatePer: "1m"}},
 }
@@ -270,5 +275,129 @@ func TestDeclaredRulesAreAllNeeded(t *testing.T) {
 				t.Errorf("without %s on %v the step still succeeds: the Spec declares a verb it does not need", verb, r.Resources)
 			}
 		}
+	}
+}
+
+// sensorCalls is a sensor API that records the pods it was asked to block.
+func sensorCalls(t *testing.T) (step.SensorLocator, func() []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var blocked []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		blocked = append(blocked, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+		w.Write([]byte(`{}`))
+	}))
+	t.Cleanup(srv.Close)
+	return step.SensorAt(strings.TrimPrefix(srv.URL, "http://"), srv.Client()), func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(blocked)
+	}
+}
+
+// Attacks on what an event claims (issue 15): each must leave the pod
+// alone, and the positive control at the end proves the same step blocks
+// and labels a pod for a real incident.
+func TestEventClaimsAreVerified(t *testing.T) {
+	env := devenv.Require(t)
+	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := t.Context()
+	sensors, calls := sensorCalls(t)
+	raw, err := step.Build(ctx, isolate.Definition(), step.Deps{IncidentKey: steptest.Key, Kube: cs, Sensors: sensors, Playbooks: config, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed := steptest.Sealed(raw)
+	system := makePod(t, cs, "kube-system", "coredns-trust")
+
+	// A kube-system pod's UID and name, claimed to be in default: the
+	// seal does not match what classify sealed (its real namespace)...
+	spoofed := incident(system, "kernel", "inc-spoof")
+	step.SealEvent(steptest.Key, &spoofed)
+	spoofed.SetExtension(events.ExtPodNamespace, "default")
+	reply, err := raw(ctx, spoofed)
+	if err != nil || reply.Type() != events.StepFailed(isolate.Name) || !strings.Contains(string(reply.Data()), "seal does not match") {
+		t.Fatalf("spoofed podns: %v %v", reply, err)
+	}
+	// ...and were it sealed so, the API server has no such pod in default.
+	reply, err = sealed(ctx, spoofed)
+	if err != nil || reply.Type() != events.StepDone(isolate.Name) || !result(t, reply, events.StepDone(isolate.Name)).PodGone {
+		t.Fatalf("spoofed podns, sealed: %v %v", reply, err)
+	}
+	// An incident classify never opened (no seal).
+	forged := incident(system, "kernel", "inc-forged")
+	forged.SetExtension(events.ExtPodNamespace, "default")
+	reply, err = raw(ctx, forged)
+	if err != nil || reply.Type() != events.StepFailed(isolate.Name) || !strings.Contains(string(reply.Data()), "no valid incident seal") {
+		t.Fatalf("unsealed incident: %v %v", reply, err)
+	}
+	if got := getPod(t, cs, "kube-system", "coredns-trust"); got.Labels[labels.Quarantine] != "" {
+		t.Fatal("the kube-system pod was labelled")
+	}
+	if c := calls(); len(c) != 0 {
+		t.Fatalf("the sensor was asked to block for a spoofed event: %v", c)
+	}
+
+	// A pod on one node, named by an event of another node's sensor.
+	elsewhere := makePod(t, cs, "nodes", "web-1")
+	for deadline := time.Now().Add(15 * time.Second); elsewhere.Spec.NodeName == ""; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the pod was never scheduled")
+		}
+		elsewhere = getPod(t, cs, "nodes", "web-1")
+	}
+	wrongNode := incident(elsewhere, "kernel", "inc-node")
+	wrongNode.SetExtension(events.ExtNode, "not-"+elsewhere.Spec.NodeName)
+	reply, err = sealed(ctx, wrongNode)
+	if err != nil || reply.Type() != events.StepFailed(isolate.Name) || !strings.Contains(string(reply.Data()), "runs on node "+elsewhere.Spec.NodeName) {
+		t.Fatalf("event from another node: %v %v", reply, err)
+	}
+	if c := calls(); len(c) != 0 {
+		t.Fatalf("the sensor was asked to block for an event from the wrong node: %v", c)
+	}
+
+	// A workload that labels itself part of parry is still isolated:
+	// parry's own pods are known by namespace, never by a label.
+	self := makePod(t, cs, "selflabel", "miner")
+	if _, err := cs.CoreV1().Pods("selflabel").Patch(ctx, self.Name, "application/merge-patch+json",
+		[]byte(`{"metadata":{"labels":{"`+labels.PartOf+`":"`+labels.PartOfParry+`"}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	reply, err = sealed(ctx, incident(self, "kernel", "inc-self"))
+	if err != nil || reply.Type() != events.StepDone(isolate.Name) {
+		t.Fatalf("self-labelled pod: %v %v", reply, err)
+	}
+	if got := getPod(t, cs, "selflabel", "miner"); got.Labels[labels.Quarantine] != "inc-self" {
+		t.Fatalf("the self-labelled pod was not quarantined: %v", got.Labels)
+	}
+	if c := calls(); !slices.Equal(c, []string{"PUT /v1/pods/" + string(self.UID) + "/block"}) {
+		t.Fatalf("sensor calls %v, want the one block of the self-labelled pod", c)
+	}
+}
+
+// One incident id reused for 20 pods counts 20 pods against a limit of 10:
+// the breaker holds at 10 whatever the incident ids say.
+func TestIncidentIDReuseDoesNotPassTheLimit(t *testing.T) {
+	env := devenv.Require(t)
+	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
+	ctx := t.Context()
+	handle := newStep(t, cs)
+	quarantined := 0
+	for i := range 20 {
+		pod := makePod(t, cs, "reuse", fmt.Sprint("p", i))
+		reply, err := handle(ctx, incident(pod, "ten", "inc-reused"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := getPod(t, cs, "reuse", pod.Name); got.Labels[labels.Quarantine] != "" {
+			quarantined++
+		} else if !strings.Contains(string(reply.Data()), "circuit breaker") {
+			t.Fatalf("pod %d neither quarantined nor refused by the breaker: %s", i, reply.Data())
+		}
+	}
+	if quarantined != 10 {
+		t.Fatalf("%d of 20 pods quarantined under one incident id, want the limit of 10", quarantined)
 	}
 }

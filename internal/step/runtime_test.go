@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -181,5 +182,44 @@ func TestStepsWithTheirOwnReplies(t *testing.T) {
 	reply, err, calls = run(t, root, func(context.Context, *step.Request) (any, error) { return nil, nil }, sensor)
 	if err != nil || reply != nil || calls != 1 {
 		t.Fatalf("no reply: %v, %v (%d calls)", reply, err, calls)
+	}
+}
+
+// Without an incident key nothing can be verified, so nothing is acted on.
+func TestNoIncidentKeyRefusesEverything(t *testing.T) {
+	calls := 0
+	def := step.Definition{Spec: isolateLike, New: func(context.Context, step.Deps) (step.Action, error) {
+		return func(context.Context, *step.Request) (any, error) { calls++; return nil, nil }, nil
+	}}
+	h, err := step.Build(t.Context(), def, step.Deps{Playbooks: playbooks{"miner": {}}, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err := h(t.Context(), incident(t, "shop", "miner"))
+	if err != nil || calls != 0 || reply.Type() != events.StepFailed("isolate") || !strings.Contains(reason(t, reply), "no incident key") {
+		t.Fatalf("reply %v, error %v, %d calls", reply, err, calls)
+	}
+}
+
+func TestIncidentKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/incident.key"
+	if _, err := step.LoadIncidentKey(path, false); err == nil || !strings.Contains(err.Error(), "kubectl -n parry-system create secret generic parry-incident-key") {
+		t.Fatalf("a missing key in a cluster: %v, want the command that creates it", err)
+	}
+	made, err := step.LoadIncidentKey(path, true)
+	if err != nil || len(made) != 2*step.IncidentKeyBytes {
+		t.Fatalf("made %q, %v", made, err)
+	}
+	again, err := step.LoadIncidentKey(path, true)
+	if err != nil || string(again) != string(made) {
+		t.Fatal("the key changed on the second start: sealed incidents would no longer verify")
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v, want 0600", fi.Mode().Perm())
+	}
+	os.WriteFile(path, []byte("short\n"), 0o600)
+	if _, err := step.LoadIncidentKey(path, true); err == nil || !strings.Contains(err.Error(), "at least 32") {
+		t.Fatalf("a short key: %v", err)
 	}
 }
