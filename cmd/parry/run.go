@@ -31,6 +31,10 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.IntVar(&limits.SenderBytes, "ingress-sender-bytes", limits.SenderBytes, "bytes per second the ingress accepts from one sender; -1: no limit")
 	fs.IntVar(&limits.TotalEvents, "ingress-total-events", limits.TotalEvents, "events per second the ingress accepts from all senders together; -1: no limit")
 	fs.IntVar(&limits.TotalBytes, "ingress-total-bytes", limits.TotalBytes, "bytes per second the ingress accepts from all senders together; -1: no limit")
+	fresh := broker.DefaultFreshness()
+	fs.DurationVar(&fresh.MaxAge, "ingress-max-age", fresh.MaxAge, "oldest event time the ingress accepts, back from now; older events get 400 (a journaled event's redelivery is still accepted); negative: no bound")
+	fs.DurationVar(&fresh.MaxSkew, "ingress-max-skew", fresh.MaxSkew, "how far ahead of this host's clock an event's time may be; further gets 400; negative: no bound")
+	insecure := fs.Bool("insecure-ingress", false, "accept events without a bearer token (loopback --listen only): anyone on this host can then feed parry events. Without it, senders need a token from the token file beside the journal, or with KUBECONFIG a service-account token for the Broker's audience (eventing.knative.dev/broker/<namespace>/<name>)")
 	newLog := logFlags(fs, stderr)
 	sensorCfg := sensor.DefaultConfig()
 	sensorCfg.FromEnvironment(os.Getenv)
@@ -60,6 +64,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	opts := stack.Options{
 		ConfigDir: *configDir, JournalPath: *journalPath, Listen: *listen, MaxEventBytes: *maxEvent, Limits: limits, Log: log,
+		Freshness: fresh, InsecureIngress: *insecure,
 		Steps: stack.Steps(), StateDir: stateDir,
 	}
 	// The steps act on the cluster in $KUBECONFIG, if any, and revoke Vault
@@ -87,6 +92,11 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	log.Info().Strs("brokers", brokers).Int("triggers", len(s.Manifests.Triggers)).Str("journal", *journalPath).
 		Str("config", *configDir).Msg("parry is running; send CloudEvents to a broker URL")
+	if *insecure {
+		log.Warn().Str("listen", s.Addr).Msg("ingress: INSECURE (--insecure-ingress): events are accepted without a token, so any process on this host can feed parry events and run its responses")
+	} else {
+		log.Info().Str("tokens", filepath.Join(stateDir, "tokens")).Msg("ingress: senders need a bearer token (the in-process sensor and steps have theirs; EventPolicies in config/ decide what each may send)")
+	}
 	switch {
 	case *noSensor:
 		log.Info().Msg("sensor: off (--no-sensor)")

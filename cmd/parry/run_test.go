@@ -62,7 +62,9 @@ func startParry(t *testing.T, configDir, journalPath, addr string) *parryProcess
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "run", "--no-sensor", "--config", configDir, "--journal", journalPath, "--listen", addr, "--log-format", "json")
+	// This test is about the journal, not senders: the ingress runs
+	// insecure (on loopback, as the flag requires).
+	cmd := exec.Command(bin, "run", "--no-sensor", "--insecure-ingress", "--config", configDir, "--journal", journalPath, "--listen", addr, "--log-format", "json")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -101,6 +103,7 @@ func postEvent(t *testing.T, url, id string) int {
 	e.SetID(id)
 	e.SetSource("crash-test")
 	e.SetType("dev.parry.test.v1")
+	e.SetTime(time.Now())
 	req, err := http.NewRequest(http.MethodPost, url, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -286,6 +289,7 @@ spec:
 		want []string
 	}{
 		{"port in use", []string{"--listen", busy.Addr().String()}, []string{"already in use", "--listen"}},
+		{"insecure ingress off loopback", []string{"--insecure-ingress", "--listen", "0.0.0.0:0"}, []string{"loopback only", "--listen 127.0.0.1"}},
 		{"unwritable journal", []string{"--journal", filepath.Join(blocker, "j.db")}, []string{"--journal"}},
 		{"invalid trigger", []string{"--config", badConfig}, []string{"t.yaml:6:21", "spec.filters[0].cesql"}},
 		{"missing config", []string{"--config", filepath.Join(dir, "nope")}, []string{"--config"}},

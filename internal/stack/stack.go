@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 	"k8s.io/client-go/rest"
 
+	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/httpclient"
@@ -43,6 +45,14 @@ type Options struct {
 	MaxEventBytes int64
 	// Limits bound the ingress per sender and in total (broker.Limits).
 	Limits broker.Limits
+	// Freshness bounds ingress events' time (broker.Freshness).
+	Freshness broker.Freshness
+	// InsecureIngress accepts events without a token; only with a
+	// loopback Listen. Otherwise senders need a token of the state
+	// directory's token file (given to the in-process sensor and
+	// publishing steps) or, with Kube, a service-account token for the
+	// Broker's audience.
+	InsecureIngress bool
 	// HTTP limits the ingress server; zero fields are httpserver.Defaults.
 	HTTP httpserver.Limits
 	// Sensor runs the eBPF sensor in-process when set and this process may
@@ -77,6 +87,10 @@ type Stack struct {
 	Sensor         *sensor.Sensor
 	SensorDisabled error
 	Manifests      *manifest.Set
+
+	// senderTokens are the local tokens of the in-process senders, by
+	// identity (nil with an insecure ingress).
+	senderTokens map[string]string
 
 	log      zerolog.Logger
 	srv      *http.Server
@@ -125,6 +139,16 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		return nil, err
 	}
 
+	ingressStateDir := opts.StateDir
+	if ingressStateDir == "" {
+		ingressStateDir = filepath.Dir(opts.JournalPath)
+	}
+	authns, senderTokens, err := ingressAuth(set, opts, ingressStateDir)
+	if err != nil {
+		return fail(err)
+	}
+	s.senderTokens = senderTokens
+
 	var sensorCtx context.Context
 	workCtx, stopWork := context.WithCancel(context.Background())
 	s.workCtx, s.stopWork = workCtx, stopWork
@@ -134,6 +158,9 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			cfg := *opts.Sensor
 			if cfg.Sink == "" {
 				cfg.Sink = s.BrokerURL(DefaultBroker)
+			}
+			if cfg.SinkToken == nil && senderTokens != nil {
+				cfg.SinkToken = auth.StaticToken(senderTokens[SensorSender()])
 			}
 			if s.Sensor, err = sensor.New(ctx, cfg, opts.Log); err != nil {
 				stopWork()
@@ -149,6 +176,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	b, err := broker.New(broker.Options{
 		Manifests: set, Journal: j, Functions: fns, Client: httpclient.New(0),
 		Log: opts.Log, MaxEventBytes: opts.MaxEventBytes, Limits: opts.Limits,
+		Authenticators: authns, Insecure: opts.InsecureIngress, Freshness: opts.Freshness,
 	})
 	if err != nil {
 		stopWork()

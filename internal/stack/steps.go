@@ -16,6 +16,7 @@ import (
 	"parry.dev/parry/functions/respawn"
 	"parry.dev/parry/functions/revoke"
 	"parry.dev/parry/functions/snapshot"
+	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/httpclient"
@@ -102,7 +103,13 @@ func (s *Stack) buildSteps(ctx context.Context, opts Options) (map[string]events
 			log.Info().Str("step", spec.Name).Msg("not registered: VAULT_ADDR is unset (set VAULT_ADDR and VAULT_TOKEN, a token of functions/revoke/policy.hcl, to revoke Vault credentials)")
 			continue
 		}
-		h, err := step.Build(ctx, def, d)
+		deps := d
+		if spec.Publishes && s.senderTokens != nil {
+			// It sends to the ingress as itself, as its SinkBinding'd
+			// Service does with its projected token in a cluster.
+			deps.HTTP = auth.WithToken(d.HTTP, auth.StaticToken(s.senderTokens[PublisherSender(spec)]))
+		}
+		h, err := step.Build(ctx, def, deps)
 		if err != nil {
 			return nil, err
 		}
