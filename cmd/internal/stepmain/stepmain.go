@@ -9,10 +9,10 @@
 //	PARRY_PLAYBOOKS          /etc/parry/playbooks/playbooks.yaml (playbook steps)
 //	PARRY_STATE_DIR          /var/lib/parry (steps that keep state)
 //	PARRY_SECRET_DIR         where the step's Secret is mounted (steps with one)
+//	PARRY_INCIDENT_KEY       /etc/parry/incident-key/key: the key incidents are
+//	                         sealed with (classify and the steps that act on
+//	                         an incident; the Secret parry-incident-key)
 //	PARRY_SENSOR_PORT        9470 (steps that talk to the node sensors)
-//	PARRY_SENSOR_TOKEN       /var/run/secrets/parry/sensor/token: the step's
-//	                         projected token for the sensors' audience,
-//	                         sent on every call to a sensor
 //	K_SINK                   the Broker (publishing steps; a SinkBinding sets it)
 //	VAULT_ADDR, VAULT_TOKEN  steps that need Vault; or VAULT_K8S_ROLE (and
 //	                         VAULT_K8S_MOUNT, default kubernetes) to log in
@@ -30,7 +30,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/clients/vault"
 	"parry.dev/parry/internal/httpclient"
@@ -58,6 +57,13 @@ func Main(def step.Definition) {
 func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 	spec := def.Spec
 	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: envOr("PARRY_STATE_DIR", "/var/lib/parry"), SecretDir: os.Getenv("PARRY_SECRET_DIR"), Log: log}
+	if spec.NeedsIncidentKey() {
+		key, err := step.LoadIncidentKey(envOr("PARRY_INCIDENT_KEY", "/etc/parry/incident-key/key"), false)
+		if err != nil {
+			return err
+		}
+		d.IncidentKey = key
+	}
 	cfg, err := clients.KubeConfig(os.Getenv("KUBECONFIG"))
 	switch {
 	case errors.Is(err, clients.ErrNoCluster):
@@ -69,10 +75,7 @@ func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 			return err
 		}
 		if spec.Sensors {
-			// The sensors authenticate the step by this token (the
-			// kubelet rotates it; FileToken re-reads it).
-			token := auth.FileToken(envOr("PARRY_SENSOR_TOKEN", "/var/run/secrets/parry/sensor/token"))
-			d.Sensors = step.NodeSensors(d.Kube, auth.WithToken(d.HTTP, token), envOr("PARRY_SENSOR_PORT", "9470"))
+			d.Sensors = step.NodeSensors(d.Kube, d.HTTP, envOr("PARRY_SENSOR_PORT", "9470"))
 		}
 	}
 	if spec.Playbook {
