@@ -49,7 +49,7 @@ func TestPodBinaries(t *testing.T) {
 		t.Fatalf("true: %v: %s", err, out)
 	}
 
-	c := client.New("http://"+s.RecorderAddr(), http.DefaultClient)
+	c := client.New("http://"+s.RecorderAddr(), apiClient())
 	var got api.Binaries
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -70,7 +70,7 @@ func TestPodBinaries(t *testing.T) {
 	}
 
 	// unknown pod: 404 as for its history, and ErrNoHistory from the client
-	resp, err := http.Get("http://" + s.RecorderAddr() + api.BinariesPath("nope"))
+	resp, err := apiClient().Get("http://" + s.RecorderAddr() + api.BinariesPath("nope"))
 	if err != nil {
 		t.Fatal(err)
 	}

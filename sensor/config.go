@@ -39,6 +39,15 @@ type Config struct {
 	// RecorderAddr is where the flight recorder's HTTP API listens; "-"
 	// turns it off.
 	RecorderAddr string
+	// APIAuthn authenticates the callers of the API by their bearer token
+	// and APIAuthz authorizes each request (APIAccess names what a route
+	// needs); set both or neither. Left nil with a cluster, the sensor reviews tokens for
+	// api.Audience (TokenReview) and asks the API server
+	// (SubjectAccessReview), caching both briefly. Left nil without a
+	// cluster, the API refuses every request but /healthz (503): parry
+	// run passes its local token file and grants (internal/stack).
+	APIAuthn auth.Authenticator
+	APIAuthz auth.Authorizer
 	// RecorderLimits bound the API's connections (a slow or idle client
 	// is closed); zero fields are httpserver.Defaults.
 	RecorderLimits httpserver.Limits

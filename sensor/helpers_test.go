@@ -17,18 +17,23 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/rs/zerolog"
 
+	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/sensor"
+	"parry.dev/parry/sensor/api"
 	"parry.dev/parry/sensor/internal/cgroups"
+	"parry.dev/parry/tests/devenv"
 	"parry.dev/parry/tests/podcgroup"
 )
 
 // TestMain doubles as the workload the tests run inside pod-shaped cgroups
 // (PARRY_SENSOR_HELPER selects it), so the tests need no extra binaries.
+// The API's authorization tests use the shared test environment's API
+// server (devenv), stopped at the end.
 func TestMain(m *testing.M) {
 	if mode := os.Getenv("PARRY_SENSOR_HELPER"); mode != "" {
 		os.Exit(helper(mode, os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	devenv.Main(m)
 }
 
 // requireKernel: these tests need root and the real kernel. Under CI=true
@@ -230,6 +235,9 @@ func startSensor(t *testing.T, cfg sensor.Config) *sensor.Sensor {
 	if cfg.Kubeconfig == "" {
 		cfg.Kubeconfig = "" // no cluster; KUBECONFIG from the environment would be picked up
 		os.Unsetenv("KUBECONFIG")
+		if cfg.APIAuthn == nil {
+			cfg.APIAuthn, cfg.APIAuthz = localAPIAuth(t)
+		}
 	}
 	log := testLog(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -249,6 +257,33 @@ func startSensor(t *testing.T, cfg sensor.Config) *sensor.Sensor {
 	})
 	return s
 }
+
+// The tests call the API as testOperator, with testToken, as parry run's
+// operator does: from a local token file, granted every route.
+const (
+	testOperator = "test:operator"
+	testToken    = "0123456789abcdef0123456789abcdef-test"
+)
+
+func localAPIAuth(t *testing.T) (auth.Authenticator, auth.Authorizer) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(path, []byte(testToken+" "+testOperator+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := auth.LoadTokenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []auth.Attributes
+	for _, sub := range []string{api.SubresourceBlock, api.SubresourceUnblock, api.SubresourceHistory, api.SubresourceMetrics} {
+		all = append(all, sensor.APIAccess(sub, ""))
+	}
+	return f, auth.Static{testOperator: all}
+}
+
+// apiClient calls the API as testOperator.
+func apiClient() *http.Client { return auth.WithToken(http.DefaultClient, auth.StaticToken(testToken)) }
 
 // testLog logs to t until the test ends (goroutines that outlive a test
 // must not call t.Log).

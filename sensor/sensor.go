@@ -83,6 +83,7 @@ type Sensor struct {
 	emDone  chan struct{}
 	srv     *http.Server
 	srvAddr string
+	apiAuth apiAuthStats
 
 	clock    bootClock
 	st       stats
@@ -186,7 +187,14 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Sensor, error) {
 	default:
 		s.inf = attrib.NewInformer(cs, cfg.Node, cfg.RecorderTTL, log)
 		pods = s.inf
+		if cfg.APIAuthn == nil && cfg.APIAuthz == nil {
+			cfg.APIAuthn, cfg.APIAuthz = clusterAPIAuth(cs)
+		}
 	}
+	if (cfg.APIAuthn == nil || cfg.APIAuthz == nil) && cfg.RecorderAddr != "-" {
+		log.Warn().Msg("the API cannot authenticate and authorize callers (no cluster, no token file): it refuses every request but " + api.RouteHealth)
+	}
+	s.cfg = cfg // with the API's authenticator and authorizer
 	s.attr = attrib.New(resolverOrNil(s.res), pods, cfg.RecorderTTL, 0)
 	rules := redact.New(cfg.RedactNames...)
 	s.rec = recorder.New(recorder.Options{TTL: cfg.RecorderTTL, MaxBytes: cfg.RecorderMaxBytes, Redact: rules})
@@ -543,7 +551,13 @@ func (s *Sensor) blockable() error {
 
 // BlockPod blocks the egress of every container of the pod, present and
 // future (the pod-level cgroup is blocked). It returns the cgroup id blocked.
+//
+// It refuses pods of protected namespaces, and, with a cluster, pods it
+// cannot place in a namespace (mayBlock).
 func (s *Sensor) BlockPod(uid string) (uint64, error) {
+	if err := s.mayBlock(uid); err != nil {
+		return 0, err
+	}
 	id, err := s.podCgroup(uid)
 	if err != nil {
 		return 0, err

@@ -115,7 +115,7 @@ func TestPodWorkload(t *testing.T) {
 	}
 
 	t.Run("flight recorder", func(t *testing.T) {
-		resp, err := http.Get("http://" + s.RecorderAddr() + api.PodPath(p.uid))
+		resp, err := apiClient().Get("http://" + s.RecorderAddr() + api.PodPath(p.uid))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -138,7 +138,7 @@ func TestPodWorkload(t *testing.T) {
 		if len(c.Connections) != 1 || int(c.Connections[0].DPort) != port || len(c.Files) != 1 || c.Files[0].Path != "/etc/shadow" {
 			t.Errorf("connections %+v files %+v", c.Connections, c.Files)
 		}
-		nope, err := http.Get("http://" + s.RecorderAddr() + api.PodPath("nope"))
+		nope, err := apiClient().Get("http://" + s.RecorderAddr() + api.PodPath("nope"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,7 +153,7 @@ func TestPodWorkload(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := apiClient().Do(req)
 		if err != nil {
 			t.Fatalf("block: %v", err)
 		}

@@ -9,42 +9,48 @@ import (
 	"time"
 
 	"parry.dev/parry/internal/binhash"
+	"parry.dev/parry/internal/logging"
 	"parry.dev/parry/sensor/api"
 )
 
-// handler serves the flight recorder, health and the egress block.
+// handler serves the flight recorder, health and the egress block, each
+// route to callers granted its subresource of sensors.parry.dev on this
+// node (sensor/api's access.go; authorized):
 //
-//	GET    /v1/pods                 pods with recorded history
-//	GET    /v1/pods/{uid}           a pod's history: processes, connections, files, events
-//	GET    /v1/pods/{uid}/binaries  SHA-256 of the binaries its live processes run
-//	GET    /v1/cgroups/{id}         one cgroup's history
-//	PUT    /v1/pods/{uid}/block     block the pod's egress in the kernel
-//	DELETE /v1/pods/{uid}/block     lift it
-//	GET    /v1/blocked              blocked cgroup ids
-//	GET    /healthz                 hooks and counters (as the health event)
-//	GET    /metrics                 the same counters, Prometheus text format
+//	GET    /v1/pods                 pods with recorded history                  history
+//	GET    /v1/pods/{uid}           a pod's history: processes, connections,    history
+//	                                files, events
+//	GET    /v1/pods/{uid}/binaries  SHA-256 of the binaries its live processes  history
+//	                                run
+//	GET    /v1/cgroups/{id}         one cgroup's history                        history
+//	PUT    /v1/pods/{uid}/block     block the pod's egress in the kernel        block
+//	DELETE /v1/pods/{uid}/block     lift it                                     unblock
+//	GET    /v1/blocked              blocked cgroup ids                          history
+//	GET    /healthz                 hooks and counters (as the health event)    (open)
+//	GET    /metrics                 the same counters, Prometheus text format   metrics
 func (s *Sensor) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+api.RoutePods, func(w http.ResponseWriter, r *http.Request) {
+	history := func(h http.HandlerFunc) http.HandlerFunc { return s.authorized(api.SubresourceHistory, h) }
+	mux.HandleFunc("GET "+api.RoutePods, history(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.rec.Pods())
-	})
-	mux.HandleFunc("GET "+api.RoutePod, func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("GET "+api.RoutePod, history(func(w http.ResponseWriter, r *http.Request) {
 		h, ok := s.PodHistory(r.PathValue("uid"))
 		if !ok {
 			httpError(w, http.StatusNotFound, "no history of pod %s on node %s (never seen, or older than --recorder-ttl %s)", r.PathValue("uid"), s.cfg.Node, s.cfg.RecorderTTL)
 			return
 		}
 		writeJSON(w, http.StatusOK, h)
-	})
-	mux.HandleFunc("GET "+api.RouteBinaries, func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("GET "+api.RouteBinaries, history(func(w http.ResponseWriter, r *http.Request) {
 		b, ok := s.PodBinaries(r.PathValue("uid"))
 		if !ok {
 			httpError(w, http.StatusNotFound, "no history of pod %s on node %s (never seen, or older than --recorder-ttl %s)", r.PathValue("uid"), s.cfg.Node, s.cfg.RecorderTTL)
 			return
 		}
 		writeJSON(w, http.StatusOK, b)
-	})
-	mux.HandleFunc("GET "+api.RouteCgroup, func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("GET "+api.RouteCgroup, history(func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 		if err != nil {
 			httpError(w, http.StatusBadRequest, "cgroup id %q: a decimal number", r.PathValue("id"))
@@ -56,7 +62,7 @@ func (s *Sensor) handler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, c)
-	})
+	}))
 	block := func(on bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			uid := r.PathValue("uid")
@@ -71,27 +77,27 @@ func (s *Sensor) handler() http.Handler {
 				httpError(w, http.StatusConflict, "%v", err)
 				return
 			}
-			s.log.Info().Str("pod_uid", uid).Uint64("cgroup", id).Bool("blocked", on).Msg("egress block changed")
+			s.log.Info().Str(logging.FieldPodUID, uid).Uint64("cgroup", id).Bool("blocked", on).Str(logging.FieldUser, caller(r)).Msg("egress block changed")
 			writeJSON(w, http.StatusOK, api.BlockResult{PodUID: uid, CgroupID: id, Blocked: on})
 		}
 	}
-	mux.HandleFunc("PUT "+api.RouteBlock, block(true))
-	mux.HandleFunc("DELETE "+api.RouteBlock, block(false))
-	mux.HandleFunc("GET "+api.RouteBlocked, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("PUT "+api.RouteBlock, s.authorized(api.SubresourceBlock, block(true)))
+	mux.HandleFunc("DELETE "+api.RouteBlock, s.authorized(api.SubresourceUnblock, block(false)))
+	mux.HandleFunc("GET "+api.RouteBlocked, history(func(w http.ResponseWriter, r *http.Request) {
 		ids, err := s.Blocked()
 		if err != nil {
 			httpError(w, http.StatusInternalServerError, "%v", err)
 			return
 		}
 		writeJSON(w, http.StatusOK, ids)
-	})
+	}))
 	mux.HandleFunc("GET "+api.RouteHealth, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Health())
 	})
-	mux.HandleFunc("GET "+api.RouteMetrics, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.RouteMetrics, s.authorized(api.SubresourceMetrics, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		writeMetrics(w, s.Health())
-	})
+		writeMetrics(w, s.Health(), &s.apiAuth)
+	}))
 	return mux
 }
 
@@ -156,7 +162,7 @@ func httpError(w http.ResponseWriter, code int, format string, args ...any) {
 	writeJSON(w, code, api.Error{Error: fmt.Sprintf(format, args...)})
 }
 
-func writeMetrics(w http.ResponseWriter, h api.Health) {
+func writeMetrics(w http.ResponseWriter, h api.Health, a *apiAuthStats) {
 	var b strings.Builder
 	metric := func(name, help, typ string) {
 		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
@@ -191,6 +197,13 @@ func writeMetrics(w http.ResponseWriter, h api.Health) {
 			v = 1
 		}
 		fmt.Fprintf(&b, "parry_sensor_hook_active{hook=%q,kind=%q} %d\n", hk.Name, hk.Kind, v)
+	}
+	metric("parry_sensor_api_auth_total", "Requests to the API by the authentication and authorization decision (unavailable: a review could not be made, so the request was refused).", "counter")
+	for result, v := range map[string]uint64{
+		"allowed": a.allowed.Load(), "unauthenticated": a.unauthenticated.Load(),
+		"forbidden": a.forbidden.Load(), "unavailable": a.unavailable.Load(),
+	} {
+		fmt.Fprintf(&b, "parry_sensor_api_auth_total{result=%q} %d\n", result, v)
 	}
 	metric("parry_sensor_resident_bytes", "Resident set size.", "gauge")
 	fmt.Fprintf(&b, "parry_sensor_resident_bytes %d\n", h.RSSBytes)

@@ -11,6 +11,7 @@ import (
 	"parry.dev/parry/internal/labels"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/step"
+	"parry.dev/parry/sensor/api"
 )
 
 // ManifestsFile is where Manifests are committed in config/.
@@ -23,6 +24,9 @@ const (
 	SensorPort = "9470"
 	// SecretDir is where a step's Spec.Secret is mounted.
 	SecretDir = "/etc/parry/secret"
+	// SensorTokenDir is where a step that calls the sensors finds its
+	// token for them.
+	SensorTokenDir = "/var/run/secrets/parry/sensor"
 	// IncidentKeyDir is where the incident key's Secret is mounted.
 	IncidentKeyDir = "/etc/parry/incident-key"
 )
@@ -92,7 +96,15 @@ func objects(s step.Spec) []any {
 		volumes = append(volumes, map[string]any{"name": "incident-key", "secret": map[string]any{"secretName": step.IncidentKeySecret, "optional": true}})
 	}
 	if s.Sensors {
-		env = append(env, map[string]any{"name": "PARRY_SENSOR_PORT", "value": SensorPort})
+		// The step's identity for the sensors: a token of its account for
+		// their audience only (a stolen one opens nothing else), rotated by
+		// the kubelet.
+		env = append(env, map[string]any{"name": "PARRY_SENSOR_PORT", "value": SensorPort},
+			map[string]any{"name": "PARRY_SENSOR_TOKEN", "value": SensorTokenDir + "/token"})
+		mounts = append(mounts, map[string]any{"name": "sensor-token", "mountPath": SensorTokenDir, "readOnly": true})
+		volumes = append(volumes, map[string]any{"name": "sensor-token", "projected": map[string]any{"sources": []map[string]any{
+			{"serviceAccountToken": map[string]any{"audience": api.Audience, "expirationSeconds": 3600, "path": "token"}},
+		}}})
 	}
 	container := map[string]any{"image": "ko://parry.dev/parry/cmd/" + s.Name, "env": env, "securityContext": ContainerSecurity()}
 	if len(mounts) > 0 {

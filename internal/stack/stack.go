@@ -87,6 +87,9 @@ type Stack struct {
 	Sensor         *sensor.Sensor
 	SensorDisabled error
 	Manifests      *manifest.Set
+	// Tokens are the local token file's tokens by identity
+	// (EnsureLocalTokens): the sensor's API and its callers use them.
+	Tokens map[string]string
 
 	// senderTokens are the local tokens of the in-process senders, by
 	// identity (nil with an insecure ingress).
@@ -139,6 +142,16 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		return nil, err
 	}
 
+	stateDir := opts.StateDir
+	if stateDir == "" {
+		stateDir = filepath.Dir(opts.JournalPath)
+	}
+	tokens, tokenFile, err := EnsureLocalTokens(stateDir, LocalIdentities(opts.Steps))
+	if err != nil {
+		return fail(err)
+	}
+	s.Tokens = tokens
+
 	ingressStateDir := opts.StateDir
 	if ingressStateDir == "" {
 		ingressStateDir = filepath.Dir(opts.JournalPath)
@@ -162,6 +175,10 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			if cfg.SinkToken == nil && senderTokens != nil {
 				cfg.SinkToken = auth.StaticToken(senderTokens[SensorSender()])
 			}
+			// Locally the API is on loopback and its callers carry
+			// tokens of the local file, granted what config/ grants
+			// in a cluster.
+			cfg.APIAuthn, cfg.APIAuthz = tokenFile, SensorGrants(opts.Steps)
 			if s.Sensor, err = sensor.New(ctx, cfg, opts.Log); err != nil {
 				stopWork()
 				return fail(fmt.Errorf("starting the sensor: %w (or pass --no-sensor)", err))

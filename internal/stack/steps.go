@@ -65,9 +65,6 @@ func (s *Stack) buildSteps(ctx context.Context, opts Options) (map[string]events
 			return nil, err
 		}
 	}
-	if s.Sensor != nil && s.Sensor.RecorderAddr() != "" {
-		d.Sensors = step.SensorAt(s.Sensor.RecorderAddr(), hc)
-	}
 	// The incident key lives beside the journal, made on first start, so
 	// incidents sealed before a restart still verify after it; a stack
 	// without a state directory keeps nothing, the key included.
@@ -102,6 +99,11 @@ func (s *Stack) buildSteps(ctx context.Context, opts Options) (map[string]events
 		case spec.Vault && d.Vault == nil:
 			log.Info().Str("step", spec.Name).Msg("not registered: VAULT_ADDR is unset (set VAULT_ADDR and VAULT_TOKEN, a token of functions/revoke/policy.hcl, to revoke Vault credentials)")
 			continue
+		}
+		d := d
+		if spec.Sensors && s.Sensor != nil && s.Sensor.RecorderAddr() != "" {
+			// Each step calls the sensor as itself, with its own token.
+			d.Sensors = step.SensorAt(s.Sensor.RecorderAddr(), auth.WithToken(hc, auth.StaticToken(s.Tokens[StepUser(spec)])))
 		}
 		deps := d
 		if spec.Publishes && s.senderTokens != nil {
