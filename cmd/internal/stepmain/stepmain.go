@@ -13,6 +13,9 @@
 //	                         sealed with (classify and the steps that act on
 //	                         an incident; the Secret parry-incident-key)
 //	PARRY_SENSOR_PORT        9470 (steps that talk to the node sensors)
+//	PARRY_SENSOR_TOKEN       /var/run/secrets/parry/sensor/token: the step's
+//	                         projected token for the sensors' audience,
+//	                         sent on every call to a sensor
 //	K_SINK                   the Broker (publishing steps; a SinkBinding sets it)
 //	VAULT_ADDR, VAULT_TOKEN  steps that need Vault; or VAULT_K8S_ROLE (and
 //	                         VAULT_K8S_MOUNT, default kubernetes) to log in
@@ -30,6 +33,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/clients/vault"
 	"parry.dev/parry/internal/httpclient"
@@ -75,7 +79,10 @@ func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 			return err
 		}
 		if spec.Sensors {
-			d.Sensors = step.NodeSensors(d.Kube, d.HTTP, envOr("PARRY_SENSOR_PORT", "9470"))
+			// The sensors authenticate the step by this token (the
+			// kubelet rotates it; FileToken re-reads it).
+			token := auth.FileToken(envOr("PARRY_SENSOR_TOKEN", "/var/run/secrets/parry/sensor/token"))
+			d.Sensors = step.NodeSensors(d.Kube, auth.WithToken(d.HTTP, token), envOr("PARRY_SENSOR_PORT", "9470"))
 		}
 	}
 	if spec.Playbook {
