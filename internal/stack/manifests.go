@@ -66,10 +66,9 @@ func clusterMeta(name string) map[string]any {
 
 func objects(s step.Spec) []any {
 	account := s.ServiceAccount()
-	rules := slices.Clone(s.ClusterRules)
-	if rules == nil {
-		rules = []rbacv1.PolicyRule{}
-	}
+	// Beside what the step's action uses, the runtime reviews the tokens
+	// of who delivers events to it (step.Serve).
+	rules := append(slices.Clone(s.ClusterRules), ReviewTokensRule())
 	env := []map[string]any{}
 	mounts := []map[string]any{}
 	volumes := []map[string]any{}
@@ -134,6 +133,12 @@ func objects(s step.Spec) []any {
 		})
 	}
 	return objs
+}
+
+// ReviewTokensRule lets a step's Service check the token of each caller
+// with TokenReview (step.Callers).
+func ReviewTokensRule() rbacv1.PolicyRule {
+	return rbacv1.PolicyRule{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}}
 }
 
 // ContainerSecurity is every step container's securityContext: what Pod

@@ -8,14 +8,17 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/rs/zerolog"
 
+	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/httpserver"
+	"parry.dev/parry/internal/logging"
 )
 
 // ServiceAudience is the OIDC audience of a step's Knative Service: the
@@ -34,15 +37,44 @@ const MaxEventBytes = 1 << 20
 // answer must be written.
 var Limits = httpserver.Limits{Write: 300 * time.Second}
 
+// TriggerIdentitySuffix ends the name of the ServiceAccount Knative gives a
+// Trigger for OIDC (auth.GetOIDCServiceAccountNameForResource): the
+// identity its broker filter delivers events, and dead-letters them, with.
+const TriggerIdentitySuffix = "-oidc-eventing.knative.dev-trigger"
+
+// Callers decides who may deliver events to a step's Service: a bearer
+// token for the Service's audience (ServiceAudience), reviewed by Authn,
+// whose identity Allow accepts. A request without one is answered 401, an
+// identity Allow refuses 403, and a token that cannot be reviewed 503, so
+// the broker retries.
+type Callers struct {
+	Authn auth.Authenticator
+	Allow func(auth.Identity) bool
+	// Who says, for a 403, who may call.
+	Who string
+}
+
+// TriggersIn are the callers Knative's broker filter is in namespace: the
+// OIDC identities of the Triggers there, which deliver every event a step
+// gets (parry's Triggers are all in parry-system).
+func TriggersIn(namespace string, authn auth.Authenticator) *Callers {
+	return &Callers{Authn: authn, Who: "the OIDC identities of the Triggers in " + namespace + " (ServiceAccounts *" + TriggerIdentitySuffix + ")",
+		Allow: func(id auth.Identity) bool {
+			ns, name, ok := id.ServiceAccount()
+			return ok && ns == namespace && strings.HasSuffix(name, TriggerIdentitySuffix)
+		}}
+}
+
 // Serve runs h as a Knative Service does: CloudEvents over HTTP on addr (a
-// Knative Service gets it from $PORT), the reply in the response. A handler
-// error answers 500, so the broker retries per the delivery spec.
-func Serve(ctx context.Context, addr string, h events.Handler, log zerolog.Logger) error {
+// Knative Service gets it from $PORT), the reply in the response, from the
+// callers c allows (nil: anyone, which stepmain allows only when told to).
+// A handler error answers 500, so the broker retries per the delivery spec.
+func Serve(ctx context.Context, addr string, h events.Handler, c *Callers, log zerolog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}
-	srv := NewServer(h, log, Limits)
+	srv := NewServer(h, c, log, Limits)
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -56,12 +88,30 @@ func Serve(ctx context.Context, addr string, h events.Handler, log zerolog.Logge
 	return nil
 }
 
-// NewServer is Serve's server for h with limits l (zero fields from
-// httpserver.Defaults): request bodies over MaxEventBytes are answered 413.
-func NewServer(h events.Handler, log zerolog.Logger, l httpserver.Limits) *http.Server {
+// NewServer is Serve's server for h, from the callers c allows, with limits
+// l (zero fields from httpserver.Defaults): request bodies over
+// MaxEventBytes are answered 413.
+func NewServer(h events.Handler, c *Callers, log zerolog.Logger, l httpserver.Limits) *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("POST /", func(w http.ResponseWriter, r *http.Request) {
+		if c != nil {
+			id, err := c.Authn.Authenticate(r.Context(), auth.BearerToken(r))
+			var unavailable *auth.Unavailable
+			switch {
+			case errors.As(err, &unavailable):
+				log.Warn().Err(err).Msg("a caller's token could not be reviewed, so its event is refused (503); the broker retries")
+				auth.Refuse(w, http.StatusServiceUnavailable, err.Error())
+				return
+			case err != nil:
+				auth.Refuse(w, http.StatusUnauthorized, err.Error())
+				return
+			case !c.Allow(id):
+				log.Warn().Str(logging.FieldUser, id.Username).Msg("refused an event from a caller that is not a Trigger of parry's")
+				auth.Refuse(w, http.StatusForbidden, fmt.Sprintf("%s may not deliver events to this step: only %s may", id.Username, c.Who))
+				return
+			}
+		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxEventBytes))
 		if err != nil {
 			var tooBig *http.MaxBytesError

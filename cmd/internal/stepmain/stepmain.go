@@ -16,6 +16,11 @@
 //	PARRY_SENSOR_TOKEN       /var/run/secrets/parry/sensor/token: the step's
 //	                         projected token for the sensors' audience,
 //	                         sent on every call to a sensor
+//	PARRY_CALLERS            "triggers" (the default): only the OIDC identities
+//	                         of parry's Triggers (Knative's broker filter) may
+//	                         deliver events, each request's token reviewed by
+//	                         TokenReview for the Service's audience; "any"
+//	                         accepts any caller (Knative without OIDC; warned)
 //	K_SINK                   the Broker (publishing steps; a SinkBinding sets it)
 //	VAULT_ADDR, VAULT_TOKEN  steps that need Vault; or VAULT_K8S_ROLE (and
 //	                         VAULT_K8S_MOUNT, default kubernetes) to log in
@@ -105,11 +110,31 @@ func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 			go vault.KeepLoggedIn(ctx, d.Vault, mount, role, ttl, log)
 		}
 	}
+	callers, err := verifyCallers(spec, d, log)
+	if err != nil {
+		return err
+	}
 	h, err := step.Build(ctx, def, d)
 	if err != nil {
 		return err
 	}
-	return step.Serve(ctx, ":"+envOr("PORT", "8080"), h, log)
+	return step.Serve(ctx, ":"+envOr("PORT", "8080"), h, callers, log)
+}
+
+// verifyCallers is who may deliver events to the step: parry's Triggers,
+// whose tokens Knative's broker filter sends for the Service's audience.
+func verifyCallers(spec step.Spec, d step.Deps, log zerolog.Logger) (*step.Callers, error) {
+	switch mode := envOr("PARRY_CALLERS", "triggers"); {
+	case mode == "any":
+		log.Warn().Msg("PARRY_CALLERS=any: any caller that reaches this Service can deliver events to it; turn Knative's OIDC sender authentication on and unset PARRY_CALLERS")
+		return nil, nil
+	case mode != "triggers":
+		return nil, fmt.Errorf("PARRY_CALLERS=%q: want triggers (the default) or any", mode)
+	case d.Kube == nil:
+		return nil, errors.New("verifying who delivers events needs the API server (TokenReview), and there is no cluster: set KUBECONFIG, or PARRY_CALLERS=any to accept any caller")
+	}
+	audience := step.ServiceAudience(playbook.Namespace, spec.Name)
+	return step.TriggersIn(playbook.Namespace, auth.NewTokenReview(d.Kube, audience, time.Minute)), nil
 }
 
 func envOr(key, def string) string {
