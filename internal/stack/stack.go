@@ -91,10 +91,6 @@ type Stack struct {
 	// (EnsureLocalTokens): the sensor's API and its callers use them.
 	Tokens map[string]string
 
-	// senderTokens are the local tokens of the in-process senders, by
-	// identity (nil with an insecure ingress).
-	senderTokens map[string]string
-
 	log      zerolog.Logger
 	srv      *http.Server
 	broker   *broker.Broker
@@ -152,15 +148,10 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	s.Tokens = tokens
 
-	ingressStateDir := opts.StateDir
-	if ingressStateDir == "" {
-		ingressStateDir = filepath.Dir(opts.JournalPath)
-	}
-	authns, senderTokens, err := ingressAuth(set, opts, ingressStateDir)
+	authns, err := ingressAuth(set, opts, tokenFile)
 	if err != nil {
 		return fail(err)
 	}
-	s.senderTokens = senderTokens
 
 	var sensorCtx context.Context
 	workCtx, stopWork := context.WithCancel(context.Background())
@@ -172,8 +163,8 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			if cfg.Sink == "" {
 				cfg.Sink = s.BrokerURL(DefaultBroker)
 			}
-			if cfg.SinkToken == nil && senderTokens != nil {
-				cfg.SinkToken = auth.StaticToken(senderTokens[SensorSender()])
+			if cfg.SinkToken == nil && !opts.InsecureIngress {
+				cfg.SinkToken = auth.StaticToken(tokens[SensorSender()])
 			}
 			// Locally the API is on loopback and its callers carry
 			// tokens of the local file, granted what config/ grants

@@ -105,13 +105,12 @@ func (s *Stack) buildSteps(ctx context.Context, opts Options) (map[string]events
 			// Each step calls the sensor as itself, with its own token.
 			d.Sensors = step.SensorAt(s.Sensor.RecorderAddr(), auth.WithToken(hc, auth.StaticToken(s.Tokens[StepUser(spec)])))
 		}
-		deps := d
-		if spec.Publishes && s.senderTokens != nil {
+		if spec.Publishes && !opts.InsecureIngress {
 			// It sends to the ingress as itself, as its SinkBinding'd
 			// Service does with its projected token in a cluster.
-			deps.HTTP = auth.WithToken(d.HTTP, auth.StaticToken(s.senderTokens[PublisherSender(spec)]))
+			d.HTTP = auth.WithToken(d.HTTP, auth.StaticToken(s.Tokens[StepUser(spec)]))
 		}
-		h, err := step.Build(ctx, def, deps)
+		h, err := step.Build(ctx, def, d)
 		if err != nil {
 			return nil, err
 		}
