@@ -26,6 +26,7 @@ func Types() []Entry {
 		{TypeIncidentOpened, "classify", "a playbook matched and the score reached its threshold: a new incident, with score, response and reasons"},
 		{TypeIncidentJoined, "classify", "a later event of an open incident's pod and playbook, within the dedup window"},
 		{TypeIncidentSuppressed, "classify", "a playbook matched but the score stayed under its threshold: recorded, not acted on"},
+		{TypeIncidentClosed, "parry incident close", "a person closed the incident: data says who (closedBy), why (reason), the pods whose in-kernel block was lifted (unblocked) and those whose sensor refused or could not be reached (failed)"},
 		{StepDone("<step>"), "each step", "the step succeeded; data says what it applied"},
 		{StepFailed("<step>"), "each step, and parry-failed for dead-lettered deliveries", "the step gave up or refused; data.reason says why"},
 	}

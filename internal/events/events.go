@@ -29,6 +29,9 @@ const (
 	// TypeIncidentSuppressed: a playbook matched but the score stayed under
 	// its threshold; recorded, not acted on.
 	TypeIncidentSuppressed = "dev.parry.incident.suppressed.v1"
+	// TypeIncidentClosed: a person closed an incident (parry incident
+	// close): its pods' in-kernel blocks lifted, and who did it.
+	TypeIncidentClosed = "dev.parry.incident.closed.v1"
 
 	// TypeSensorPrefix starts the type of every sensor event: the only
 	// events classify opens incidents for.
@@ -85,6 +88,28 @@ const (
 	// is for people, not for routing, and later steps do not inherit it.
 	ExtDescription = "description"
 )
+
+// IncidentClosed is the data of TypeIncidentClosed.
+type IncidentClosed struct {
+	Incident string `json:"incident"`
+	// ClosedBy is the person: their Kubernetes username, or locally the
+	// OS user and the identity of the token they used.
+	ClosedBy string `json:"closedBy"`
+	Reason   string `json:"reason,omitempty"`
+	// Unblocked are the pods whose block was lifted; Failed those whose
+	// sensor refused or could not be reached, with why.
+	Unblocked []ClosedPod `json:"unblocked"`
+	Failed    []ClosedPod `json:"failed,omitempty"`
+}
+
+// ClosedPod is one pod of a closed incident.
+type ClosedPod struct {
+	UID       string `json:"uid"`
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name,omitempty"`
+	Node      string `json:"node,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
 
 // Values of ExtResponse.
 const (

@@ -44,6 +44,15 @@ const (
 	// SensorServiceAccount is the sensor DaemonSet's (config/600-sensor.yaml),
 	// in SensorNamespace.
 	SensorServiceAccount = "parry-sensor"
+	// IncidentCloserServiceAccount (config/610-incident-closer.yaml, in
+	// Namespace) is who `parry incident close` acts as in a cluster: it
+	// may lift blocks, and the EventPolicy sender-incident-closer lets it
+	// send events.TypeIncidentClosed and nothing else.
+	IncidentCloserServiceAccount = "parry-incident-closer"
+	// LocalOperator is the operator's identity under parry run (its token
+	// is in the local token file; stack.Operator). No cluster
+	// authenticator issues it: Knative's OIDC senders are ServiceAccounts.
+	LocalOperator = "parry:operator"
 )
 
 // BaselineTypes are the sensor events classify learns workload baselines
@@ -347,10 +356,12 @@ const MaxTriggerName = 63 - len("-oidc-eventing.knative.dev-trigger")
 // events.StepFailed and the incident types build them; a test checks that
 // every type parry sends is allowed).
 const (
-	typeStepPrefix     = "dev.parry.step."
-	typeFailedSuffix   = ".failed.v1"
-	typeIncidentPrefix = "dev.parry.incident."
+	typeStepPrefix   = "dev.parry.step."
+	typeFailedSuffix = ".failed.v1"
 )
+
+// classifyIncidentTypes are the incident types classify sends.
+var classifyIncidentTypes = []string{events.TypeIncidentOpened, events.TypeIncidentJoined, events.TypeIncidentSuppressed}
 
 // policyDoc is an EventPolicy as compile writes it.
 type policyDoc struct {
@@ -383,7 +394,8 @@ type policyRef struct {
 }
 
 // policiesYAML writes who may send what to the Broker: the sensor only
-// sensor events; each step, through the Triggers that deliver to it (a
+// sensor events; whoever closes an incident (the closer's ServiceAccount,
+// or parry run's operator) only incident.closed; each step, through the Triggers that deliver to it (a
 // step's reply reaches the Broker with the identity of the Trigger that
 // delivered the cause, as Knative's broker filter sends it), only its own
 // types; the dead-letter sink, which publishes with its own
@@ -415,6 +427,10 @@ func policiesYAML(pbs []Compiled) []byte {
 		// functions/failed's ServiceAccount is named after it.
 		doc(DeadLetterFunction, DeadLetterFunction, []policyFrom{{Sub: "system:serviceaccount:" + Namespace + ":" + DeadLetterFunction}},
 			[]Filter{{Prefix: map[string]string{"type": typeStepPrefix}}, {Suffix: map[string]string{"type": typeFailedSuffix}}}),
+		doc("incident-closer", "incident-closer", []policyFrom{
+			{Sub: "system:serviceaccount:" + Namespace + ":" + IncidentCloserServiceAccount},
+			{Sub: LocalOperator},
+		}, []Filter{{Exact: map[string]string{"type": events.TypeIncidentClosed}}}),
 	}
 	for _, fn := range stepsWithTriggers {
 		var from []policyFrom
@@ -424,7 +440,12 @@ func policiesYAML(pbs []Compiled) []byte {
 		own := Filter{Prefix: map[string]string{"type": typeStepPrefix + fn + "."}}
 		filters := []Filter{own}
 		if fn == RootFunction {
-			filters = []Filter{{Any: []Filter{{Prefix: map[string]string{"type": typeIncidentPrefix}}, own}}}
+			// classify opens incidents; only a person closes one.
+			opens := []Filter{own}
+			for _, typ := range classifyIncidentTypes {
+				opens = append(opens, Filter{Exact: map[string]string{"type": typ}})
+			}
+			filters = []Filter{{Any: opens}}
 		}
 		docs = append(docs, doc("step-"+fn, fn, from, filters))
 	}
