@@ -29,6 +29,7 @@ func commands() []command {
 		{"playbook", "validate playbooks and compile them into Triggers and sensor filters", playbookCommand},
 		{"steps", "describe the response steps: parameters, permissions and an example", stepsCommand},
 		{"trace", "show an incident's causal chain from the first syscall to the last step", traceCommand},
+		{"incident", "close an incident: lift its pods' in-kernel blocks and record who closed it", incidentCommand},
 		{"evidence", "verify an evidence bundle: its signature and every file's digest", evidenceCommand},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, buildinfo.String())
