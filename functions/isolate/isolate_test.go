@@ -326,6 +326,19 @@ func TestEventClaimsAreVerified(t *testing.T) {
 	if err != nil || reply.Type() != events.StepDone(isolate.Name) || !result(t, reply, events.StepDone(isolate.Name)).PodGone {
 		t.Fatalf("spoofed podns, sealed: %v %v", reply, err)
 	}
+	// With the watch of every pod, the UID itself says where the pod is.
+	pods, err := step.WatchPods(ctx, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	indexed, err := step.Build(ctx, isolate.Definition(), step.Deps{IncidentKey: steptest.Key, Kube: cs, Pods: pods, Sensors: sensors, Playbooks: config, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err = steptest.Sealed(indexed)(ctx, spoofed)
+	if err != nil || reply.Type() != events.StepFailed(isolate.Name) || !strings.Contains(string(reply.Data()), "is kube-system/coredns-trust, not default/coredns-trust") {
+		t.Fatalf("spoofed podns, sealed, resolved by UID: %v %v", reply, err)
+	}
 	// An incident classify never opened (no seal).
 	forged := incident(system, "kernel", "inc-forged")
 	forged.SetExtension(events.ExtPodNamespace, "default")

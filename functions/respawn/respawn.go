@@ -213,8 +213,23 @@ func (s *respawner) finish(ctx context.Context, r *step.Request, pod *corev1.Pod
 		}
 		return res, nil
 	}
-	if q := pod.Labels[labels.Quarantine]; q != labels.Value(r.Incident) {
-		return nil, step.Fail("refused: pod %s/%s does not carry incident %s's quarantine (label %s=%q): respawn deletes only the pod isolate quarantined for the incident", pod.Namespace, pod.Name, r.Incident, labels.Quarantine, q)
+	// The label is read fresh, not from the runtime's watch: isolate may
+	// have set it a moment ago, and a delete must not rest on a stale copy.
+	fresh, err := s.kube.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err) || (err == nil && fresh.UID != pod.UID):
+		res.Deleted, res.DeleteNote = true, "the quarantined pod is already gone"
+		return res, nil
+	case err != nil:
+		return nil, fmt.Errorf("reading pod %s/%s before deleting it: %w", pod.Namespace, pod.Name, err)
+	}
+	switch q := fresh.Labels[labels.Quarantine]; q {
+	case labels.Value(r.Incident):
+	case "":
+		// isolate of the same incident may still be retrying its label.
+		return nil, fmt.Errorf("pod %s/%s does not carry incident %s's quarantine yet (label %s): respawn deletes only a pod isolate quarantined for the incident; retried", pod.Namespace, pod.Name, r.Incident, labels.Quarantine)
+	default:
+		return nil, step.Fail("refused: pod %s/%s carries the quarantine of another incident (%s=%q), not of %s: respawn deletes only the pod isolate quarantined for the incident", pod.Namespace, pod.Name, labels.Quarantine, q, r.Incident)
 	}
 	if err := s.kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		if apierrors.IsForbidden(err) {

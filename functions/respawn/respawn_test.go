@@ -195,8 +195,18 @@ func TestForgedOrMismatchedSnapshotDoneDeletesNothing(t *testing.T) {
 	alive()
 	quarantine(t, cs, sts, "inc-other")
 	reply, err = sealed(ctx, cause(t, sts, events.StepDone("snapshot"), "inc-forged"))
-	if err != nil || reply.Type() != events.StepFailed(respawn.Name) || !strings.Contains(string(reply.Data()), "does not carry incident inc-forged's quarantine") {
+	if err != nil || reply.Type() != events.StepFailed(respawn.Name) || !strings.Contains(string(reply.Data()), "carries the quarantine of another incident") {
 		t.Fatalf("snapshot.done of another incident: %v %v", reply, err)
+	}
+	alive()
+	// Not quarantined (yet): an error, which the broker retries until
+	// isolate's label is there or the retries are spent.
+	unlabel := []byte(`{"metadata":{"labels":{"` + labels.Quarantine + `":null}}}`)
+	if _, err := cs.CoreV1().Pods(sts.Namespace).Patch(ctx, sts.Name, "application/merge-patch+json", unlabel, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if reply, err = sealed(ctx, cause(t, sts, events.StepDone("snapshot"), "inc-forged")); err == nil || !strings.Contains(err.Error(), "quarantine yet") {
+		t.Fatalf("snapshot.done before the quarantine: %v %v, want an error that is retried", reply, err)
 	}
 	alive()
 

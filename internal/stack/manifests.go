@@ -69,6 +69,11 @@ func objects(s step.Spec) []any {
 	// Beside what the step's action uses, the runtime reviews the tokens
 	// of who delivers events to it (step.Serve).
 	rules := append(slices.Clone(s.ClusterRules), ReviewTokensRule())
+	if s.Target == step.TargetPod {
+		// and resolves the pod an event names by UID from a watch of
+		// every pod (step.PodIndex).
+		rules = append(rules, WatchPodsRule())
+	}
 	env := []map[string]any{}
 	mounts := []map[string]any{}
 	volumes := []map[string]any{}
@@ -139,6 +144,12 @@ func objects(s step.Spec) []any {
 // with TokenReview (step.Callers).
 func ReviewTokensRule() rbacv1.PolicyRule {
 	return rbacv1.PolicyRule{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}}
+}
+
+// WatchPodsRule lets a step that acts on pods keep its index of them by
+// UID (step.WatchPods).
+func WatchPodsRule() rbacv1.PolicyRule {
+	return rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list", "watch"}}
 }
 
 // ContainerSecurity is every step container's securityContext: what Pod

@@ -64,6 +64,10 @@ func (s *Stack) buildSteps(ctx context.Context, opts Options) (map[string]events
 		if d.Kube, d.Meta, err = clients.Kube(opts.Kube); err != nil {
 			return nil, err
 		}
+		// One watch of the cluster's pods for every in-process step.
+		if d.Pods, err = step.WatchPods(ctx, d.Kube); err != nil {
+			return nil, err
+		}
 	}
 	// The incident key lives beside the journal, made on first start, so
 	// incidents sealed before a restart still verify after it; a stack

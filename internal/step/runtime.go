@@ -49,6 +49,9 @@ type Deps struct {
 	// SecretDir is where the Secret of Spec.Secret is mounted in a
 	// cluster; "" when the step has none (under parry run).
 	SecretDir string
+	// Pods resolves pods by UID from a watch of the cluster's pods; nil
+	// reads each pod from the API server.
+	Pods *PodIndex
 	// IncidentKey verifies (and, for classify, makes) incident seals
 	// (Seal). Without it a step that acts on an incident refuses every
 	// event.
@@ -137,7 +140,7 @@ type Reply struct {
 // Handler is the runtime around def's action a: the one events.Handler a
 // step runs as, in-process and in a cluster.
 func Handler(def Definition, a Action, d Deps) events.Handler {
-	rt := &runtime{spec: def.Spec, action: a, playbooks: d.Playbooks, guard: guard.New(), kube: d.Kube, key: d.IncidentKey,
+	rt := &runtime{spec: def.Spec, action: a, playbooks: d.Playbooks, guard: guard.New(), kube: d.Kube, pods: d.Pods, key: d.IncidentKey,
 		log: d.Log.With().Str(logging.FieldStep, def.Spec.Name).Logger()}
 	return rt.handle
 }
@@ -148,6 +151,7 @@ type runtime struct {
 	playbooks Playbooks
 	guard     *guard.Guard
 	kube      kubernetes.Interface
+	pods      *PodIndex
 	key       []byte
 	log       zerolog.Logger
 }
@@ -246,15 +250,24 @@ func (rt *runtime) missingTarget(r *Request) string {
 }
 
 // resolve checks the pod the event names against the API server: the pod
-// at the event's namespace and name must have the event's UID, and run on
-// the node of the sensor that saw it. Namespace, name and node then are
-// the API server's, not the event's. Without a cluster it only takes the
-// event's node.
+// with the event's UID (from the watch of every pod, else read by the
+// event's namespace and name) must have the event's namespace and name and
+// run on the node of the sensor that saw it. Namespace, name and node then
+// are the API server's, not the event's. Without a cluster it only takes
+// the event's node.
 func (rt *runtime) resolve(ctx context.Context, r *Request) error {
 	p := &r.Pod
 	if rt.kube == nil {
 		p.Node = r.Node
 		return nil
+	}
+	if rt.pods != nil {
+		if pod, ok := rt.pods.ByUID(p.UID); ok {
+			if pod.Namespace != p.Namespace || pod.Name != p.Name {
+				return Fail("refused: pod %s is %s/%s, not %s/%s as the event says", p.UID, pod.Namespace, pod.Name, p.Namespace, p.Name)
+			}
+			return rt.place(r, pod.DeepCopy())
+		}
 	}
 	pod, err := rt.kube.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
 	switch {
@@ -268,6 +281,13 @@ func (rt *runtime) resolve(ctx context.Context, r *Request) error {
 	case err != nil:
 		return fmt.Errorf("reading pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
+	return rt.place(r, pod)
+}
+
+// place checks that pod runs on the node of the event's sensor and takes
+// it as the request's pod.
+func (rt *runtime) place(r *Request, pod *corev1.Pod) error {
+	p := &r.Pod
 	if r.Node != "" && pod.Spec.NodeName != "" && pod.Spec.NodeName != r.Node {
 		return Fail("refused: pod %s/%s (%s) runs on node %s, not on node %s whose sensor the event names", p.Namespace, p.Name, p.UID, pod.Spec.NodeName, r.Node)
 	}

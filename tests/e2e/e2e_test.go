@@ -343,10 +343,11 @@ func (w *world) settled(t *testing.T, incident string, within time.Duration) []*
 	return nil
 }
 
-// TestTenIncidentsInASecondTripTheBreaker: the crypto-miner playbook allows
-// 10 incidents per 10 minutes; a fleet-wide burst beyond that is refused,
-// not quarantined.
-func TestTenIncidentsInASecondTripTheBreaker(t *testing.T) {
+// TestAFleetWideBurstTripsTheBreaker: the crypto-miner playbook allows 10
+// pods per 10 minutes; a fleet-wide burst beyond that is refused, not
+// quarantined. The burst need only fit in the playbook's window, so its
+// duration is reported, not asserted (a busy machine stretches it).
+func TestAFleetWideBurstTripsTheBreaker(t *testing.T) {
 	w := start(t)
 	podcgroup.Listen(t, "127.0.0.1:3333")
 	const n = 12
@@ -373,9 +374,7 @@ func TestTenIncidentsInASecondTripTheBreaker(t *testing.T) {
 			t.Errorf("miner %d: %v", i, err)
 		}
 	}
-	if time.Since(start) > time.Second {
-		t.Fatalf("the burst took %s, not under a second", time.Since(start))
-	}
+	burst := time.Since(start)
 	ctx := context.Background()
 	var quarantined, refused int
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
@@ -399,7 +398,7 @@ func TestTenIncidentsInASecondTripTheBreaker(t *testing.T) {
 	if quarantined > 10 || refused == 0 {
 		t.Fatalf("%d pods quarantined, %d refused by the breaker: want at most 10 and some refused", quarantined, refused)
 	}
-	t.Logf("burst of %d miners: %d quarantined, %d refused by the circuit breaker", n, quarantined, refused)
+	t.Logf("burst of %d miners in %s: %d quarantined, %d refused by the circuit breaker", n, burst.Round(time.Millisecond), quarantined, refused)
 }
 
 // TestStepsOutlastAnAPIServerRestart: the API server goes away for 10 s just

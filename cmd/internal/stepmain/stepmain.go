@@ -83,6 +83,11 @@ func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 		if d.Kube, d.Meta, err = clients.Kube(cfg); err != nil {
 			return err
 		}
+		if spec.Target == step.TargetPod {
+			if d.Pods, err = step.WatchPods(ctx, d.Kube); err != nil {
+				return err
+			}
+		}
 		if spec.Sensors {
 			// The sensors authenticate the step by this token (the
 			// kubelet rotates it; FileToken re-reads it).
