@@ -24,7 +24,7 @@ const (
 	// Operator is the identity of whoever reads the token file: the
 	// person running parry run and its CLI (parry incident close). It
 	// has what config/'s ClusterRole parry-incident-closer grants.
-	Operator = "parry:operator"
+	Operator = playbook.LocalOperator
 )
 
 // StepUser is the identity of a step: its ServiceAccount in parry-system.
