@@ -321,7 +321,7 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 		return c.reply(e, events.TypeIncidentSuppressed, pb, "", score, "", reasons)
 	}
 	id := incidentID(e, pb.Name)
-	response, why := c.guard(e, pb, id, now)
+	response, why := c.guard(e, pb, now)
 	reasons = append(reasons, why)
 	inc := &incident{ID: id, Playbook: pb.Name, Pod: pod(e), Workload: wl, First: e.ID(),
 		Opened: now, Last: now, Events: 1, Score: score, Response: response, Reasons: reasons}
@@ -333,7 +333,7 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 }
 
 // guard applies the guardrails to a new incident.
-func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, incident string, now time.Time) (string, string) {
+func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, now time.Time) (string, string) {
 	g := pb.Guardrails
 	if ns := events.String(e, events.ExtPodNamespace); guard.IsProtected(ns, g.ProtectedNamespaces) {
 		return events.ResponseEscalate, fmt.Sprintf("escalated: namespace %s is protected; parry never acts there", ns)
