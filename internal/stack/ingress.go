@@ -52,15 +52,21 @@ func ingressAuth(set *manifest.Set, opts Options, file *auth.TokenFile) (map[str
 // loopbackOnly refuses an insecure ingress anywhere but on loopback: any
 // process that can reach it could feed parry events.
 func loopbackOnly(listen string) error {
-	host, _, err := net.SplitHostPort(listen)
-	if err != nil {
-		return fmt.Errorf("--listen %q: %w", listen, err)
-	}
-	if host == "localhost" {
-		return nil
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+	if isLoopback(listen) {
 		return nil
 	}
 	return fmt.Errorf("an insecure ingress (--insecure-ingress) accepts events from anyone who can reach it, so it listens on loopback only: pass --listen 127.0.0.1:<port>, or drop --insecure-ingress (senders then need a token of the file %s beside the journal)", TokenFile)
+}
+
+// isLoopback reports whether addr (host:port) is on a loopback interface.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

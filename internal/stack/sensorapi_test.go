@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -77,5 +78,31 @@ func TestLocalSensorAPI(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("GET /v1/pods without a token: %d, want 401", resp.StatusCode)
+	}
+}
+
+// The local sensor's API can block and unblock pods, so parry run keeps it
+// on loopback: another address is refused at start, naming the flag.
+func TestLocalSensorAPIStaysOnLoopback(t *testing.T) {
+	if err := sensor.Probe(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true: this test must run: %v", err)
+		}
+		t.Skipf("needs a privileged process on a BTF kernel: %v", err)
+	}
+	dir := t.TempDir()
+	broker := "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: parry, namespace: parry-system}\n"
+	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(broker), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := sensor.Config{RecorderAddr: "0.0.0.0:0", SpoolDir: "-", Node: "test-node"}
+	s, err := stack.Start(context.Background(), stack.Options{ConfigDir: dir, JournalPath: filepath.Join(dir, "j.db"),
+		Listen: "127.0.0.1:0", Log: zerolog.Nop(), Sensor: &cfg, StateDir: dir})
+	if err == nil {
+		s.Stop()
+		t.Fatal("the local sensor's API started on 0.0.0.0")
+	}
+	if !strings.Contains(err.Error(), "loopback only") || !strings.Contains(err.Error(), "--recorder-listen 127.0.0.1") {
+		t.Fatalf("error %q does not say why and how to fix it", err)
 	}
 }
