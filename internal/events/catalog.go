@@ -17,11 +17,12 @@ type Entry struct {
 // generated from it; a test fails when that page is stale.
 func Types() []Entry {
 	return []Entry{
-		{TypeProcessExec, "sensor", "a process in a pod's cgroup called execve; data: the process, its arguments and its pod"},
+		{TypeProcessExec, "sensor; Tetragon's exporter (parry ingest tetragon, source parry://tetragon/<node>)", "a process in a pod's cgroup called execve; data: the process, its arguments and its pod"},
 		{TypeProcessExit, "sensor", "a watched process exited"},
 		{TypeNetworkConnect, "sensor", "a connect() from a pod's cgroup; action=blocked when the in-kernel egress block refused it"},
 		{TypeFileOpen, "sensor", "an open of a path under one of the sensor's watched prefixes"},
 		{TypePrivilege, "sensor", "a privilege signal: setuid to root, ptrace, memfd execution, ... (signal names which)"},
+		{TypeFalcoAlert, "the Falco adapter (parry ingest falco)", "a Falco alert from Falcosidekick, with the pod resolved (from Falco's namespace and name, else its container id, else only the node); falcorule, priority and tags to match on; data: Falco's payload as Falcosidekick sent it"},
 		{TypeSensorHealth, "sensor", "the sensor's hooks and counters, every interval; severity=warning when events were lost"},
 		{TypeIncidentOpened, "classify", "a playbook matched and the score reached its threshold: a new incident, with score, response and reasons"},
 		{TypeIncidentJoined, "classify", "a later event of an open incident's pod and playbook, within the dedup window"},
@@ -42,7 +43,10 @@ func Extensions() []Entry {
 		{ExtPodName, "sensor", "the pod's name"},
 		{ExtPodUID, "sensor", "the pod's UID (from the cgroup path, so present even when the API server is unreachable)"},
 		{ExtContainer, "sensor", "the container's name in the pod spec"},
-		{ExtContainerID, "sensor", "the container's runtime id"},
+		{ExtContainerID, "sensor, ingesters", "the container's runtime id: 64 hex characters, without the runtime's scheme, whoever reported it (parry's sensor, Tetragon, Falco), so their events about one container join"},
+		{ExtFalcoRule, "Falco adapter", "the Falco rule that fired"},
+		{ExtPriority, "Falco adapter", "the Falco rule's priority, lower case: debug, informational, notice, warning, error, critical, alert, emergency"},
+		{ExtTags, "Falco adapter", "the Falco rule's tags as ,tag1,tag2, (match one with cesql: tags LIKE '%,mitre_execution,%')"},
 		{ExtImage, "sensor", "the container's image"},
 		{ExtOwner, "sensor", "the pod's controller, e.g. Deployment/web"},
 		{ExtExe, "sensor", "the executable of the process"},

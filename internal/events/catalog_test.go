@@ -53,7 +53,7 @@ func TestCatalogueIsComplete(t *testing.T) {
 		for _, s := range g.Specs {
 			v := s.(*ast.ValueSpec)
 			for i, name := range v.Names {
-				if !(strings.HasPrefix(name.Name, "Ext") || strings.HasPrefix(name.Name, "Type")) || name.Name == "TypeSensorPrefix" || i >= len(v.Values) {
+				if !(strings.HasPrefix(name.Name, "Ext") || strings.HasPrefix(name.Name, "Type")) || name.Name == "TypeSensorPrefix" || name.Name == "TypeFalcoPrefix" || i >= len(v.Values) {
 					continue
 				}
 				lit, ok := v.Values[i].(*ast.BasicLit)

@@ -33,8 +33,17 @@ const (
 	// close): its pods' in-kernel blocks lifted, and who did it.
 	TypeIncidentClosed = "dev.parry.incident.closed.v1"
 
-	// TypeSensorPrefix starts the type of every sensor event: the only
-	// events classify opens incidents for.
+	// TypeFalcoAlert is a Falco alert, as the Falco adapter (parry ingest
+	// falco) turns Falcosidekick's CloudEvents into a detection: the pod
+	// resolved, Falco's rule, priority and tags as attributes.
+	TypeFalcoAlert = "dev.parry.sensor.falco.alert.v1"
+	// TypeFalcoPrefix starts the types only the Falco adapter may send.
+	TypeFalcoPrefix = "dev.parry.sensor.falco."
+
+	// TypeSensorPrefix starts the type of every detection: the sensor's
+	// events, and those other tools' adapters send (Tetragon's execs as
+	// parry's own TypeProcessExec, Falco's alerts as TypeFalcoAlert). They
+	// are the only events classify opens incidents for.
 	TypeSensorPrefix = "dev.parry.sensor."
 	typeStepPrefix   = "dev.parry.step."
 )
@@ -62,6 +71,13 @@ const (
 	ExtStep         = "step"
 	// ExtIncidentSeal binds incident, playbook and pod (step.Seal).
 	ExtIncidentSeal = "incidentseal"
+	// Falco's alert, as the Falco adapter sets them: the rule's name,
+	// its priority in lower case (debug … emergency), and its tags as
+	// ",tag1,tag2," so a filter can match one tag with a cesql LIKE
+	// '%,tag,%'.
+	ExtFalcoRule = "falcorule"
+	ExtPriority  = "priority"
+	ExtTags      = "tags"
 	// Sensor attributes beside the ones above. ExtContainer is the
 	// container's name (as in the pod spec); ExtContainerID its runtime id.
 	ExtContainerID = "containerid"

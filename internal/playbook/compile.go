@@ -49,6 +49,11 @@ const (
 	// may lift blocks, and the EventPolicy sender-incident-closer lets it
 	// send events.TypeIncidentClosed and nothing else.
 	IncidentCloserServiceAccount = "parry-incident-closer"
+	// FalcoAdapterServiceAccount and TetragonIngestServiceAccount are the
+	// identities other tools' events reach the Broker with (parry ingest
+	// falco, parry ingest tetragon), in Namespace.
+	FalcoAdapterServiceAccount   = "parry-ingest-falco"
+	TetragonIngestServiceAccount = "parry-ingest-tetragon"
 	// LocalOperator is the operator's identity under parry run (its token
 	// is in the local token file; stack.Operator). No cluster
 	// authenticator issues it: Knative's OIDC senders are ServiceAccounts.
@@ -394,7 +399,8 @@ type policyRef struct {
 }
 
 // policiesYAML writes who may send what to the Broker: the sensor only
-// sensor events; whoever closes an incident (the closer's ServiceAccount,
+// sensor events (but Falco's); the Falco adapter only Falco alerts, the
+// Tetragon ingester only execs; whoever closes an incident (the closer's ServiceAccount,
 // or parry run's operator) only incident.closed; each step, through the Triggers that deliver to it (a
 // step's reply reaches the Broker with the identity of the Trigger that
 // delivered the cause, as Knative's broker filter sends it), only its own
@@ -423,7 +429,12 @@ func policiesYAML(pbs []Compiled) []byte {
 	}
 	docs := []policyDoc{
 		doc("sensor", "sensor", []policyFrom{{Sub: "system:serviceaccount:" + SensorNamespace + ":" + SensorServiceAccount}},
-			[]Filter{{Prefix: map[string]string{"type": events.TypeSensorPrefix}}}),
+			[]Filter{{Prefix: map[string]string{"type": events.TypeSensorPrefix}}, {Not: &Filter{Prefix: map[string]string{"type": events.TypeFalcoPrefix}}}}),
+		// Other tools' adapters: each only the detections it translates.
+		doc("falco", "falco", []policyFrom{{Sub: "system:serviceaccount:" + Namespace + ":" + FalcoAdapterServiceAccount}},
+			[]Filter{{Exact: map[string]string{"type": events.TypeFalcoAlert}}}),
+		doc("tetragon", "tetragon", []policyFrom{{Sub: "system:serviceaccount:" + Namespace + ":" + TetragonIngestServiceAccount}},
+			[]Filter{{Exact: map[string]string{"type": events.TypeProcessExec}}}),
 		// functions/failed's ServiceAccount is named after it.
 		doc(DeadLetterFunction, DeadLetterFunction, []policyFrom{{Sub: "system:serviceaccount:" + Namespace + ":" + DeadLetterFunction}},
 			[]Filter{{Prefix: map[string]string{"type": typeStepPrefix}}, {Suffix: map[string]string{"type": typeFailedSuffix}}}),

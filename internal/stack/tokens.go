@@ -33,9 +33,11 @@ func StepUser(s step.Spec) string {
 }
 
 // LocalIdentities are the identities parry run gives tokens to: the
-// sensor, every step and the operator.
+// sensor, every step, the operator, and the adapters of other tools
+// (parry ingest falco, parry ingest tetragon, pointed at parry run's
+// ingress with their token).
 func LocalIdentities(steps []step.Definition) []string {
-	users := []string{SensorSender(), Operator}
+	users := []string{SensorSender(), Operator, FalcoAdapter(), TetragonIngest()}
 	for _, d := range steps {
 		users = append(users, StepUser(d.Spec))
 	}
@@ -79,4 +81,14 @@ func SensorGrants(steps []step.Definition) auth.Static {
 		}
 	}
 	return g
+}
+
+// FalcoAdapter is the identity parry ingest falco sends with.
+func FalcoAdapter() string {
+	return auth.ServiceAccountUser(playbook.Namespace, playbook.FalcoAdapterServiceAccount)
+}
+
+// TetragonIngest is the identity parry ingest tetragon sends with.
+func TetragonIngest() string {
+	return auth.ServiceAccountUser(playbook.Namespace, playbook.TetragonIngestServiceAccount)
 }
