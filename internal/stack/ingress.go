@@ -52,14 +52,14 @@ func ingressAuth(set *manifest.Set, opts Options, file *auth.TokenFile) (map[str
 // loopbackOnly refuses an insecure ingress anywhere but on loopback: any
 // process that can reach it could feed parry events.
 func loopbackOnly(listen string) error {
-	if isLoopback(listen) {
+	if IsLoopback(listen) {
 		return nil
 	}
 	return fmt.Errorf("an insecure ingress (--insecure-ingress) accepts events from anyone who can reach it, so it listens on loopback only: pass --listen 127.0.0.1:<port>, or drop --insecure-ingress (senders then need a token of the file %s beside the journal)", TokenFile)
 }
 
-// isLoopback reports whether addr (host:port) is on a loopback interface.
-func isLoopback(addr string) bool {
+// IsLoopback reports whether addr (host:port) is on a loopback interface.
+func IsLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return false

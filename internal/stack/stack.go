@@ -166,7 +166,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			if cfg.SinkToken == nil && !opts.InsecureIngress {
 				cfg.SinkToken = auth.StaticToken(tokens[SensorSender()])
 			}
-			if cfg.RecorderAddr != "-" && !isLoopback(cfg.RecorderAddr) {
+			if cfg.RecorderAddr != "-" && !IsLoopback(cfg.RecorderAddr) {
 				stopWork()
 				return fail(fmt.Errorf("--recorder-listen %s: the local sensor's API (which can block and unblock pods) listens on loopback only; pass --recorder-listen 127.0.0.1:<port>", cfg.RecorderAddr))
 			}

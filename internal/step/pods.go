@@ -3,6 +3,7 @@ package step
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,19 +23,52 @@ type PodIndex struct {
 	informer cache.SharedIndexInformer
 }
 
-const byUID = "uid"
+const (
+	byUID       = "uid"
+	byContainer = "container"
+)
+
+// ContainerID is a container id without its runtime's scheme
+// (containerd://, cri-o://, docker://): the form parry's events carry.
+func ContainerID(id string) string {
+	if _, rest, ok := strings.Cut(id, "://"); ok {
+		return rest
+	}
+	return id
+}
+
+// shortContainerID is the 12-character prefix tools such as Falco print.
+const shortContainerID = 12
 
 // WatchPods starts the index and waits until it holds every pod. It runs
 // until ctx is done.
 func WatchPods(ctx context.Context, kube kubernetes.Interface) (*PodIndex, error) {
 	f := informers.NewSharedInformerFactory(kube, 0)
 	inf := f.Core().V1().Pods().Informer()
-	if err := inf.AddIndexers(cache.Indexers{byUID: func(obj any) ([]string, error) {
-		if p, ok := obj.(*corev1.Pod); ok {
-			return []string{string(p.UID)}, nil
-		}
-		return nil, nil
-	}}); err != nil {
+	if err := inf.AddIndexers(cache.Indexers{
+		byUID: func(obj any) ([]string, error) {
+			if p, ok := obj.(*corev1.Pod); ok {
+				return []string{string(p.UID)}, nil
+			}
+			return nil, nil
+		},
+		// Every container's id, whole and as its 12-character prefix.
+		byContainer: func(obj any) ([]string, error) {
+			p, ok := obj.(*corev1.Pod)
+			if !ok {
+				return nil, nil
+			}
+			var keys []string
+			for _, statuses := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses, p.Status.EphemeralContainerStatuses} {
+				for _, c := range statuses {
+					if id := ContainerID(c.ContainerID); len(id) > shortContainerID {
+						keys = append(keys, id, id[:shortContainerID])
+					}
+				}
+			}
+			return keys, nil
+		},
+	}); err != nil {
 		return nil, err
 	}
 	f.Start(ctx.Done())
@@ -44,6 +78,39 @@ func WatchPods(ctx context.Context, kube kubernetes.Interface) (*PodIndex, error
 		return nil, fmt.Errorf("listing the cluster's pods did not finish within a minute (the step's account needs list and watch on pods)")
 	}
 	return &PodIndex{informer: inf}, nil
+}
+
+// ByContainer returns the cached pod running the container with id, whole
+// or its 12-character prefix, with or without the runtime's scheme, and
+// the container's whole id.
+func (x *PodIndex) ByContainer(id string) (*corev1.Pod, string, bool) {
+	id = ContainerID(id)
+	objs, err := x.informer.GetIndexer().ByIndex(byContainer, id)
+	if err != nil || len(objs) != 1 {
+		return nil, "", false // none, or a 12-character prefix two containers share
+	}
+	p, ok := objs[0].(*corev1.Pod)
+	if !ok {
+		return nil, "", false
+	}
+	for _, statuses := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses, p.Status.EphemeralContainerStatuses} {
+		for _, c := range statuses {
+			if whole := ContainerID(c.ContainerID); strings.HasPrefix(whole, id) {
+				return p, whole, true
+			}
+		}
+	}
+	return p, id, true
+}
+
+// ByName returns the cached pod namespace/name.
+func (x *PodIndex) ByName(namespace, name string) (*corev1.Pod, bool) {
+	obj, ok, err := x.informer.GetIndexer().GetByKey(namespace + "/" + name)
+	if err != nil || !ok {
+		return nil, false
+	}
+	p, ok := obj.(*corev1.Pod)
+	return p, ok
 }
 
 // ByUID returns the cached pod with uid.
