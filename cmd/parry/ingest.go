@@ -24,6 +24,7 @@ import (
 
 const ingestUsage = `Usage:
   parry ingest falco [flags]      take Falcosidekick's CloudEvents and send them to the Broker as Falco alerts
+  parry ingest tetragon [flags]   follow Tetragon's JSON export and send its execs to the Broker as parry's exec events
 
 Run 'parry ingest <tool> --help' for its flags.
 `
@@ -39,6 +40,8 @@ func ingestCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return nil
 	case "falco":
 		return ingestFalco(ctx, args[1:], stderr)
+	case "tetragon":
+		return ingestTetragon(ctx, args[1:], stderr)
 	}
 	fmt.Fprintf(stderr, "parry ingest: unknown tool %q\n\n%s", args[0], ingestUsage)
 	return errUsage

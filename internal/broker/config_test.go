@@ -80,6 +80,12 @@ func TestShippedPoliciesHaveNoHole(t *testing.T) {
 			t.Errorf("Trigger %s (step %s) may send sensor or incident events", tr.Key(), st)
 		}
 	}
+	// The Tetragon ingester sends parry's exec events and nothing else.
+	tetragon := "system:serviceaccount:parry-sensor:parry-ingest-tetragon"
+	if !decide(tetragon, events.TypeProcessExec) || decide(tetragon, events.TypeProcessExit) || decide(tetragon, events.TypeIncidentOpened) || decide(tetragon, events.StepDone("isolate")) {
+		t.Errorf("the Tetragon ingester: exec allowed %v, exit %v, incident %v, a step's done %v (want only exec)", decide(tetragon, events.TypeProcessExec),
+			decide(tetragon, events.TypeProcessExit), decide(tetragon, events.TypeIncidentOpened), decide(tetragon, events.StepDone("isolate")))
+	}
 	if decide("system:serviceaccount:parry-system:default", events.TypeProcessExec) {
 		t.Error("a ServiceAccount no policy names may send")
 	}

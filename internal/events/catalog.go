@@ -17,7 +17,7 @@ type Entry struct {
 // generated from it; a test fails when that page is stale.
 func Types() []Entry {
 	return []Entry{
-		{TypeProcessExec, "sensor; Tetragon's exporter (parry ingest tetragon, source parry://tetragon/<node>)", "a process in a pod's cgroup called execve; data: the process, its arguments and its pod"},
+		{TypeProcessExec, "sensor; the Tetragon ingester (parry ingest tetragon, source parry://tetragon/<node>, from Tetragon's JSON export)", "a process in a pod's cgroup called execve; data: the process, its arguments and its pod"},
 		{TypeProcessExit, "sensor", "a watched process exited"},
 		{TypeNetworkConnect, "sensor", "a connect() from a pod's cgroup; action=blocked when the in-kernel egress block refused it"},
 		{TypeFileOpen, "sensor", "an open of a path under one of the sensor's watched prefixes"},

@@ -51,9 +51,15 @@ const (
 	IncidentCloserServiceAccount = "parry-incident-closer"
 	// FalcoAdapterServiceAccount and TetragonIngestServiceAccount are the
 	// identities other tools' events reach the Broker with (parry ingest
-	// falco, parry ingest tetragon), in Namespace.
+	// falco, in Namespace; parry ingest tetragon, in
+	// TetragonIngestNamespace).
 	FalcoAdapterServiceAccount   = "parry-ingest-falco"
 	TetragonIngestServiceAccount = "parry-ingest-tetragon"
+	// TetragonIngestNamespace is the sensor's: the ingester reads
+	// Tetragon's export file from the node (a hostPath), which only the
+	// privileged level of parry-sensor admits, not parry-system's
+	// restricted one.
+	TetragonIngestNamespace = SensorNamespace
 	// LocalOperator is the operator's identity under parry run (its token
 	// is in the local token file; stack.Operator). No cluster
 	// authenticator issues it: Knative's OIDC senders are ServiceAccounts.
@@ -433,7 +439,7 @@ func policiesYAML(pbs []Compiled) []byte {
 		// Other tools' adapters: each only the detections it translates.
 		doc("falco", "falco", []policyFrom{{Sub: "system:serviceaccount:" + Namespace + ":" + FalcoAdapterServiceAccount}},
 			[]Filter{{Exact: map[string]string{"type": events.TypeFalcoAlert}}}),
-		doc("tetragon", "tetragon", []policyFrom{{Sub: "system:serviceaccount:" + Namespace + ":" + TetragonIngestServiceAccount}},
+		doc("tetragon", "tetragon", []policyFrom{{Sub: "system:serviceaccount:" + TetragonIngestNamespace + ":" + TetragonIngestServiceAccount}},
 			[]Filter{{Exact: map[string]string{"type": events.TypeProcessExec}}}),
 		// functions/failed's ServiceAccount is named after it.
 		doc(DeadLetterFunction, DeadLetterFunction, []policyFrom{{Sub: "system:serviceaccount:" + Namespace + ":" + DeadLetterFunction}},

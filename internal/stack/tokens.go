@@ -90,5 +90,5 @@ func FalcoAdapter() string {
 
 // TetragonIngest is the identity parry ingest tetragon sends with.
 func TetragonIngest() string {
-	return auth.ServiceAccountUser(playbook.Namespace, playbook.TetragonIngestServiceAccount)
+	return auth.ServiceAccountUser(playbook.TetragonIngestNamespace, playbook.TetragonIngestServiceAccount)
 }
