@@ -13,6 +13,7 @@ import (
 	"parry.dev/parry/internal/httpclient"
 	"parry.dev/parry/internal/ingest/tetragon"
 	"parry.dev/parry/internal/logging"
+	"parry.dev/parry/internal/publish"
 	"parry.dev/parry/internal/stack"
 )
 
@@ -79,7 +80,7 @@ Flags:
 	}
 	_, err = tetragon.Run(ctx, tetragon.Options{
 		Path: *file, Stdin: os.Stdin, FromStart: *fromStart, Poll: *poll, MaxAge: *maxAge,
-		Sender: &tetragon.Sender{URL: *brokerURL, HTTP: auth.WithToken(httpclient.New(10*time.Second), src), Log: log},
+		Sender: &publish.Sender{URL: *brokerURL, HTTP: auth.WithToken(httpclient.New(10*time.Second), src), Log: log},
 		Log:    log,
 	})
 	return err

@@ -10,20 +10,15 @@
 package incident
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/cloudevents/sdk-go/v2/binding"
-	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	authnv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,6 +28,7 @@ import (
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/labels"
 	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/internal/publish"
 	"parry.dev/parry/internal/step"
 )
 
@@ -193,21 +189,12 @@ func Closed(data events.IncidentClosed, opened *cloudevents.Event, now time.Time
 // Publish posts e to a broker's ingress URL with hc (which carries the
 // sender's token); the error names the broker's answer.
 func Publish(ctx context.Context, hc *http.Client, url string, e cloudevents.Event) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	a, err := publish.Post(ctx, hc, url, e)
 	if err != nil {
-		return fmt.Errorf("broker URL %q: %w", url, err)
-	}
-	if err := cehttp.WriteRequest(ctx, binding.ToMessage(&e), req); err != nil {
 		return err
 	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("the broker at %s is unreachable: %w", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("the broker at %s answered %d: %s", url, resp.StatusCode, strings.TrimSpace(string(bytes.ToValidUTF8(body, nil))))
+	if !a.Accepted() {
+		return fmt.Errorf("the broker at %s answered %d: %s", url, a.Status, a.Reason)
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"parry.dev/parry/internal/httpclient"
 	"parry.dev/parry/internal/ingest/tetragon"
 	"parry.dev/parry/internal/journal"
+	"parry.dev/parry/internal/publish"
 	"parry.dev/parry/internal/stack"
 	"parry.dev/parry/tests/devenv"
 	"parry.dev/parry/tests/podcgroup"
@@ -73,7 +74,7 @@ func TestTetragonExecOpensAnIncident(t *testing.T) {
 	go func() {
 		st, err := tetragon.Run(runCtx, tetragon.Options{
 			Path: path, FromStart: true, Poll: 10 * time.Millisecond, Log: zerolog.Nop(),
-			Sender: &tetragon.Sender{URL: w.stack.BrokerURL(stack.DefaultBroker), Log: zerolog.Nop(),
+			Sender: &publish.Sender{URL: w.stack.BrokerURL(stack.DefaultBroker), Log: zerolog.Nop(),
 				HTTP: auth.WithToken(httpclient.New(10*time.Second), auth.StaticToken(token))},
 		})
 		if err != nil {

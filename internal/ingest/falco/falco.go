@@ -14,8 +14,6 @@
 package falco
 
 import (
-	"bytes"
-	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -33,6 +31,7 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/logging"
+	"parry.dev/parry/internal/publish"
 	"parry.dev/parry/internal/step"
 )
 
@@ -105,17 +104,17 @@ func (a *Adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	status, body, err := a.send(r.Context(), alert)
+	answer, err := publish.Post(r.Context(), a.HTTP, a.Broker, alert)
 	if err != nil {
 		a.Log.Error().Err(err).Str(logging.FieldEventID, alert.ID()).Msg("the Broker could not be reached; Falcosidekick may retry")
 		http.Error(w, "the Broker could not be reached: "+err.Error(), http.StatusBadGateway)
 		return
 	}
-	if status >= 300 {
-		a.Log.Warn().Int("status", status).Str("answer", body).Str(logging.FieldEventID, alert.ID()).Msg("the Broker refused a Falco alert")
+	if !answer.Accepted() {
+		a.Log.Warn().Int("status", answer.Status).Str("answer", answer.Reason).Str(logging.FieldEventID, alert.ID()).Msg("the Broker refused a Falco alert")
 	}
-	w.WriteHeader(status)
-	io.WriteString(w, body)
+	w.WriteHeader(answer.Status)
+	io.WriteString(w, answer.Reason)
 }
 
 // Translate turns one of Falcosidekick's events into parry's Falco alert.
@@ -231,22 +230,4 @@ func severity(priority string) string {
 		return "medium"
 	}
 	return "low"
-}
-
-func (a *Adapter) send(ctx context.Context, e cloudevents.Event) (int, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.Broker, nil)
-	if err != nil {
-		return 0, "", err
-	}
-	if err := cehttp.WriteRequest(ctx, binding.ToMessage(&e), req); err != nil {
-		return 0, "", err
-	}
-	resp, err := a.HTTP.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	io.Copy(&b, io.LimitReader(resp.Body, 4096))
-	return resp.StatusCode, b.String(), nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/logging"
+	"parry.dev/parry/internal/publish"
 )
 
 // Options say what Run reads and where it sends.
@@ -29,7 +30,7 @@ type Options struct {
 	// default). Zero means 5 minutes.
 	MaxAge time.Duration
 	Mapper Mapper
-	Sender *Sender
+	Sender *publish.Sender
 	Log    zerolog.Logger
 }
 
@@ -82,7 +83,7 @@ func Run(ctx context.Context, o Options) (Stats, error) {
 			return
 		}
 		err = o.Sender.Send(ctx, *e)
-		var refused *RefusedError
+		var refused *publish.RefusedError
 		switch {
 		case err == nil:
 			st.Sent++

@@ -21,6 +21,7 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/ingest/tetragon"
+	"parry.dev/parry/internal/publish"
 	"parry.dev/parry/sensor/api"
 )
 
@@ -173,10 +174,10 @@ func (b *broker) received() []cloudevents.Event {
 	return slices.Clone(b.got)
 }
 
-func sender(t *testing.T, b *broker) *tetragon.Sender {
+func sender(t *testing.T, b *broker) *publish.Sender {
 	srv := httptest.NewServer(b)
 	t.Cleanup(srv.Close)
-	return &tetragon.Sender{URL: srv.URL + "/parry-system/parry", HTTP: srv.Client(), Log: zerolog.Nop(), MaxBackoff: 20 * time.Millisecond}
+	return &publish.Sender{URL: srv.URL + "/parry-system/parry", HTTP: srv.Client(), Log: zerolog.Nop(), MaxBackoff: 20 * time.Millisecond}
 }
 
 func TestSendRetries5xxAndGivesUpOn4xx(t *testing.T) {
@@ -192,7 +193,7 @@ func TestSendRetries5xxAndGivesUpOn4xx(t *testing.T) {
 	}
 	b = &broker{status: func(int, cloudevents.Event) int { return http.StatusForbidden }}
 	err := sender(t, b).Send(context.Background(), *e)
-	var refused *tetragon.RefusedError
+	var refused *publish.RefusedError
 	if !errors.As(err, &refused) || refused.Status != http.StatusForbidden || !strings.Contains(refused.Reason, "policy says no") || b.attempts != 1 {
 		t.Fatalf("403: %v after %d attempts; want one attempt refused with the broker's reason", err, b.attempts)
 	}

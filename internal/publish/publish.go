@@ -1,4 +1,8 @@
-package tetragon
+// Package publish is the one way parry's clients send a CloudEvent to a
+// Broker's ingress: binary mode, with the sender's token on the HTTP
+// client, the Broker's answer named in the error; once (Post), or until the
+// Broker takes it (Sender), retrying what a retry can fix.
+package publish
 
 import (
 	"bytes"
@@ -74,32 +78,56 @@ func (s *Sender) Send(ctx context.Context, e cloudevents.Event) error {
 	}
 }
 
-// post makes one attempt; a retryable failure may say how long to wait.
-func (s *Sender) post(ctx context.Context, e cloudevents.Event) (time.Duration, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, nil)
+// Answer is the Broker's answer to one post.
+type Answer struct {
+	Status int
+	// Reason is the answer's body, for a refusal.
+	Reason string
+	// RetryAfter is what a 429 or 503 asked for, zero if nothing.
+	RetryAfter time.Duration
+}
+
+// Accepted reports a 2xx answer.
+func (a Answer) Accepted() bool { return a.Status/100 == 2 }
+
+// Retryable reports an answer a later attempt may change: 429 and 5xx.
+func (a Answer) Retryable() bool { return a.Status == http.StatusTooManyRequests || a.Status/100 == 5 }
+
+// Post sends e to url once with hc, which carries the sender's token. The
+// error is a *RefusedError for a request that cannot be made (retrying
+// cannot help), any other for one that was not answered.
+func Post(ctx context.Context, hc *http.Client, url string, e cloudevents.Event) (Answer, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
 	if err != nil {
-		return 0, &RefusedError{Reason: fmt.Sprintf("broker URL %q: %v", s.URL, err)}
+		return Answer{}, &RefusedError{Reason: fmt.Sprintf("broker URL %q: %v", url, err)}
 	}
 	if err := cehttp.WriteRequest(ctx, binding.ToMessage(&e), req); err != nil {
-		return 0, &RefusedError{Reason: err.Error()}
+		return Answer{}, &RefusedError{Reason: err.Error()}
 	}
-	resp, err := s.HTTP.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("the broker at %s is unreachable: %w", s.URL, err)
+		return Answer{}, fmt.Errorf("the broker at %s is unreachable: %w", url, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	reason := strings.TrimSpace(string(bytes.ToValidUTF8(body, nil)))
+	a := Answer{Status: resp.StatusCode, Reason: strings.TrimSpace(string(bytes.ToValidUTF8(body, nil)))}
+	if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+		a.RetryAfter = time.Duration(secs) * time.Second
+	}
+	return a, nil
+}
+
+// post makes one attempt; a retryable failure may say how long to wait.
+func (s *Sender) post(ctx context.Context, e cloudevents.Event) (time.Duration, error) {
+	a, err := Post(ctx, s.HTTP, s.URL, e)
 	switch {
-	case resp.StatusCode/100 == 2:
+	case err != nil:
+		return 0, err
+	case a.Accepted():
 		return 0, nil
-	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode/100 == 5:
-		var wait time.Duration
-		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
-			wait = time.Duration(secs) * time.Second
-		}
-		return wait, fmt.Errorf("the broker at %s answered %d: %s", s.URL, resp.StatusCode, reason)
+	case a.Retryable():
+		return a.RetryAfter, fmt.Errorf("the broker at %s answered %d: %s", s.URL, a.Status, a.Reason)
 	default:
-		return 0, &RefusedError{Status: resp.StatusCode, Reason: reason}
+		return 0, &RefusedError{Status: a.Status, Reason: a.Reason}
 	}
 }
