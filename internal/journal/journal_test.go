@@ -295,7 +295,7 @@ func TestConcurrentAppendsAreAllDurable(t *testing.T) {
 
 // A steady stream of commits never leaves the background checkpoint a gap to
 // reach the WAL's end; without the writer's catch-up the WAL would hold
-// every page written (about 6,000 frames here).
+// every page written (about 8,700 frames here).
 func TestWALStaysBoundedUnderSteadyWrites(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "j.db")
@@ -326,8 +326,10 @@ func TestWALStaysBoundedUnderSteadyWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The bound: the limit, plus what is written while one background pass
-	// runs and until the writer's next batch — generous on a slow disk.
-	const pageBytes, slackFrames = 4096 + 24, 1500
+	// runs and until the writer's next batch — generous on a slow or busy
+	// disk (800 to 1,400 frames on a quiet host, 2,100 seen in a CI run
+	// beside other work), and still a third of what an unbounded WAL holds.
+	const pageBytes, slackFrames = 4096 + 24, 3000
 	t.Logf("WAL: %d frames", wal.Size()/pageBytes)
 	if frames := wal.Size() / pageBytes; frames > limit+slackFrames {
 		t.Fatalf("the WAL grew to %d frames (%d bytes); want at most %d", frames, wal.Size(), limit+slackFrames)
