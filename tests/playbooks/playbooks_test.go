@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,9 +16,11 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"parry.dev/parry/functions/classify"
+	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/playbook"
+	"parry.dev/parry/internal/publish"
 	"parry.dev/parry/internal/stack"
 	"parry.dev/parry/tests/embedded"
 	"parry.dev/parry/tests/podcgroup"
@@ -112,8 +115,8 @@ func startStack(t *testing.T) (*replies, *stack.Stack) {
 const burst = 4
 
 // attacks perform each shipped playbook's behaviour in a pod.
-var attacks = map[string]func(t *testing.T, p *podcgroup.Pod){
-	"reverse-shell": func(t *testing.T, p *podcgroup.Pod) {
+var attacks = map[string]func(t *testing.T, p *podcgroup.Pod, s *stack.Stack){
+	"reverse-shell": func(t *testing.T, p *podcgroup.Pod, _ *stack.Stack) {
 		port := podcgroup.Listen(t, "127.0.0.1:0").Port
 		for range burst {
 			// bash's /dev/tcp: the shell itself dials out. Once isolate has
@@ -121,39 +124,39 @@ var attacks = map[string]func(t *testing.T, p *podcgroup.Pod){
 			p.Run(t, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/"+itoa(port)+"; exec 3>&-")
 		}
 	},
-	"crypto-miner": func(t *testing.T, p *podcgroup.Pod) {
+	"crypto-miner": func(t *testing.T, p *podcgroup.Pod, _ *stack.Stack) {
 		for range burst {
 			mustHelper(t, p, "connect", "127.0.0.1:3333")
 		}
 	},
-	"package-manager": func(t *testing.T, p *podcgroup.Pod) {
+	"package-manager": func(t *testing.T, p *podcgroup.Pod, _ *stack.Stack) {
 		for range burst {
 			mustRun(t, p, "dpkg", "--version")
 		}
 	},
-	"dropped-binary": func(t *testing.T, p *podcgroup.Pod) {
+	"dropped-binary": func(t *testing.T, p *podcgroup.Pod, _ *stack.Stack) {
 		bin := filepath.Join(t.TempDir(), "dropper") // below /tmp
 		copyFile(t, "/bin/true", bin)
 		for range burst {
 			mustRun(t, p, bin)
 		}
 	},
-	"fileless-exec": func(t *testing.T, p *podcgroup.Pod) {
+	"fileless-exec": func(t *testing.T, p *podcgroup.Pod, _ *stack.Stack) {
 		for range burst {
 			mustHelper(t, p, "memfd-exec")
 		}
 	},
-	"sensitive-file": func(t *testing.T, p *podcgroup.Pod) {
+	"sensitive-file": func(t *testing.T, p *podcgroup.Pod, _ *stack.Stack) {
 		for range burst {
 			mustRun(t, p, "cat", "/etc/shadow")
 		}
 	},
-	"cloud-metadata": func(t *testing.T, p *podcgroup.Pod) {
+	"cloud-metadata": func(t *testing.T, p *podcgroup.Pod, _ *stack.Stack) {
 		for range burst {
 			mustHelper(t, p, "connect", "169.254.169.254:80")
 		}
 	},
-	"k8s-client": func(t *testing.T, p *podcgroup.Pod) {
+	"k8s-client": func(t *testing.T, p *podcgroup.Pod, _ *stack.Stack) {
 		// Not below /tmp, which would be a dropped binary as well.
 		dir, err := os.MkdirTemp("/run", "parry-test-")
 		if err != nil {
@@ -166,14 +169,32 @@ var attacks = map[string]func(t *testing.T, p *podcgroup.Pod){
 			mustRun(t, p, kubectl, "get", "secrets", "-A")
 		}
 	},
-	"privilege-change": func(t *testing.T, p *podcgroup.Pod) {
+	"privilege-change": func(t *testing.T, p *podcgroup.Pod, _ *stack.Stack) {
 		for range burst {
 			mustHelper(t, p, "setuid")
 		}
 	},
-	"ptrace": func(t *testing.T, p *podcgroup.Pod) {
+	"ptrace": func(t *testing.T, p *podcgroup.Pod, _ *stack.Stack) {
 		for range burst {
 			mustHelper(t, p, "ptrace")
+		}
+	},
+	// Falco's verdict, as the Falco adapter sends it once it has resolved
+	// the pod (tests/e2e's TestFalcoAlertsDrivePlaybooks runs the adapter
+	// itself, with a cluster to resolve in): a burst of Critical alerts.
+	"falco-critical": func(t *testing.T, p *podcgroup.Pod, s *stack.Stack) {
+		for i := range burst {
+			e, err := events.New(events.Spec{Type: events.TypeFalcoAlert, Source: "parry://falco/test-node", Key: fmt.Sprint(p.UID, "-", i), Time: time.Now(),
+				Extensions: map[string]string{events.ExtNode: "test-node", events.ExtPodUID: p.UID, events.ExtPodNamespace: "shop", events.ExtPodName: "web-" + p.UID[:8],
+					events.ExtFalcoRule: "Terminal shell in container", events.ExtPriority: "critical", events.ExtTags: ",container,mitre_execution,"},
+				Data: map[string]any{"rule": "Terminal shell in container", "priority": "Critical"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			hc := auth.WithToken(http.DefaultClient, auth.StaticToken(s.Tokens[stack.FalcoAdapter()]))
+			if a, err := publish.Post(t.Context(), hc, s.BrokerURL(stack.DefaultBroker), e); err != nil || !a.Accepted() {
+				t.Fatalf("Falco alert %d: %+v %v", i, a, err)
+			}
 		}
 	},
 }
@@ -203,7 +224,7 @@ func TestShippedPlaybooks(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			p := podcgroup.New(t)
 			start := time.Now()
-			attack(t, p)
+			attack(t, p, st)
 			got := waitIncidents(t, rec, p.UID, 15*time.Second)
 			if len(got) == 0 {
 				t.Fatalf("no incident opened for pod %s within 15s of the attack", p.UID)
