@@ -150,6 +150,9 @@ func printEvent(w io.Writer, e journal.Entry, start time.Time, prefix, branch st
 	for _, why := range explanations(e) {
 		fmt.Fprintf(w, "%s  ! %s\n", pad, printable(why))
 	}
+	for _, what := range applied(e) {
+		fmt.Fprintf(w, "%s  = %s\n", pad, printable(what))
+	}
 	for _, d := range e.Deliveries {
 		line := fmt.Sprintf("→ %s %s: %s after %s, %d attempt(s)", d.Target, d.Trigger, d.State, ms(d.Updated.Sub(e.Received)), d.Attempts)
 		if d.Target == journal.ToSubscriber && d.State == journal.Pending && d.Attempts == 0 {
@@ -181,6 +184,17 @@ func explanations(e journal.Entry) []string {
 		}
 	}
 	return out
+}
+
+// applied is what a step's done reply says it changed (step.Applier).
+func applied(e journal.Entry) []string {
+	var data struct {
+		Applied []string `json:"applied"`
+	}
+	if json.Unmarshal(e.Event.Data(), &data) != nil {
+		return nil
+	}
+	return data.Applied
 }
 
 // keyAttributes are the routing attributes in a fixed order, then the rest.

@@ -43,12 +43,24 @@ func TestTraceShowsTheChainAndWhy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	saved, err := events.Reply(opened, events.Spec{Type: events.StepDone("snapshot"), Source: "parry://function/snapshot", Key: "s",
+		Data: map[string]any{"bundle": "/x", "applied": []string{"evidence bundle /x: 5 files"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, err := j.Append(ctx, record(t, root))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := j.Complete(ctx, journal.Key{Seq: a.Seq, Trigger: "parry-system/next", Target: journal.ToSubscriber}, 1, ptr(record(t, opened)))
+	openedRecord, err := journal.NewRecord("parry-system/parry", "system:serviceaccount:parry-sensor:parry-sensor", opened, []string{"parry-system/next", "parry-system/snap"})
 	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := j.Complete(ctx, journal.Key{Seq: a.Seq, Trigger: "parry-system/next", Target: journal.ToSubscriber}, 1, &openedRecord)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Complete(ctx, journal.Key{Seq: b.Seq, Trigger: "parry-system/snap", Target: journal.ToSubscriber}, 1, ptr(record(t, saved))); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := j.Complete(ctx, journal.Key{Seq: b.Seq, Trigger: "parry-system/next", Target: journal.ToSubscriber}, 1, ptr(record(t, failed))); err != nil {
@@ -63,7 +75,7 @@ func TestTraceShowsTheChainAndWhy(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	text := string(out)
-	for _, want := range []string{"3 events", events.TypeNetworkConnect, "└─ " + events.TypeIncidentOpened, "! +70: playbook crypto-miner (high)",
+	for _, want := range []string{"4 events", events.TypeNetworkConnect, events.StepDone("snapshot"), "= evidence bundle /x: 5 files", "└─ " + events.TypeIncidentOpened, "! +70: playbook crypto-miner (high)",
 		events.StepFailed("isolate"), "! refused: namespace kube-system is protected", "dport=3333",
 		"from system:serviceaccount:parry-sensor:parry-sensor"} {
 		if !strings.Contains(text, want) {

@@ -242,3 +242,21 @@ func egressRule(allow string) (networkingv1.NetworkPolicyEgressRule, error) {
 	}
 	return rule, nil
 }
+
+// Applied says what isolate changed, for the trace.
+func (r Result) Applied() []string {
+	if r.DryRun {
+		return nil
+	}
+	var out []string
+	if r.KernelBlock == "applied" {
+		out = append(out, fmt.Sprintf("in-kernel egress block of pod %s on node %s at %s", r.PodUID, r.Node, r.KernelBlockAt.UTC().Format(time.RFC3339Nano)))
+	}
+	if r.Kubernetes == "" && !r.PodGone {
+		out = append(out, fmt.Sprintf("label %s on pod %s/%s", r.Label, r.Namespace, r.Pod))
+	}
+	if !r.PolicyAt.IsZero() {
+		out = append(out, fmt.Sprintf("NetworkPolicy %s/%s (deny all but the allow-list) at %s", r.Namespace, r.NetworkPolicy, r.PolicyAt.UTC().Format(time.RFC3339Nano)))
+	}
+	return out
+}

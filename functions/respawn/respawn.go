@@ -368,3 +368,21 @@ func isReady(p *corev1.Pod) bool {
 	}
 	return false
 }
+
+// Applied says what respawn changed, for the trace.
+func (r Result) Applied() []string {
+	if r.DryRun {
+		return nil
+	}
+	var out []string
+	if r.Orphaned {
+		out = append(out, fmt.Sprintf("pod %s/%s orphaned from %s", r.Namespace, r.Pod, r.Controller))
+	}
+	if r.Replacement != "" {
+		out = append(out, fmt.Sprintf("replacement %s/%s Ready at %s", r.Namespace, r.Replacement, r.ReadyAt.UTC().Format(time.RFC3339Nano)))
+	}
+	if r.Deleted {
+		out = append(out, fmt.Sprintf("quarantined pod %s/%s deleted", r.Namespace, r.Pod))
+	}
+	return out
+}

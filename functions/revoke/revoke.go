@@ -363,3 +363,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// Applied says what revoke revoked, for the trace.
+func (r Result) Applied() []string {
+	if len(r.Accessors) == 0 && r.LeasesRevoked == 0 {
+		return nil
+	}
+	return []string{fmt.Sprintf("Vault: %d token(s) revoked (accessors %s), %d lease(s) revoked", len(r.Accessors), strings.Join(r.Accessors, ", "), r.LeasesRevoked)}
+}

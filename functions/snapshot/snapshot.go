@@ -469,3 +469,11 @@ func countFiles(dir string) int {
 	})
 	return n
 }
+
+// Applied says what snapshot saved, for the trace.
+func (r Result) Applied() []string {
+	if r.DryRun || r.ManifestSHA256 == "" {
+		return nil
+	}
+	return []string{fmt.Sprintf("evidence bundle %s: %d files, manifest sha256 %s, signed by key %s", r.Bundle, r.Files, r.ManifestSHA256, r.KeyFingerprint)}
+}

@@ -2,6 +2,7 @@ package step
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -113,6 +114,34 @@ type Request struct {
 // Params are the step's parameters from the playbook.
 func (r *Request) Params() Params { return r.Config.Params }
 
+// Applier is an action's result that says, for people, what the step
+// changed: the runtime adds it to the done reply's data as "applied"
+// (which parry trace prints), so every step says it the same way.
+type Applier interface {
+	Applied() []string
+}
+
+// withApplied marshals data with its "applied" list beside its fields.
+type withApplied struct {
+	data    any
+	applied []string
+}
+
+func (w withApplied) MarshalJSON() ([]byte, error) {
+	b, err := json.Marshal(w.data)
+	if err != nil || len(w.applied) == 0 {
+		return b, err
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return b, nil // not an object: nothing to add to
+	}
+	if fields["applied"], err = json.Marshal(w.applied); err != nil {
+		return nil, err
+	}
+	return json.Marshal(fields)
+}
+
 // Failure is a permanent reason not to act: the step replies failed.
 type Failure struct {
 	Reason string
@@ -219,6 +248,9 @@ func (rt *runtime) handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 		return nil, err
 	}
 	if !rt.spec.Replies {
+		if a, ok := data.(Applier); ok {
+			data = withApplied{data: data, applied: a.Applied()}
+		}
 		return DoneReply(e, rt.spec.Name, data)
 	}
 	reply, ok := data.(Reply)

@@ -223,3 +223,25 @@ func TestIncidentKeyFile(t *testing.T) {
 		t.Fatalf("a short key: %v", err)
 	}
 }
+
+type appliedResult struct {
+	Label string `json:"label"`
+}
+
+func (r appliedResult) Applied() []string { return []string{"label " + r.Label} }
+
+// A result that says what it applied gets it into the done reply's data as
+// "applied", beside its own fields; parry trace prints it.
+func TestDoneReplySaysWhatWasApplied(t *testing.T) {
+	reply, err, _ := run(t, isolateLike, func(context.Context, *step.Request) (any, error) { return appliedResult{Label: "q=inc-1"}, nil }, incident(t, "shop", "miner"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data struct {
+		Label   string   `json:"label"`
+		Applied []string `json:"applied"`
+	}
+	if err := reply.DataAs(&data); err != nil || data.Label != "q=inc-1" || len(data.Applied) != 1 || data.Applied[0] != "label q=inc-1" {
+		t.Fatalf("data %s: %v", reply.Data(), err)
+	}
+}

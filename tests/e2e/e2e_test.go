@@ -105,6 +105,20 @@ func (w *world) reply(t *testing.T, podUID, typ string, within time.Duration) jo
 	return journal.Entry{}
 }
 
+// saysApplied checks that a step's done reply says each of want in a line
+// of its data's "applied".
+func saysApplied(t *testing.T, e cloudevents.Event, want ...string) {
+	t.Helper()
+	got := decode[struct {
+		Applied []string `json:"applied"`
+	}](t, e).Applied
+	for _, w := range want {
+		if !slices.ContainsFunc(got, func(line string) bool { return strings.Contains(line, w) }) {
+			t.Errorf("%s says it applied %q, not %q", e.Type(), got, w)
+		}
+	}
+}
+
 func decode[T any](t *testing.T, e cloudevents.Event) T {
 	t.Helper()
 	var v T
@@ -140,6 +154,8 @@ func (w *world) contain(t *testing.T, ns string, victim, sibling corev1.Pod, ver
 	if iso.KernelBlock != "applied" {
 		t.Fatalf("in-kernel block not applied: %+v", iso)
 	}
+	// Each reply says what it applied, for the trace.
+	saysApplied(t, isolated.Event, "in-kernel egress block of pod "+string(victim.UID), "label "+labels.Quarantine+"=", "NetworkPolicy "+ns+"/"+iso.NetworkPolicy)
 	pod, err := w.kube.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{})
 	if err != nil && !apierrors.IsNotFound(err) { // not found: respawn already deleted it
 		t.Fatal(err)
@@ -163,6 +179,7 @@ func (w *world) contain(t *testing.T, ns string, victim, sibling corev1.Pod, ver
 	if err != nil || digest != snap.ManifestSHA256 {
 		t.Fatalf("evidence bundle %s does not verify: %v", snap.Bundle, err)
 	}
+	saysApplied(t, snapped.Event, "evidence bundle "+snap.Bundle, "manifest sha256 "+snap.ManifestSHA256)
 	recorder, err := os.ReadFile(filepath.Join(snap.Bundle, "flight-recorder.json"))
 	if err != nil || !strings.Contains(string(recorder), `"dport": 3333`) {
 		t.Fatalf("the bundle's flight recorder holds no connect to the pool: %v", err)
@@ -173,6 +190,7 @@ func (w *world) contain(t *testing.T, ns string, victim, sibling corev1.Pod, ver
 	if res.Replacement == "" || !res.Deleted {
 		t.Fatalf("respawn: %+v", res)
 	}
+	saysApplied(t, respawned.Event, "replacement "+ns+"/"+res.Replacement+" Ready at", "quarantined pod "+ns+"/"+victim.Name+" deleted")
 	devenv.WaitWeb(t, w.kube, ns, 2)
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := w.kube.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
