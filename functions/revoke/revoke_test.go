@@ -85,6 +85,11 @@ func result(t *testing.T, reply *cloudevents.Event, wantType string) revoke.Resu
 	if reply.Type() != wantType {
 		t.Fatalf("reply %s (reason %q), want %s", reply.Type(), res.Reason, wantType)
 	}
+	// A done reply that revoked something says so for the trace.
+	if n := len(res.Accessors); reply.Type() == events.StepDone(revoke.Name) && (n > 0 || res.LeasesRevoked > 0) &&
+		!strings.Contains(string(reply.Data()), fmt.Sprintf(`"applied":["Vault: %d token(s) revoked`, n)) {
+		t.Errorf("the reply does not say what it revoked: %s", reply.Data())
+	}
 	return res
 }
 
