@@ -201,7 +201,7 @@ func applied(e journal.Entry) []string {
 func keyAttributes(e journal.Entry) string {
 	ext := e.Event.Extensions()
 	order := []string{events.ExtIncident, events.ExtPlaybook, events.ExtSeverity, events.ExtRule, events.ExtPodNamespace, events.ExtPodName, events.ExtContainer, events.ExtExe, events.ExtDestPort}
-	skip := map[string]bool{events.ExtTraceparent: true, events.ExtCausation: true, events.ExtPodUID: true, events.ExtNode: true}
+	skip := map[string]bool{events.ExtTraceparent: true, events.ExtCausation: true, events.ExtPodUID: true, events.ExtNode: true, events.ExtIncidentSeal: true}
 	var parts []string
 	for _, k := range order {
 		if v := events.String(e.Event, k); v != "" {
