@@ -363,3 +363,26 @@ func describe(verr event.ValidationError) string {
 // a failed attempt: the broker retries it per the Trigger's delivery spec.
 // The broker delivers to handlers and every step runs as one.
 type Handler func(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error)
+
+// ContainerID normalises a runtime's container id as Kubernetes, Tetragon
+// and Falco's adapter find it (containerd://<64 hex>, cri-o://..., docker://...) to
+// what parry's sensor puts in the containerid attribute: the id alone, in
+// lower case, and returns the runtime's scheme beside it. An id that is
+// not 64 hex characters afterwards is returned as "", so that an
+// attribute meant to join events never holds something else.
+func ContainerID(s string) (id, runtime string) {
+	runtime, id, found := strings.Cut(s, "://")
+	if !found {
+		runtime, id = "", s
+	}
+	id = strings.ToLower(id)
+	if len(id) != 64 {
+		return "", runtime
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return "", runtime
+		}
+	}
+	return id, runtime
+}

@@ -176,3 +176,21 @@ func TestStringReadsExtensionsOfEveryContextVersion(t *testing.T) {
 		}
 	}
 }
+
+// Every source's container ids take the sensor's form, so events about one
+// container join; anything else is left out.
+func TestContainerIDIsTheSensorsForm(t *testing.T) {
+	const containerHex = "3e2a1f0c9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f"
+	for in, want := range map[string]string{
+		"containerd://" + containerHex:             containerHex,
+		"cri-o://" + strings.ToUpper(containerHex): containerHex,
+		containerHex:                          containerHex,
+		"containerd://3e2a1f0c9b8d":           "", // a short id does not join
+		"docker://" + strings.Repeat("z", 64): "",
+		"":                                    "",
+	} {
+		if got, _ := events.ContainerID(in); got != want {
+			t.Errorf("ContainerID(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"parry.dev/parry/internal/events"
 )
 
 // PodIndex finds pods by UID in an informer's cache of every pod in the
@@ -28,13 +30,18 @@ const (
 	byContainer = "container"
 )
 
-// ContainerID is a container id without its runtime's scheme
-// (containerd://, cri-o://, docker://): the form parry's events carry.
-func ContainerID(id string) string {
-	if _, rest, ok := strings.Cut(id, "://"); ok {
-		return rest
+// ContainerIDs are the ids of a pod's containers (init, regular and
+// ephemeral) in the containerid attribute's form (events.ContainerID).
+func ContainerIDs(p *corev1.Pod) []string {
+	var ids []string
+	for _, statuses := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses, p.Status.EphemeralContainerStatuses} {
+		for _, c := range statuses {
+			if id, _ := events.ContainerID(c.ContainerID); id != "" {
+				ids = append(ids, id)
+			}
+		}
 	}
-	return id
+	return ids
 }
 
 // shortContainerID is the 12-character prefix tools such as Falco print.
@@ -59,12 +66,8 @@ func WatchPods(ctx context.Context, kube kubernetes.Interface) (*PodIndex, error
 				return nil, nil
 			}
 			var keys []string
-			for _, statuses := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses, p.Status.EphemeralContainerStatuses} {
-				for _, c := range statuses {
-					if id := ContainerID(c.ContainerID); len(id) > shortContainerID {
-						keys = append(keys, id, id[:shortContainerID])
-					}
-				}
+			for _, id := range ContainerIDs(p) {
+				keys = append(keys, id, id[:shortContainerID])
 			}
 			return keys, nil
 		},
@@ -84,7 +87,10 @@ func WatchPods(ctx context.Context, kube kubernetes.Interface) (*PodIndex, error
 // or its 12-character prefix, with or without the runtime's scheme, and
 // the container's whole id.
 func (x *PodIndex) ByContainer(id string) (*corev1.Pod, string, bool) {
-	id = ContainerID(id)
+	id = strings.ToLower(id)
+	if _, rest, ok := strings.Cut(id, "://"); ok {
+		id = rest
+	}
 	objs, err := x.informer.GetIndexer().ByIndex(byContainer, id)
 	if err != nil || len(objs) != 1 {
 		return nil, "", false // none, or a 12-character prefix two containers share
@@ -93,11 +99,9 @@ func (x *PodIndex) ByContainer(id string) (*corev1.Pod, string, bool) {
 	if !ok {
 		return nil, "", false
 	}
-	for _, statuses := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses, p.Status.EphemeralContainerStatuses} {
-		for _, c := range statuses {
-			if whole := ContainerID(c.ContainerID); strings.HasPrefix(whole, id) {
-				return p, whole, true
-			}
+	for _, whole := range ContainerIDs(p) {
+		if strings.HasPrefix(whole, id) {
+			return p, whole, true
 		}
 	}
 	return p, id, true

@@ -210,9 +210,9 @@ func (a *Adapter) resolve(ext map[string]string, ns, name, container string) {
 	if pod.Spec.NodeName != "" {
 		ext[events.ExtNode] = pod.Spec.NodeName
 	}
-	if id := ext[events.ExtContainerID]; id != "" && len(id) < 64 {
-		for _, c := range pod.Status.ContainerStatuses {
-			if whole := step.ContainerID(c.ContainerID); strings.HasPrefix(whole, id) {
+	if id := ext[events.ExtContainerID]; id != "" {
+		for _, whole := range step.ContainerIDs(pod) {
+			if strings.HasPrefix(whole, id) {
 				ext[events.ExtContainerID] = whole
 			}
 		}

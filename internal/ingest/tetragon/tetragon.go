@@ -160,7 +160,7 @@ func (m Mapper) Map(raw []byte) (*cloudevents.Event, string, error) {
 		}
 		if c := po.Container; c != nil {
 			d.Container = c.Name
-			d.ContainerID, d.Runtime = ContainerID(c.ID)
+			d.ContainerID, d.Runtime = events.ContainerID(c.ID)
 			if c.Image != nil {
 				d.Image, d.ImageID = c.Image.Name, c.Image.ID
 			}
@@ -226,29 +226,6 @@ func val(p *uint32) uint32 {
 		return 0
 	}
 	return *p
-}
-
-// ContainerID normalises a runtime's container id as Kubernetes and
-// Tetragon write it (containerd://<64 hex>, cri-o://..., docker://...) to
-// what parry's sensor puts in the containerid attribute: the id alone, in
-// lower case, and returns the runtime's scheme beside it. An id that is
-// not 64 hex characters afterwards is returned as "", so that an
-// attribute meant to join events never holds something else.
-func ContainerID(s string) (id, runtime string) {
-	runtime, id, found := strings.Cut(s, "://")
-	if !found {
-		runtime, id = "", s
-	}
-	id = strings.ToLower(id)
-	if len(id) != 64 {
-		return "", runtime
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return "", runtime
-		}
-	}
-	return id, runtime
 }
 
 // SplitArguments splits Tetragon's arguments string into argv. Tetragon

@@ -90,21 +90,6 @@ func TestExecBecomesParrysExecEvent(t *testing.T) {
 // The containerid attribute has the form parry's sensor gives it (the
 // cgroup's 64 hex, the pod status's id without its scheme), so events of
 // the sensor, Tetragon and Falco about one container join.
-func TestContainerIDIsTheSensorsForm(t *testing.T) {
-	for in, want := range map[string]string{
-		"containerd://" + containerHex:             containerHex,
-		"cri-o://" + strings.ToUpper(containerHex): containerHex,
-		containerHex:                          containerHex,
-		"containerd://3e2a1f0c9b8d":           "", // a short id does not join
-		"docker://" + strings.Repeat("z", 64): "",
-		"":                                    "",
-	} {
-		if got, _ := tetragon.ContainerID(in); got != want {
-			t.Errorf("ContainerID(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestSplitArguments(t *testing.T) {
 	for in, want := range map[string][]string{
 		"":                               nil,
