@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,19 +34,9 @@ Run 'parry incident close --help' for its flags.
 `
 
 func incidentCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, incidentUsage)
-		return errUsage
-	}
-	switch args[0] {
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, incidentUsage)
-		return nil
-	case "close":
-		return incidentClose(ctx, args[1:], stdout, stderr)
-	}
-	fmt.Fprintf(stderr, "parry incident: unknown subcommand %q\n\n%s", args[0], incidentUsage)
-	return errUsage
+	return subcommand("incident", "subcommand", incidentUsage, args, stdout, stderr, map[string]func([]string) error{
+		"close": func(args []string) error { return incidentClose(ctx, args, stdout, stderr) },
+	})
 }
 
 // closeTarget is where a close acts: the embedded default's journal and
@@ -192,15 +181,7 @@ func localTarget(ctx context.Context, id, journalPath, sensorAddr, brokerURL str
 	if err != nil {
 		return closeTarget{}, fmt.Errorf("%w, in the journal %s ('parry trace --last 20' lists recent events)", err, journalPath)
 	}
-	tokenPath := filepath.Join(filepath.Dir(journalPath), stack.TokenFile)
-	f, err := auth.LoadTokenFile(tokenPath)
-	if errors.Is(err, os.ErrNotExist) {
-		return closeTarget{}, fmt.Errorf("no token file %s: parry run writes it beside its journal when it starts; close with the --journal parry run uses", tokenPath)
-	}
-	if err != nil {
-		return closeTarget{}, err
-	}
-	tok, err := f.TokenOf(stack.Operator)
+	tok, err := localToken(filepath.Join(filepath.Dir(journalPath), stack.TokenFile), stack.Operator)
 	if err != nil {
 		return closeTarget{}, err
 	}

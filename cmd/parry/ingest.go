@@ -30,21 +30,10 @@ Run 'parry ingest <tool> --help' for its flags.
 `
 
 func ingestCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, ingestUsage)
-		return errUsage
-	}
-	switch args[0] {
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, ingestUsage)
-		return nil
-	case "falco":
-		return ingestFalco(ctx, args[1:], stderr)
-	case "tetragon":
-		return ingestTetragon(ctx, args[1:], stderr)
-	}
-	fmt.Fprintf(stderr, "parry ingest: unknown tool %q\n\n%s", args[0], ingestUsage)
-	return errUsage
+	return subcommand("ingest", "tool", ingestUsage, args, stdout, stderr, map[string]func([]string) error{
+		"falco":    func(args []string) error { return ingestFalco(ctx, args, stderr) },
+		"tetragon": func(args []string) error { return ingestTetragon(ctx, args, stderr) },
+	})
 }
 
 // senderToken is an ingester's token for the Broker: a projected
@@ -58,15 +47,24 @@ func senderToken(tokenFile, tokens, user string) (auth.TokenSource, error) {
 		}
 		return src, nil
 	}
-	f, err := auth.LoadTokenFile(tokens)
+	tok, err := localToken(tokens, user)
 	if err != nil {
-		return nil, fmt.Errorf("%w (pass --token-file in a cluster, or --tokens with parry run's token file)", err)
-	}
-	tok, err := f.TokenOf(user)
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (in a cluster pass --token-file)", err)
 	}
 	return auth.StaticToken(tok), nil
+}
+
+// localToken is user's token in parry run's token file at path: how a
+// local client acts as the identity parry run gave it.
+func localToken(path, user string) (string, error) {
+	f, err := auth.LoadTokenFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("no token file %s: parry run writes it beside its journal when it starts; use the state directory (--journal) parry run uses", path)
+	}
+	if err != nil {
+		return "", err
+	}
+	return f.TokenOf(user)
 }
 
 func ingestFalco(ctx context.Context, args []string, stderr io.Writer) error {

@@ -73,6 +73,27 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return 2
 }
 
+// subcommand runs the subcommand of `parry <group>` that args[0] names
+// (what says what kind of word it is: "subcommand", "tool"), or prints
+// usage: to stdout when asked for, else to stderr as a usage error.
+func subcommand(group, what, usage string, args []string, stdout, stderr io.Writer, subs map[string]func(args []string) error) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	run, ok := subs[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "parry %s: unknown %s %q\n\n%s", group, what, args[0], usage)
+		return errUsage
+	}
+	return run(args[1:])
+}
+
 // errUsage reports bad arguments; the flag set has already said what.
 var errUsage = errors.New("usage")
 
