@@ -172,40 +172,11 @@ func (w *world) tetragonExec(t *testing.T, exe string, within time.Duration) jou
 
 // delivered waits until every delivery of the event id and of the events
 // it caused is done, and returns them all: by then any incident it opens
-// is journaled.
+// is journaled. At least one delivery: the exec reached classify's Trigger.
 func (w *world) delivered(t *testing.T, id string, within time.Duration) []*journal.Node {
 	t.Helper()
-	var pending []string
-	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	return w.settle(t, "event "+id, within, true, func() ([]*journal.Node, error) {
 		root, err := w.stack.Journal.Tree(context.Background(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var nodes []*journal.Node
-		var walk func(n *journal.Node)
-		walk = func(n *journal.Node) {
-			nodes = append(nodes, n)
-			for _, c := range n.Children {
-				walk(c)
-			}
-		}
-		walk(root)
-		pending = pending[:0]
-		delivered := 0
-		for _, n := range nodes {
-			for _, d := range n.Deliveries {
-				if d.State == journal.Pending {
-					pending = append(pending, n.Type+" → "+d.Trigger)
-				} else {
-					delivered++
-				}
-			}
-		}
-		// delivered > 0: the exec reached classify's Trigger at least.
-		if len(pending) == 0 && delivered > 0 {
-			return nodes
-		}
-	}
-	t.Fatalf("event %s: deliveries still pending after %s: %v", id, within, pending)
-	return nil
+		return []*journal.Node{root}, err
+	})
 }
