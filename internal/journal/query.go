@@ -8,6 +8,8 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"parry.dev/parry/internal/events"
 )
 
 // ErrNotFound is returned when no event matches a query.
@@ -157,90 +159,41 @@ func (j *Journal) Last(ctx context.Context, n int) ([]Entry, error) {
 
 // Tree returns the causal tree that contains the event with id, from its
 // root cause down.
-func (j *Journal) Tree(ctx context.Context, id string) (*Node, error) {
-	e, err := j.Event(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	root, err := j.rootOf(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	return j.grow(ctx, root)
-}
+func (j *Journal) Tree(ctx context.Context, id string) (*Node, error) { return tree(ctx, j, id) }
 
 // Incident returns the causal trees of an incident: from the root cause of
 // every event that carries the incident id, down to the last step. Usually
 // that is one tree, rooted at the sensor event that opened the incident.
 func (j *Journal) Incident(ctx context.Context, incident string) ([]*Node, error) {
-	members, err := j.queryEntries(ctx, `WHERE incident = ? ORDER BY seq`, incident)
-	if err != nil {
-		return nil, err
-	}
-	if len(members) == 0 {
-		return nil, fmt.Errorf("%w in incident %q", ErrNotFound, incident)
-	}
-	var trees []*Node
-	seen := map[int64]bool{}
-	for _, m := range members {
-		root, err := j.rootOf(ctx, m)
-		if err != nil {
-			return nil, err
-		}
-		if seen[root.Seq] {
-			continue
-		}
-		seen[root.Seq] = true
-		tree, err := j.grow(ctx, root)
-		if err != nil {
-			return nil, err
-		}
-		trees = append(trees, tree)
-	}
-	return trees, nil
+	return incidentTrees(ctx, j, incident)
 }
 
-func (j *Journal) rootOf(ctx context.Context, e Entry) (Entry, error) {
-	visited := map[int64]bool{e.Seq: true}
-	for e.Causation != "" {
-		parent, err := j.Event(ctx, e.Causation)
-		if errors.Is(err, ErrNotFound) {
-			return e, nil // the cause came from outside the journal
-		}
-		if err != nil {
-			return e, err
-		}
-		if visited[parent.Seq] {
-			return e, nil // a causation cycle can only come from a foreign producer
-		}
-		visited[parent.Seq] = true
-		e = parent
-	}
-	return e, nil
+// Incidents lists incidents, most recently opened first.
+func (j *Journal) Incidents(ctx context.Context, f IncidentFilter) ([]IncidentSummary, error) {
+	return incidents(ctx, j, f)
 }
 
-func (j *Journal) grow(ctx context.Context, root Entry) (*Node, error) {
-	top := &Node{Entry: root}
-	queue := []*Node{top}
-	visited := map[int64]bool{root.Seq: true}
-	for len(queue) > 0 {
-		n := queue[0]
-		queue = queue[1:]
-		children, err := j.queryEntries(ctx, `WHERE causation = ? ORDER BY seq`, n.ID)
-		if err != nil {
-			return nil, err
-		}
-		for _, c := range children {
-			if visited[c.Seq] {
-				continue
-			}
-			visited[c.Seq] = true
-			child := &Node{Entry: c}
-			n.Children = append(n.Children, child)
-			queue = append(queue, child)
-		}
+func (j *Journal) byID(ctx context.Context, id string) (Entry, error) { return j.Event(ctx, id) }
+
+func (j *Journal) byCausation(ctx context.Context, id string) ([]Entry, error) {
+	return j.queryEntries(ctx, `WHERE causation = ? ORDER BY seq`, id)
+}
+
+func (j *Journal) byIncident(ctx context.Context, incident string) ([]Entry, error) {
+	return j.queryEntries(ctx, `WHERE incident = ? ORDER BY seq`, incident)
+}
+
+func (j *Journal) opened(ctx context.Context, f IncidentFilter) ([]Entry, error) {
+	q := `WHERE type = ? AND incident IS NOT NULL AND received >= ? ORDER BY seq DESC`
+	args := []any{events.TypeIncidentOpened, f.Since.UnixNano()}
+	if f.Since.IsZero() {
+		args[1] = int64(0)
 	}
-	return top, nil
+	if f.Limit > 0 {
+		q += ` LIMIT ?`
+		args = append(args, f.Limit)
+	}
+	return j.queryEntries(ctx, q, args...)
 }
 
 // Pending returns every delivery that has not finished, oldest first, for
