@@ -1,5 +1,6 @@
-// Package clients is the one factory of parry's Kubernetes clients (and,
-// in clients/vault, of its Vault client). It reads no environment variable
+// Package clients is the one factory of parry's Kubernetes clients, of its
+// PostgreSQL pools and their schema migrations (and, in clients/vault, of its
+// Vault client). It reads no environment variable
 // itself: the mains read the environment and pass what they found.
 package clients
 
