@@ -28,6 +28,7 @@ func commands() []command {
 		{"sensor", "run the eBPF sensor alone, sending to --sink or $K_SINK (the DaemonSet's command)", sensorCommand},
 		{"playbook", "validate playbooks and compile them into Triggers and sensor filters", playbookCommand},
 		{"steps", "describe the response steps: parameters, permissions and an example", stepsCommand},
+		{"incidents", "list incidents: state, playbook, pod, score and what each step did", incidentsCommand},
 		{"trace", "show an incident's causal chain from the first syscall to the last step", traceCommand},
 		{"incident", "close an incident: lift its pods' in-kernel blocks and record who closed it", incidentCommand},
 		{"ingest", "send other tools' detections (Falco, Tetragon) to the Broker as parry's events", ingestCommand},
@@ -106,7 +107,7 @@ Usage: parry <command> [flags]
 Commands:
 `)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, `
 Run 'parry <command> --help' for a command's flags.

@@ -19,7 +19,7 @@ import (
 
 func traceCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("trace", "[flags] (INCIDENT | --event ID | --last N)", stderr)
-	journalPath := fs.String("journal", defaultJournal(), "journal file written by parry run")
+	journalPath := journalFlag(fs)
 	eventID := fs.String("event", "", "show the causal tree that contains this event id")
 	last := fs.Int("last", 0, "list the N most recent events")
 	asJSON := fs.Bool("json", false, "print JSON for tools instead of text")
@@ -37,7 +37,7 @@ func traceCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fs.Usage()
 		return errUsage
 	}
-	j, err := journal.OpenReadOnly(ctx, *journalPath)
+	j, err := openJournal(ctx, *journalPath)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -185,10 +186,7 @@ func (j *Journal) byIncident(ctx context.Context, incident string) ([]Entry, err
 
 func (j *Journal) opened(ctx context.Context, f IncidentFilter) ([]Entry, error) {
 	q := `WHERE type = ? AND incident IS NOT NULL AND received >= ? ORDER BY seq DESC`
-	args := []any{events.TypeIncidentOpened, f.Since.UnixNano()}
-	if f.Since.IsZero() {
-		args[1] = int64(0)
-	}
+	args := []any{events.TypeIncidentOpened, unixNanos(f.Since)}
 	if f.Limit > 0 {
 		q += ` LIMIT ?`
 		args = append(args, f.Limit)
@@ -218,4 +216,18 @@ func (j *Journal) Pending(ctx context.Context) ([]PendingDelivery, error) {
 		out = append(out, p)
 	}
 	return out, rows.Err()
+}
+
+// unixNanos is t as received is stored, clamped: the zero time is before
+// everything, and a time past 2262 (which UnixNano cannot represent) after.
+func unixNanos(t time.Time) int64 {
+	switch {
+	case t.IsZero():
+		return 0
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	case t.Before(time.Unix(0, 0)):
+		return 0
+	}
+	return t.UnixNano()
 }

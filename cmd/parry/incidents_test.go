@@ -1,0 +1,160 @@
+package main_test
+
+import (
+	"context"
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/journal"
+)
+
+// incidentFixture journals two incidents as parry run would: a miner in
+// default (isolate done, snapshot failed, then closed by a person) and a
+// shell in shop whose pod name an attacker chose (escape sequences).
+func incidentFixture(t *testing.T) string {
+	t.Helper()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "journal.db")
+	j, err := journal.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	appendAll := func(es ...cloudevents.Event) {
+		for _, e := range es {
+			if _, err := j.Append(ctx, record(t, e)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mk := func(parent *cloudevents.Event, spec events.Spec) cloudevents.Event {
+		t.Helper()
+		var e cloudevents.Event
+		var err error
+		if parent == nil {
+			e, err = events.New(spec)
+		} else {
+			e, err = events.Reply(*parent, spec)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	pod := func(ns, name string) map[string]string {
+		return map[string]string{events.ExtPodNamespace: ns, events.ExtPodName: name, events.ExtPodUID: "uid-" + name, events.ExtNode: "n1"}
+	}
+	opened := func(cause cloudevents.Event, inc, pb, score, sev string) cloudevents.Event {
+		return mk(&cause, events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: inc,
+			Extensions: map[string]string{events.ExtIncident: inc, events.ExtPlaybook: pb, events.ExtScore: score, events.ExtSeverity: sev, events.ExtResponse: events.ResponseAct},
+			Data:       map[string]any{"reasons": []string{"+90: playbook " + pb}}})
+	}
+
+	miner := mk(nil, events.Spec{Type: events.TypeNetworkConnect, Source: "parry://sensor/n1", Key: "m", Extensions: pod("default", "web-1")})
+	minerInc := opened(miner, "inc-miner", "crypto-miner", "95", "critical")
+	isolated := mk(&minerInc, events.Spec{Type: events.StepDone("isolate"), Source: "parry://function/isolate", Key: "i",
+		Extensions: map[string]string{events.ExtStep: "isolate"}, Data: map[string]any{"applied": []string{"NetworkPolicy parry-quarantine-x"}}})
+	snapFailed := mk(&minerInc, events.Spec{Type: events.StepFailed("snapshot"), Source: "parry://function/snapshot", Key: "s",
+		Extensions: map[string]string{events.ExtStep: "snapshot"}, Data: map[string]string{"reason": "pod gone"}})
+	closed := mk(nil, events.Spec{Type: events.TypeIncidentClosed, Source: "parry://cli", Key: "c",
+		Extensions: map[string]string{events.ExtIncident: "inc-miner"}, Data: events.IncidentClosed{Incident: "inc-miner", ClosedBy: "alice"}})
+	appendAll(miner, minerInc, isolated, snapFailed, closed)
+
+	shell := mk(nil, events.Spec{Type: events.TypeProcessExec, Source: "parry://sensor/n1", Key: "x", Extensions: pod("shop", "cart\x1b[2J")})
+	shellInc := opened(shell, "inc-shell", "shell-in-container", "70", "high")
+	joined := mk(&shell, events.Spec{Type: events.TypeIncidentJoined, Source: "parry://function/classify", Key: "j",
+		Extensions: map[string]string{events.ExtIncident: "inc-shell", events.ExtPlaybook: "shell-in-container"}})
+	appendAll(shell, shellInc, joined)
+	return path
+}
+
+func TestIncidentsListsFiltersAndEscapes(t *testing.T) {
+	bin, err := parryBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := incidentFixture(t)
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(bin, append([]string{"incidents", "--journal", path}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("parry incidents %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+
+	all := run()
+	for _, want := range []string{"inc-miner", "closed", "crypto-miner", "default/web-1", "95 critical", "isolate ok", "snapshot FAILED", "closed by alice",
+		"inc-shell", "open", `shop/cart\x1b[2J`} {
+		if !strings.Contains(all, want) {
+			t.Errorf("the list lacks %q:\n%s", want, all)
+		}
+	}
+	if strings.Contains(all, "\x1b") {
+		t.Errorf("an escape sequence from a pod name reached the terminal:\n%q", all)
+	}
+	// Most recently opened first.
+	if strings.Index(all, "inc-shell") > strings.Index(all, "inc-miner") {
+		t.Errorf("not most recent first:\n%s", all)
+	}
+
+	for name, tc := range map[string]struct {
+		args []string
+		want []string
+	}{
+		"open":      {[]string{"--state", "open"}, []string{"inc-shell"}},
+		"closed":    {[]string{"--state", "closed"}, []string{"inc-miner"}},
+		"playbook":  {[]string{"--playbook", "crypto-miner"}, []string{"inc-miner"}},
+		"namespace": {[]string{"--namespace", "shop"}, []string{"inc-shell"}},
+		"limit":     {[]string{"--limit", "1"}, []string{"inc-shell"}},
+		"since":     {[]string{"--since", "1h"}, []string{"inc-shell", "inc-miner"}},
+		"future":    {[]string{"--since", "2999-01-01T00:00:00Z"}, nil},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var got []journal.IncidentSummary
+			if err := json.Unmarshal([]byte(run(append(tc.args, "--json")...)), &got); err != nil {
+				t.Fatal(err)
+			}
+			var ids []string
+			for _, s := range got {
+				ids = append(ids, s.ID)
+			}
+			if strings.Join(ids, ",") != strings.Join(tc.want, ",") {
+				t.Fatalf("got %v, want %v", ids, tc.want)
+			}
+		})
+	}
+
+	var miner []journal.IncidentSummary
+	if err := json.Unmarshal([]byte(run("--playbook", "crypto-miner", "--json")), &miner); err != nil {
+		t.Fatal(err)
+	}
+	m := miner[0]
+	if m.State != journal.IncidentClosed || m.ClosedBy != "alice" || m.Score != 95 || m.PodUID != "uid-web-1" || len(m.Steps) != 2 ||
+		m.Steps[0].Applied[0] != "NetworkPolicy parry-quarantine-x" || m.Steps[1].Reason != "pod gone" || m.First == "" {
+		t.Fatalf("summary: %+v", m)
+	}
+
+	for _, bad := range [][]string{{"--state", "sideways"}, {"--since", "yesterday"}, {"--limit", "-1"}, {"inc-miner"}} {
+		out, err := exec.Command(bin, append([]string{"incidents", "--journal", path}, bad...)...).CombinedOutput()
+		if code := exitCode(err); code != 2 {
+			t.Errorf("parry incidents %v: exit %d, want 2 (usage)\n%s", bad, code, out)
+		}
+	}
+}
+
+func exitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
