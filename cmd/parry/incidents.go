@@ -10,7 +10,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"parry.dev/parry/internal/buildinfo"
 	"parry.dev/parry/internal/journal"
+	"parry.dev/parry/internal/ocsf"
 )
 
 func incidentsCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -21,13 +23,23 @@ func incidentsCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	namespace := fs.String("namespace", "", "only incidents of pods in this namespace")
 	since := fs.String("since", "", "only incidents opened since: a duration back from now (24h, 90m) or a time (2026-12-06T10:00:00Z)")
 	limit := fs.Int("limit", 50, "at most this many, the most recently opened first (0: all)")
-	asJSON := fs.Bool("json", false, "print JSON for tools instead of a table")
+	format := fs.String("format", "table", "table; json (the summaries, for tools); or ocsf: OCSF "+ocsf.Version+" JSON lines for a SIEM, a Detection Finding (class 2004) per incident and a Remediation Activity (class 7001) per isolate, respawn and revoke")
+	asJSON := fs.Bool("json", false, "the same as --format json")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "parry incidents: unexpected argument %q ('parry trace INCIDENT' shows one incident)\n", fs.Arg(0))
 		fs.Usage()
+		return errUsage
+	}
+	if *asJSON {
+		*format = "json"
+	}
+	switch *format {
+	case "table", "json", "ocsf":
+	default:
+		fmt.Fprintf(stderr, "parry incidents: --format %q: want table, json or ocsf\n", *format)
 		return errUsage
 	}
 	f := journal.IncidentFilter{State: *state, Playbook: *playbook, Namespace: *namespace, Limit: *limit}
@@ -59,13 +71,25 @@ func incidentsCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	switch *format {
+	case "json":
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if list == nil {
 			list = []journal.IncidentSummary{}
 		}
 		return enc.Encode(list)
+	case "ocsf":
+		enc := json.NewEncoder(stdout)
+		product := ocsf.Product{Name: "parry", Vendor: "parry", Version: buildinfo.Version}
+		for _, s := range list {
+			for _, e := range ocsf.Events(s, product) {
+				if err := enc.Encode(e); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
 	}
 	if len(list) == 0 {
 		fmt.Fprintln(stderr, "no incidents match")

@@ -3,6 +3,7 @@ package main_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -141,7 +142,25 @@ func TestIncidentsListsFiltersAndEscapes(t *testing.T) {
 		t.Fatalf("summary: %+v", m)
 	}
 
-	for _, bad := range [][]string{{"--state", "sideways"}, {"--since", "yesterday"}, {"--limit", "-1"}, {"inc-miner"}} {
+	// OCSF for a SIEM: one JSON object per line, the finding first, with
+	// the pod name's escape sequence JSON-escaped.
+	lines := strings.Split(strings.TrimSpace(run("--format", "ocsf")), "\n")
+	var classes []string
+	for _, l := range lines {
+		var e struct {
+			ClassUID int    `json:"class_uid"`
+			Activity string `json:"activity_name"`
+		}
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatalf("not a JSON line: %v\n%s", err, l)
+		}
+		classes = append(classes, fmt.Sprintf("%d %s", e.ClassUID, e.Activity))
+	}
+	if want := "2004 Create,2004 Create,7001 Isolate"; strings.Join(classes, ",") != want {
+		t.Errorf("OCSF events %v, want %s", classes, want)
+	}
+
+	for _, bad := range [][]string{{"--format", "xml"}, {"--state", "sideways"}, {"--since", "yesterday"}, {"--limit", "-1"}, {"inc-miner"}} {
 		out, err := exec.Command(bin, append([]string{"incidents", "--journal", path}, bad...)...).CombinedOutput()
 		if code := exitCode(err); code != 2 {
 			t.Errorf("parry incidents %v: exit %d, want 2 (usage)\n%s", bad, code, out)
