@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"parry.dev/parry/internal/buildinfo"
+	"parry.dev/parry/internal/display"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/ocsf"
 )
@@ -116,7 +117,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 
 // printIncidents prints the list on-call starts from: one line per
 // incident, then what its steps did. Every value came from events, which an
-// attacker may have shaped: all of it goes through printable.
+// attacker may have shaped: all of it goes through display.Printable.
 func printIncidents(w io.Writer, list []journal.IncidentSummary, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "INCIDENT\tSTATE\tPLAYBOOK\tPOD\tSCORE\tRESPONSE\tOPENED\tSTEPS")
@@ -130,8 +131,8 @@ func printIncidents(w io.Writer, list []journal.IncidentSummary, now time.Time) 
 			score += " " + s.Severity
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			printable(s.ID), printable(s.State), printable(orDash(s.Playbook)), printable(orDash(pod)), printable(score),
-			printable(orDash(s.Response)), ago(now, s.Opened), printable(orDash(steps(s))))
+			display.Printable(s.ID), display.Printable(s.State), display.Printable(orDash(s.Playbook)), display.Printable(orDash(pod)), display.Printable(score),
+			display.Printable(orDash(s.Response)), ago(now, s.Opened), display.Printable(orDash(steps(s))))
 	}
 	tw.Flush()
 }

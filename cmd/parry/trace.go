@@ -6,13 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
+	"parry.dev/parry/internal/display"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
 )
@@ -107,7 +104,7 @@ func printTree(w io.Writer, root *journal.Node) {
 			}
 		}
 	})
-	fmt.Fprintf(w, "trace %s · %d events · %s from the first event to the last step\n\n", printable(orDash(root.TraceID)), count, ms(end.Sub(root.Received)))
+	fmt.Fprintf(w, "trace %s · %d events · %s from the first event to the last step\n\n", display.Printable(orDash(root.TraceID)), count, ms(end.Sub(root.Received)))
 	var print func(n *journal.Node, prefix, branch string)
 	print = func(n *journal.Node, prefix, branch string) {
 		printEvent(w, n.Entry, root.Received, prefix, branch)
@@ -133,7 +130,7 @@ func printTree(w io.Writer, root *journal.Node) {
 // printEvent prints one event: when it arrived relative to start, what it
 // is, the attributes on-call cares about, and what became of each delivery.
 func printEvent(w io.Writer, e journal.Entry, start time.Time, prefix, branch string) {
-	fmt.Fprintf(w, "%s %9s  %s%s%s  %s\n", e.Received.Format("15:04:05.000000"), "+"+ms(e.Received.Sub(start)), prefix, branch, printable(e.Type), printable(short(e.ID)))
+	fmt.Fprintf(w, "%s %9s  %s%s%s  %s\n", e.Received.Format("15:04:05.000000"), "+"+ms(e.Received.Sub(start)), prefix, branch, display.Printable(e.Type), display.Printable(short(e.ID)))
 	pad := strings.Repeat(" ", 27) + prefix
 	switch branch {
 	case "├─ ":
@@ -142,16 +139,16 @@ func printEvent(w io.Writer, e journal.Entry, start time.Time, prefix, branch st
 		pad += "   "
 	}
 	if attrs := keyAttributes(e); attrs != "" {
-		fmt.Fprintf(w, "%s  %s\n", pad, printable(attrs))
+		fmt.Fprintf(w, "%s  %s\n", pad, display.Printable(attrs))
 	}
 	if e.Sender != "" {
-		fmt.Fprintf(w, "%s  from %s\n", pad, printable(e.Sender))
+		fmt.Fprintf(w, "%s  from %s\n", pad, display.Printable(e.Sender))
 	}
-	for _, why := range explanations(e) {
-		fmt.Fprintf(w, "%s  ! %s\n", pad, printable(why))
+	for _, why := range e.Why() {
+		fmt.Fprintf(w, "%s  ! %s\n", pad, display.Printable(why))
 	}
-	for _, what := range applied(e) {
-		fmt.Fprintf(w, "%s  = %s\n", pad, printable(what))
+	for _, what := range e.Applied() {
+		fmt.Fprintf(w, "%s  = %s\n", pad, display.Printable(what))
 	}
 	for _, d := range e.Deliveries {
 		line := fmt.Sprintf("→ %s %s: %s after %s, %d attempt(s)", d.Target, d.Trigger, d.State, ms(d.Updated.Sub(e.Received)), d.Attempts)
@@ -161,112 +158,8 @@ func printEvent(w io.Writer, e journal.Entry, start time.Time, prefix, branch st
 		if d.Error != "" {
 			line += fmt.Sprintf(" (last answer %d: %s)", d.Code, firstLine(d.Error))
 		}
-		fmt.Fprintf(w, "%s  %s\n", pad, printable(line))
+		fmt.Fprintf(w, "%s  %s\n", pad, display.Printable(line))
 	}
-}
-
-// explanations are what an event's data says about why: classify's scoring
-// reasons, a step's reason for failing or refusing, a note. On-call reads
-// them without opening the JSON.
-func explanations(e journal.Entry) []string {
-	var data struct {
-		Reasons []string `json:"reasons"`
-		Reason  string   `json:"reason"`
-		Note    string   `json:"note"`
-	}
-	if json.Unmarshal(e.Event.Data(), &data) != nil {
-		return nil
-	}
-	out := data.Reasons
-	for _, s := range []string{data.Reason, data.Note} {
-		if s != "" {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// applied is what a step's done reply says it changed (step.Applier).
-func applied(e journal.Entry) []string {
-	var data struct {
-		Applied []string `json:"applied"`
-	}
-	if json.Unmarshal(e.Event.Data(), &data) != nil {
-		return nil
-	}
-	return data.Applied
-}
-
-// keyAttributes are the routing attributes in a fixed order, then the rest.
-func keyAttributes(e journal.Entry) string {
-	ext := e.Event.Extensions()
-	order := []string{events.ExtIncident, events.ExtPlaybook, events.ExtSeverity, events.ExtRule, events.ExtPodNamespace, events.ExtPodName, events.ExtContainer, events.ExtExe, events.ExtDestPort}
-	skip := map[string]bool{events.ExtTraceparent: true, events.ExtCausation: true, events.ExtPodUID: true, events.ExtNode: true, events.ExtIncidentSeal: true}
-	var parts []string
-	for _, k := range order {
-		if v := events.String(e.Event, k); v != "" {
-			parts = append(parts, k+"="+v)
-		}
-		skip[k] = true
-	}
-	for _, k := range slices.Sorted(maps.Keys(ext)) {
-		if !skip[k] {
-			parts = append(parts, k+"="+events.String(e.Event, k))
-		}
-	}
-	parts = append(parts, "source="+e.Source)
-	return strings.Join(parts, " ")
-}
-
-// printable escapes what a terminal would act on rather than show, so that
-// attribute values an attacker chose (a process's name, a path, an answer's
-// error) cannot move the cursor, clear the screen, retitle the window or
-// hide text: C0 and C1 controls (ESC sequences, \r, \b), DEL, Unicode
-// line separators and bidirectional overrides print as Go escapes (\x1b,
-// \r, \u202e) and bytes that are not UTF-8 as \xNN. --json needs none of
-// this: the encoder escapes controls itself.
-func printable(s string) string {
-	if !needsEscape(s) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size <= 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case unsafeRune(r):
-			q := strconv.QuoteRuneToASCII(r) // '\x1b', '\r', '\u202e'
-			b.WriteString(q[1 : len(q)-1])
-		default:
-			b.WriteString(s[i : i+size])
-		}
-		i += size
-	}
-	return b.String()
-}
-
-func needsEscape(s string) bool {
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if (r == utf8.RuneError && size <= 1) || unsafeRune(r) {
-			return true
-		}
-		i += size
-	}
-	return false
-}
-
-func unsafeRune(r rune) bool {
-	switch {
-	case r < 0x20, r >= 0x7f && r <= 0x9f: // C0, DEL, C1
-		return true
-	case r >= 0x200e && r <= 0x200f, r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069: // bidi marks, embeddings, overrides, isolates
-		return true
-	case r == 0x2028 || r == 0x2029 || r == 0x061c: // line and paragraph separators, Arabic letter mark
-		return true
-	}
-	return false
 }
 
 func walk(n *journal.Node, f func(*journal.Node, int)) {
@@ -347,4 +240,13 @@ func toTraceNode(n *journal.Node, start time.Time) traceNode {
 		out.Children = append(out.Children, toTraceNode(c, start))
 	}
 	return out
+}
+
+// keyAttributes is the attributes line: k=v k=v ... source=...
+func keyAttributes(e journal.Entry) string {
+	var parts []string
+	for _, a := range e.KeyAttributes() {
+		parts = append(parts, a.Name+"="+a.Value)
+	}
+	return strings.Join(parts, " ")
 }
