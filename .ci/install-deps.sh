@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a fresh machine lacks for `make tools` and
-# `make test`: clang-19/llvm-19 for the BPF code check, PostgreSQL (for Vault's database secrets engine in the test
+# `make test`: clang-19/llvm-19 for the BPF code check, Chromium for the web
+# timeline's browser test, PostgreSQL (for Vault's database secrets engine in the test
 # environment; its server must run as the postgres user the package creates)
 # and flock (util-linux) for the tools build lock. Idempotent: a machine that
 # has them skips apt entirely.
@@ -18,6 +19,9 @@ command -v llvm-strip-19 >/dev/null 2>&1 || need+=(llvm-19)
 # libbpf's BPF-side headers (bpf_helpers.h, ...) come from Debian, not from
 # a copy in the repository.
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+# A real headless Chromium renders the web timeline in tests/e2e; a font so
+# its screenshot shows text.
+command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
 
 if [ ${#need[@]} -eq 0 ]; then
 	echo "install-deps: nothing to install"

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -13,9 +14,11 @@ import (
 	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/clients/vault"
+	"parry.dev/parry/internal/httpserver"
 	"parry.dev/parry/internal/logging"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
+	"parry.dev/parry/internal/timeline"
 	"parry.dev/parry/sensor"
 )
 
@@ -24,6 +27,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	configDir := fs.String("config", "config", "directory with the Broker and Trigger manifests (the same ones 'ko apply -f' installs)")
 	journalPath := fs.String("journal", defaultJournal(), "journal file (SQLite); created if missing")
 	listen := fs.String("listen", "127.0.0.1:8080", "address of the broker ingress: POST /<namespace>/<broker>")
+	uiListen := fs.String("ui-listen", "127.0.0.1:8081", "address of the web timeline (the incident list, and each incident from the first kernel event to the last step); loopback only, the pages show what the sensors saw; empty: off")
 	noSensor := fs.Bool("no-sensor", false, "do not start the eBPF sensor in this process")
 	maxEvent := fs.Int64("max-event-bytes", 1<<20, "largest event the ingress accepts; larger ones get 413")
 	limits := broker.DefaultLimits()
@@ -82,9 +86,27 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if !*noSensor {
 		opts.Sensor = &sensorCfg
 	}
+	var ui net.Listener
+	if *uiListen != "" {
+		// Bound before the stack starts, so a taken port is an error at
+		// start and not after the sensor is loaded.
+		if !stack.IsLoopback(*uiListen) {
+			return fmt.Errorf("--ui-listen %s: the web timeline shows what the sensors saw (command lines among it) to whoever reaches it, without a login, so it listens on loopback only: pass --ui-listen 127.0.0.1:<port> and reach it through an SSH tunnel or kubectl port-forward", *uiListen)
+		}
+		if ui, err = net.Listen("tcp", *uiListen); err != nil {
+			return fmt.Errorf("--ui-listen: %w (pass another port, or --ui-listen '' to turn the web timeline off)", err)
+		}
+		defer ui.Close()
+	}
 	s, err := stack.Start(ctx, opts)
 	if err != nil {
 		return err
+	}
+	if ui != nil {
+		srv := httpserver.New((&timeline.Server{Journal: s.Journal, Log: log}).Handler(), httpserver.Defaults)
+		go srv.Serve(ui) //nolint:errcheck // ends with the listener
+		defer srv.Close()
+		log.Info().Str("url", "http://"+ui.Addr().String()+"/").Msg("web timeline: the incidents, each from the first kernel event to the last step")
 	}
 	brokers := make([]string, len(s.Manifests.Brokers))
 	for i, br := range s.Manifests.Brokers {

@@ -3,6 +3,7 @@ package main_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -52,6 +53,7 @@ func freeAddr(t *testing.T) string {
 type parryProcess struct {
 	cmd    *exec.Cmd
 	url    string
+	ui     string // the web timeline's URL
 	stderr *strings.Builder
 	mu     *sync.Mutex
 }
@@ -64,7 +66,7 @@ func startParry(t *testing.T, configDir, journalPath, addr string) *parryProcess
 	}
 	// This test is about the journal, not senders: the ingress runs
 	// insecure (on loopback, as the flag requires).
-	cmd := exec.Command(bin, "run", "--no-sensor", "--insecure-ingress", "--config", configDir, "--journal", journalPath, "--listen", addr, "--log-format", "json")
+	cmd := exec.Command(bin, "run", "--no-sensor", "--insecure-ingress", "--config", configDir, "--journal", journalPath, "--listen", addr, "--ui-listen", "127.0.0.1:0", "--log-format", "json")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +83,13 @@ func startParry(t *testing.T, configDir, journalPath, addr string) *parryProcess
 			p.mu.Lock()
 			p.stderr.WriteString(sc.Text() + "\n")
 			p.mu.Unlock()
+			var line struct {
+				Message string `json:"message"`
+				URL     string `json:"url"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && strings.HasPrefix(line.Message, "web timeline") {
+				p.ui = line.URL
+			}
 			if strings.Contains(sc.Text(), "parry is running") {
 				once.Do(func() { close(ready) })
 			}
@@ -178,6 +187,10 @@ spec:
 	addr := freeAddr(t)
 
 	p := startParry(t, config, journalPath, addr)
+	// parry run serves the web timeline beside the ingress.
+	if resp, err := http.Get(p.ui); err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(resp.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("web timeline at %q: %v %v", p.ui, resp, err)
+	}
 	for i := range n {
 		if code := postEvent(t, p.url, fmt.Sprintf("ev-%d", i)); code != http.StatusAccepted {
 			t.Fatalf("event %d: ingress answered %d", i, code)
