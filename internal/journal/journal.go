@@ -243,6 +243,11 @@ func (j *Journal) write(ctx context.Context, req *writeReq) (Appended, error) {
 	if j.writes == nil {
 		return Appended{}, errors.New("journal: opened read-only")
 	}
+	if req.rec != nil {
+		if err := req.rec.encode(); err != nil {
+			return Appended{}, err
+		}
+	}
 	req.now = time.Now().UnixNano()
 	req.done = make(chan error, 1)
 	select {
@@ -467,13 +472,28 @@ type Record struct {
 
 // NewRecord encodes e, sent by sender, for the journal.
 func NewRecord(broker, sender string, e cloudevents.Event, triggers []string) (Record, error) {
-	body, err := e.MarshalJSON()
-	if err != nil {
-		return Record{}, fmt.Errorf("journal: encoding event %s: %w", e.ID(), err)
+	r := Record{Broker: broker, Sender: sender, Event: e, Triggers: triggers}
+	if err := r.encode(); err != nil {
+		return Record{}, err
 	}
-	return Record{Broker: broker, Sender: sender, Event: e, Triggers: triggers, body: body,
-		incident: nullable(events.String(e, events.ExtIncident)), causation: nullable(events.String(e, events.ExtCausation)),
-		traceID: events.TraceID(e)}, nil
+	return r, nil
+}
+
+// encode fills what NewRecord prepares; a store calls it for a Record made
+// as a literal.
+func (r *Record) encode() error {
+	if r.body != nil {
+		return nil
+	}
+	body, err := r.Event.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("journal: encoding event %s: %w", r.Event.ID(), err)
+	}
+	r.body = body
+	r.incident = nullable(events.String(r.Event, events.ExtIncident))
+	r.causation = nullable(events.String(r.Event, events.ExtCausation))
+	r.traceID = events.TraceID(r.Event)
+	return nil
 }
 
 // Appended says what Append did.
