@@ -147,8 +147,14 @@ func Open(ctx context.Context, path string) (*Journal, error) {
 	j := &Journal{db: db, lock: lock, writes: make(chan *writeReq, 4*maxBatch), committed: make(chan struct{}, 1)}
 	j.walLimit.Store(walLimitFrames)
 	if err := j.init(ctx); err != nil {
+		if j.conn != nil {
+			j.conn.Close()
+		}
 		db.Close()
 		lock.Close()
+		if errors.Is(err, errNewerSchema) {
+			return nil, fmt.Errorf("journal: %s: %w", path, err)
+		}
 		return nil, fmt.Errorf("journal: %s: %w (pass --journal with a writable path)", path, err)
 	}
 	checkpoints, err := db.Conn(ctx)
@@ -165,23 +171,15 @@ func Open(ctx context.Context, path string) (*Journal, error) {
 }
 
 func (j *Journal) init(ctx context.Context) error {
-	var hasSender bool
-	if err := j.db.QueryRowContext(ctx, hasSenderSQL).Scan(&hasSender); err != nil {
-		return err
-	}
-	ddl := schema
-	if !hasSender {
-		ddl = "BEGIN IMMEDIATE;" + migrateSender + "COMMIT;"
-	}
-	if _, err := j.db.ExecContext(ctx, ddl); err != nil {
-		return fmt.Errorf("creating or migrating the schema: %w", err)
-	}
-	j.senderColumn = "sender"
 	conn, err := j.db.Conn(ctx)
 	if err != nil {
 		return err
 	}
 	j.conn = conn
+	if err := migrateSQLite(ctx, conn); err != nil {
+		return err
+	}
+	j.senderColumn = "sender"
 	return j.stmts.prepare(ctx, conn)
 }
 
@@ -226,13 +224,14 @@ func OpenReadOnly(ctx context.Context, path string) (*Journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("journal: %s: %w", path, err)
 	}
-	var hasSender bool
-	if err := db.QueryRowContext(ctx, hasSenderSQL).Scan(&hasSender); err != nil {
+	// A file that parry run has not migrated yet is read as it is.
+	v, err := sqliteVersion(ctx, db)
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("journal: %s: %w", path, err)
 	}
 	j := &Journal{db: db, senderColumn: "sender"}
-	if !hasSender {
+	if v == 1 {
 		j.senderColumn = "''"
 	}
 	return j, nil

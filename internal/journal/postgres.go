@@ -52,8 +52,7 @@ var postgresSteps = []string{
 	CREATE INDEX journal_events_by_id ON journal_events USING hash (id);
 	CREATE INDEX journal_events_by_incident ON journal_events USING hash (incident) WHERE incident IS NOT NULL;
 	CREATE INDEX journal_events_by_causation ON journal_events USING hash (causation) WHERE causation IS NOT NULL;
-	CREATE INDEX journal_events_opened ON journal_events (seq) WHERE type = '` + events.TypeIncidentOpened + `' AND incident IS NOT NULL;
-	CREATE INDEX journal_events_by_received ON journal_events (received);`,
+	CREATE INDEX journal_events_opened ON journal_events (seq) WHERE ` + openedCondition + `;`,
 }
 
 // ErrUnstorable says that an event holds what PostgreSQL's text cannot: a
@@ -258,14 +257,14 @@ func (p *Postgres) byIncident(ctx context.Context, incident string) ([]Entry, er
 }
 
 func (p *Postgres) opened(ctx context.Context, f IncidentFilter) ([]Entry, error) {
-	q := `WHERE type = $1 AND incident IS NOT NULL AND received >= $2 ORDER BY seq DESC`
+	q := `WHERE ` + openedCondition + ` AND received >= $1 ORDER BY seq DESC`
 	since := f.Since
 	if since.IsZero() {
 		since = time.Unix(0, 0)
 	}
-	args := []any{events.TypeIncidentOpened, since}
+	args := []any{since}
 	if f.Limit > 0 {
-		q += ` LIMIT $3`
+		q += ` LIMIT $2`
 		args = append(args, f.Limit)
 	}
 	return p.queryEntries(ctx, q, args...)
