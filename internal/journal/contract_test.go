@@ -177,7 +177,7 @@ func (s scenario) play(t *testing.T, st contractStore) (mid time.Time) {
 // store's own seq and clock (checked separately).
 type entryView struct {
 	ID, Source, Type, Subject, Incident, Causation, TraceID, Broker, Sender, Event string
-	Deliveries                                                                 int
+	Deliveries                                                                     int
 }
 
 func view(t *testing.T, e journal.Entry, from, to time.Time) entryView {
