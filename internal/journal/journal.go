@@ -86,10 +86,11 @@ type Journal struct {
 // writeReq is one caller's write: an event to add (with its deliveries), a
 // delivery to finish, or both (a completed delivery and its reply).
 type writeReq struct {
-	rec  *Record
-	fin  *finish
-	now  int64
-	done chan error
+	rec   *Record
+	fin   *finish
+	prune *pruneReq
+	now   int64
+	done  chan error
 	// out is filled by the writer before done is signalled.
 	out Appended
 }
@@ -377,6 +378,7 @@ func (j *Journal) commit(batch []*writeReq) error {
 
 type statements struct {
 	begin, commit, rollback, checkpoint, insertEvent, insertDelivery, finish *sql.Stmt
+	pruneUpTo, pruneDeliveries, prunedSize, pruneEvents                      *sql.Stmt
 }
 
 func (st *statements) prepare(ctx context.Context, conn *sql.Conn) error {
@@ -399,11 +401,22 @@ func (st *statements) prepare(ctx context.Context, conn *sql.Conn) error {
 		VALUES (?, ?, ?, ?, ?, ?, 'pending')`)
 	st.finish = prep(`UPDATE deliveries SET state = ?, attempts = ?, code = ?, error = ?, reply_seq = ?, updated = ?
 		WHERE event_seq = ? AND trigger = ? AND target = ?`)
+	// Pruning: the last seq of the oldest events that may go (none with a
+	// pending delivery), their finished deliveries, then the events left
+	// without deliveries up to it, which are exactly those.
+	st.pruneUpTo = prep(`SELECT MAX(seq) FROM (SELECT seq FROM events e WHERE seq < ?
+		AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state = 'pending') ORDER BY seq LIMIT ?)`)
+	st.pruneDeliveries = prep(`DELETE FROM deliveries WHERE event_seq <= ?
+		AND event_seq NOT IN (SELECT event_seq FROM deliveries WHERE state = 'pending')`)
+	st.prunedSize = prep(`SELECT COUNT(*), COALESCE(SUM(` + eventBytesSQL + `), 0) FROM events
+		WHERE seq <= ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)`)
+	st.pruneEvents = prep(`DELETE FROM events WHERE seq <= ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)`)
 	return err
 }
 
 func (st *statements) close() {
-	for _, s := range []*sql.Stmt{st.begin, st.commit, st.rollback, st.checkpoint, st.insertEvent, st.insertDelivery, st.finish} {
+	for _, s := range []*sql.Stmt{st.begin, st.commit, st.rollback, st.checkpoint, st.insertEvent, st.insertDelivery, st.finish,
+		st.pruneUpTo, st.pruneDeliveries, st.prunedSize, st.pruneEvents} {
 		if s != nil {
 			s.Close()
 		}
@@ -413,6 +426,9 @@ func (st *statements) close() {
 // apply runs one request's statements inside the batch's transaction.
 func (st *statements) apply(ctx context.Context, req *writeReq) error {
 	req.out = Appended{}
+	if p := req.prune; p != nil {
+		return st.prune(ctx, p)
+	}
 	if r := req.rec; r != nil {
 		e := r.Event
 		res, err := st.insertEvent.ExecContext(ctx, e.ID(), e.Source(), e.Type(), e.Subject(),

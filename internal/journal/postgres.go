@@ -7,12 +7,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"parry.dev/parry/internal/clients"
@@ -52,7 +53,17 @@ var postgresSteps = []string{
 	CREATE INDEX journal_events_by_id ON journal_events USING hash (id);
 	CREATE INDEX journal_events_by_incident ON journal_events USING hash (incident) WHERE incident IS NOT NULL;
 	CREATE INDEX journal_events_by_causation ON journal_events USING hash (causation) WHERE causation IS NOT NULL;
-	CREATE INDEX journal_events_opened ON journal_events (seq) WHERE ` + openedCondition + `;`,
+	CREATE INDEX journal_events_opened ON journal_events (seq) WHERE ` + openedCondition + `;
+	-- The events' count and bytes, for the size bound: summing them over
+	-- the table would read all of it. Record adds to a random shard, so
+	-- that concurrent batches rarely wait for each other's row; Prune
+	-- subtracts from shard 0.
+	CREATE TABLE journal_volume (
+		shard  smallint PRIMARY KEY,
+		events bigint NOT NULL DEFAULT 0,
+		bytes  bigint NOT NULL DEFAULT 0
+	);
+	INSERT INTO journal_volume (shard) SELECT generate_series(0, ` + strconv.Itoa(volumeShards-1) + `);`,
 }
 
 // ErrUnstorable says that an event holds what PostgreSQL's text cannot: a
@@ -79,25 +90,36 @@ func OpenPostgres(ctx context.Context, pool *pgxpool.Pool) (*Postgres, error) {
 // Close releases nothing: the pool belongs to whoever opened it.
 func (p *Postgres) Close() error { return nil }
 
+// volumeShards is how many rows journal_volume spreads its counts over.
+const volumeShards = 16
+
 // recordSQL inserts a batch passed as arrays, one per column, sorted by
-// identity. Sorting makes every caller take the identity index's locks in
-// the same order, so two batches holding the same redelivered events wait
-// for each other instead of deadlocking; seq is still drawn in the order
-// the events arrived (the arrival column), which is the order the queries
-// call "journal order". The CTE holding nextval is evaluated once, after
-// its ORDER BY, before the insert.
+// identity, and adds what was new to a shard of journal_volume, in one
+// statement (so one transaction). Sorting makes every caller take the
+// identity index's locks in the same order, so two batches holding the
+// same redelivered events wait for each other instead of deadlocking; seq
+// is still drawn in the order the events arrived (the arrival column),
+// which is the order the queries call "journal order": the materialized
+// CTE draws them after its ORDER BY, before the insert. The volume row is
+// locked last, by a statement that waits for nothing after it, so it
+// cannot close a cycle either.
 const recordSQL = `WITH b AS (
 		SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::int[])
 			AS b(ident, id, source, type, subject, incident, causation, traceid, broker, sender, body, arrival)
 	), seqs AS MATERIALIZED (
 		SELECT arrival, nextval('journal_events_seq') AS seq FROM (SELECT arrival FROM b ORDER BY arrival) a
-	)
-	INSERT INTO journal_events (seq, ident, id, source, type, subject, incident, causation, traceid, broker, sender, received, body)
-	SELECT seqs.seq, b.ident, b.id, b.source, b.type, b.subject, NULLIF(b.incident, ''), NULLIF(b.causation, ''), b.traceid, b.broker, b.sender, $13, b.body
-	FROM b JOIN seqs USING (arrival) ORDER BY b.ident
-	ON CONFLICT (ident) DO NOTHING`
+	), ins AS (
+		INSERT INTO journal_events (seq, ident, id, source, type, subject, incident, causation, traceid, broker, sender, received, body)
+		SELECT seqs.seq, b.ident, b.id, b.source, b.type, b.subject, NULLIF(b.incident, ''), NULLIF(b.causation, ''), b.traceid, b.broker, b.sender, $13, b.body
+		FROM b JOIN seqs USING (arrival) ORDER BY b.ident
+		ON CONFLICT (ident) DO NOTHING
+		RETURNING ` + eventBytesSQL + ` AS bytes
+	), total AS (SELECT count(*) AS events, COALESCE(sum(bytes), 0)::bigint AS bytes FROM ins),
+	upd AS (UPDATE journal_volume SET events = journal_volume.events + total.events, bytes = journal_volume.bytes + total.bytes
+		FROM total WHERE shard = $14 AND total.events > 0)
+	SELECT events FROM total`
 
-// Record journals recs in one transaction and returns how many were new:
+// Record journals recs in one transaction (one statement) and returns how many were new:
 // an event journaled before (same id, source and sender) is not recorded
 // again, also when concurrent callers record it at once, so at-least-once
 // redelivery records it once. Records' Triggers are ignored. An event
@@ -140,11 +162,8 @@ func (p *Postgres) Record(ctx context.Context, recs []Record) (int, error) {
 	// time a reader gets back the time that was written.
 	now := time.Now().Truncate(time.Microsecond)
 	var recorded int64
-	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, recordSQL, idents, ids, sources, types, subjects, incidents, causations, traceIDs, brokers, senders, bodies, arrival, now)
-		recorded = tag.RowsAffected()
-		return err
-	})
+	err := p.pool.QueryRow(ctx, recordSQL, idents, ids, sources, types, subjects, incidents, causations, traceIDs, brokers, senders, bodies, arrival, now,
+		rand.IntN(volumeShards)).Scan(&recorded)
 	if err != nil {
 		return 0, fmt.Errorf("journal: recording %d events in PostgreSQL: %w", n, err)
 	}
