@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 
 	"github.com/rs/zerolog"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/clients/vault"
 	"parry.dev/parry/internal/httpserver"
+	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/logging"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
@@ -26,6 +28,9 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("run", "[flags]", stderr)
 	configDir := fs.String("config", "config", "directory with the Broker and Trigger manifests (the same ones 'ko apply -f' installs)")
 	journalPath := fs.String("journal", defaultJournal(), "journal file (SQLite); created if missing")
+	retention := journal.Retention{MaxAge: journal.DefaultMaxAge, MaxBytes: journal.DefaultMaxBytes}
+	fs.DurationVar(&retention.MaxAge, "journal-max-age", retention.MaxAge, "delete journaled events older than this, in the background (never one still to be delivered); 0: keep them however old")
+	fs.Var((*byteSize)(&retention.MaxBytes), "journal-max-size", "delete the oldest journaled events while the journal file's data is larger than `size` (2Gi, 500Mi, or bytes); the file stays about this size; 0: no bound")
 	listen := fs.String("listen", "127.0.0.1:8080", "address of the broker ingress: POST /<namespace>/<broker>")
 	uiListen := fs.String("ui-listen", "127.0.0.1:8081", "address of the web timeline (the incident list, and each incident from the first kernel event to the last step); loopback only, the pages show what the sensors saw; empty: off")
 	noSensor := fs.Bool("no-sensor", false, "do not start the eBPF sensor in this process")
@@ -67,7 +72,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 		}
 	}
 	opts := stack.Options{
-		ConfigDir: *configDir, JournalPath: *journalPath, Listen: *listen, MaxEventBytes: *maxEvent, Limits: limits, Log: log,
+		ConfigDir: *configDir, JournalPath: *journalPath, Retention: retention, Listen: *listen, MaxEventBytes: *maxEvent, Limits: limits, Log: log,
 		Freshness: fresh, InsecureIngress: *insecure,
 		Steps: stack.Steps(), StateDir: stateDir,
 	}
@@ -162,4 +167,21 @@ func logFlags(fs *flag.FlagSet, stderr io.Writer) func() (zerolog.Logger, error)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	format := fs.String("log-format", logging.DefaultFormat(), "console or json")
 	return func() (zerolog.Logger, error) { return logging.New(stderr, *level, *format) }
+}
+
+// byteSize is a flag of bytes, written as a Kubernetes quantity (2Gi,
+// 500Mi, 1G) or a plain number.
+type byteSize int64
+
+func (b *byteSize) String() string {
+	return resource.NewQuantity(int64(*b), resource.BinarySI).String()
+}
+
+func (b *byteSize) Set(s string) error {
+	q, err := resource.ParseQuantity(s)
+	if err != nil || q.Sign() < 0 {
+		return fmt.Errorf("want a size such as 2Gi, 500Mi or a number of bytes, not %q", s)
+	}
+	*b = byteSize(q.Value())
+	return nil
 }

@@ -3,6 +3,7 @@ package main_test
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -58,7 +59,7 @@ type parryProcess struct {
 	mu     *sync.Mutex
 }
 
-func startParry(t *testing.T, configDir, journalPath, addr string) *parryProcess {
+func startParry(t *testing.T, configDir, journalPath, addr string, extra ...string) *parryProcess {
 	t.Helper()
 	bin, err := parryBinary()
 	if err != nil {
@@ -66,7 +67,7 @@ func startParry(t *testing.T, configDir, journalPath, addr string) *parryProcess
 	}
 	// This test is about the journal, not senders: the ingress runs
 	// insecure (on loopback, as the flag requires).
-	cmd := exec.Command(bin, "run", "--no-sensor", "--insecure-ingress", "--config", configDir, "--journal", journalPath, "--listen", addr, "--ui-listen", "127.0.0.1:0", "--log-format", "json")
+	cmd := exec.Command(bin, append([]string{"run", "--no-sensor", "--insecure-ingress", "--config", configDir, "--journal", journalPath, "--listen", addr, "--ui-listen", "127.0.0.1:0", "--log-format", "json"}, extra...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -273,6 +274,72 @@ spec:
 	}
 }
 
+// parry run bounds its journal by --journal-max-age and --journal-max-size:
+// a journal holding events older than the bound loses them (and only them)
+// at start, with a log line saying so.
+func TestRunPrunesTheJournal(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	config := filepath.Join(dir, "config")
+	mkdir(t, config)
+	writeFile(t, filepath.Join(config, "broker.yaml"), []byte("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: parry, namespace: parry-system}\n"))
+	journalPath := filepath.Join(dir, "journal.db")
+	j, err := journal.Open(ctx, journalPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := range 20 {
+		e := cloudevents.NewEvent()
+		e.SetID(fmt.Sprint("old-", i))
+		e.SetSource("prune-test")
+		e.SetType("dev.parry.test.v1")
+		r, err := journal.NewRecord("parry-system/parry", "", e, nil)
+		if err == nil {
+			_, err = j.Append(ctx, r)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, e.ID())
+	}
+	j.Close()
+	// The first half was journaled two hours ago.
+	db, err := sql.Open("sqlite", "file:"+journalPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE events SET received = received - ? WHERE seq <= 10`, int64(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	p := startParry(t, config, journalPath, freeAddr(t), "--journal-max-age", "1h", "--journal-max-size", "1Gi")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		p.mu.Lock()
+		out := p.stderr.String()
+		p.mu.Unlock()
+		if strings.Contains(out, `"message":"journal pruned"`) {
+			if !strings.Contains(out, `"events":10,`) || !strings.Contains(out, `"reason":"age"`) {
+				t.Fatalf("the pruning log line:\n%s", out)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("parry run did not prune its journal:\n%s", out)
+		}
+	}
+	ro, err := journal.OpenReadOnly(ctx, journalPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	last, err := ro.Last(ctx, 100)
+	if err != nil || len(last) != 10 || last[0].ID != ids[10] {
+		t.Fatalf("the journal holds %d events (%v); want the 10 younger ones", len(last), err)
+	}
+}
+
 func TestRunFailsClearly(t *testing.T) {
 	bin, err := parryBinary()
 	if err != nil {
@@ -307,6 +374,8 @@ spec:
 		{"invalid trigger", []string{"--config", badConfig}, []string{"t.yaml:6:21", "spec.filters[0].cesql"}},
 		{"missing config", []string{"--config", filepath.Join(dir, "nope")}, []string{"--config"}},
 		{"bad flag", []string{"--frobnicate"}, []string{"flag provided but not defined", "Usage: parry run"}},
+		{"bad journal size", []string{"--journal-max-size", "lots"}, []string{"-journal-max-size", "2Gi", `"lots"`}},
+		{"negative journal size", []string{"--journal-max-size", "-1Gi"}, []string{"-journal-max-size", "2Gi"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

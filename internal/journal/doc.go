@@ -18,4 +18,11 @@
 // The same file answers the on-call questions: an event by id, the last N,
 // and the causal tree of an incident (built from each event's causation
 // link).
+//
+// In a cluster the journal is PostgreSQL (Postgres): the journal service
+// records every event there in batches, idempotently by (id, source,
+// sender). Knative Eventing, not parry, delivers events in a cluster, so
+// that journal holds events only and its entries have no Deliveries. Both
+// stores answer the same Reader; the causal trees and the incident list are
+// built once, over each store's lookups.
 package journal

@@ -86,10 +86,11 @@ type Journal struct {
 // writeReq is one caller's write: an event to add (with its deliveries), a
 // delivery to finish, or both (a completed delivery and its reply).
 type writeReq struct {
-	rec  *Record
-	fin  *finish
-	now  int64
-	done chan error
+	rec   *Record
+	fin   *finish
+	prune *pruneReq
+	now   int64
+	done  chan error
 	// out is filled by the writer before done is signalled.
 	out Appended
 }
@@ -147,8 +148,14 @@ func Open(ctx context.Context, path string) (*Journal, error) {
 	j := &Journal{db: db, lock: lock, writes: make(chan *writeReq, 4*maxBatch), committed: make(chan struct{}, 1)}
 	j.walLimit.Store(walLimitFrames)
 	if err := j.init(ctx); err != nil {
+		if j.conn != nil {
+			j.conn.Close()
+		}
 		db.Close()
 		lock.Close()
+		if errors.Is(err, errNewerSchema) {
+			return nil, fmt.Errorf("journal: %s: %w", path, err)
+		}
 		return nil, fmt.Errorf("journal: %s: %w (pass --journal with a writable path)", path, err)
 	}
 	checkpoints, err := db.Conn(ctx)
@@ -165,23 +172,15 @@ func Open(ctx context.Context, path string) (*Journal, error) {
 }
 
 func (j *Journal) init(ctx context.Context) error {
-	var hasSender bool
-	if err := j.db.QueryRowContext(ctx, hasSenderSQL).Scan(&hasSender); err != nil {
-		return err
-	}
-	ddl := schema
-	if !hasSender {
-		ddl = "BEGIN IMMEDIATE;" + migrateSender + "COMMIT;"
-	}
-	if _, err := j.db.ExecContext(ctx, ddl); err != nil {
-		return fmt.Errorf("creating or migrating the schema: %w", err)
-	}
-	j.senderColumn = "sender"
 	conn, err := j.db.Conn(ctx)
 	if err != nil {
 		return err
 	}
 	j.conn = conn
+	if err := migrateSQLite(ctx, conn); err != nil {
+		return err
+	}
+	j.senderColumn = "sender"
 	return j.stmts.prepare(ctx, conn)
 }
 
@@ -226,13 +225,14 @@ func OpenReadOnly(ctx context.Context, path string) (*Journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("journal: %s: %w", path, err)
 	}
-	var hasSender bool
-	if err := db.QueryRowContext(ctx, hasSenderSQL).Scan(&hasSender); err != nil {
+	// A file that parry run has not migrated yet is read as it is.
+	v, err := sqliteVersion(ctx, db)
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("journal: %s: %w", path, err)
 	}
 	j := &Journal{db: db, senderColumn: "sender"}
-	if !hasSender {
+	if v == 1 {
 		j.senderColumn = "''"
 	}
 	return j, nil
@@ -242,6 +242,11 @@ func OpenReadOnly(ctx context.Context, path string) (*Journal, error) {
 func (j *Journal) write(ctx context.Context, req *writeReq) (Appended, error) {
 	if j.writes == nil {
 		return Appended{}, errors.New("journal: opened read-only")
+	}
+	if req.rec != nil {
+		if err := req.rec.encode(); err != nil {
+			return Appended{}, err
+		}
 	}
 	req.now = time.Now().UnixNano()
 	req.done = make(chan error, 1)
@@ -373,6 +378,7 @@ func (j *Journal) commit(batch []*writeReq) error {
 
 type statements struct {
 	begin, commit, rollback, checkpoint, insertEvent, insertDelivery, finish *sql.Stmt
+	pruneUpTo, pruneDeliveries, prunedSize, pruneEvents                      *sql.Stmt
 }
 
 func (st *statements) prepare(ctx context.Context, conn *sql.Conn) error {
@@ -395,11 +401,22 @@ func (st *statements) prepare(ctx context.Context, conn *sql.Conn) error {
 		VALUES (?, ?, ?, ?, ?, ?, 'pending')`)
 	st.finish = prep(`UPDATE deliveries SET state = ?, attempts = ?, code = ?, error = ?, reply_seq = ?, updated = ?
 		WHERE event_seq = ? AND trigger = ? AND target = ?`)
+	// Pruning: the last seq of the oldest events that may go (none with a
+	// pending delivery), their finished deliveries, then the events left
+	// without deliveries up to it, which are exactly those.
+	st.pruneUpTo = prep(`SELECT MAX(seq) FROM (SELECT seq FROM events e WHERE seq < ?
+		AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state = 'pending') ORDER BY seq LIMIT ?)`)
+	st.pruneDeliveries = prep(`DELETE FROM deliveries WHERE event_seq <= ?
+		AND event_seq NOT IN (SELECT event_seq FROM deliveries WHERE state = 'pending')`)
+	st.prunedSize = prep(`SELECT COUNT(*), COALESCE(SUM(` + eventBytesSQL + `), 0) FROM events
+		WHERE seq <= ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)`)
+	st.pruneEvents = prep(`DELETE FROM events WHERE seq <= ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)`)
 	return err
 }
 
 func (st *statements) close() {
-	for _, s := range []*sql.Stmt{st.begin, st.commit, st.rollback, st.checkpoint, st.insertEvent, st.insertDelivery, st.finish} {
+	for _, s := range []*sql.Stmt{st.begin, st.commit, st.rollback, st.checkpoint, st.insertEvent, st.insertDelivery, st.finish,
+		st.pruneUpTo, st.pruneDeliveries, st.prunedSize, st.pruneEvents} {
 		if s != nil {
 			s.Close()
 		}
@@ -409,6 +426,9 @@ func (st *statements) close() {
 // apply runs one request's statements inside the batch's transaction.
 func (st *statements) apply(ctx context.Context, req *writeReq) error {
 	req.out = Appended{}
+	if p := req.prune; p != nil {
+		return st.prune(ctx, p)
+	}
 	if r := req.rec; r != nil {
 		e := r.Event
 		res, err := st.insertEvent.ExecContext(ctx, e.ID(), e.Source(), e.Type(), e.Subject(),
@@ -467,13 +487,28 @@ type Record struct {
 
 // NewRecord encodes e, sent by sender, for the journal.
 func NewRecord(broker, sender string, e cloudevents.Event, triggers []string) (Record, error) {
-	body, err := e.MarshalJSON()
-	if err != nil {
-		return Record{}, fmt.Errorf("journal: encoding event %s: %w", e.ID(), err)
+	r := Record{Broker: broker, Sender: sender, Event: e, Triggers: triggers}
+	if err := r.encode(); err != nil {
+		return Record{}, err
 	}
-	return Record{Broker: broker, Sender: sender, Event: e, Triggers: triggers, body: body,
-		incident: nullable(events.String(e, events.ExtIncident)), causation: nullable(events.String(e, events.ExtCausation)),
-		traceID: events.TraceID(e)}, nil
+	return r, nil
+}
+
+// encode fills what NewRecord prepares; a store calls it for a Record made
+// as a literal.
+func (r *Record) encode() error {
+	if r.body != nil {
+		return nil
+	}
+	body, err := r.Event.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("journal: encoding event %s: %w", r.Event.ID(), err)
+	}
+	r.body = body
+	r.incident = nullable(events.String(r.Event, events.ExtIncident))
+	r.causation = nullable(events.String(r.Event, events.ExtCausation))
+	r.traceID = events.TraceID(r.Event)
+	return nil
 }
 
 // Appended says what Append did.

@@ -118,6 +118,7 @@ func TestOpenMigratesAJournalWithoutSenders(t *testing.T) {
 		`CREATE TABLE deliveries (event_seq INTEGER NOT NULL, trigger TEXT NOT NULL, target TEXT NOT NULL, state TEXT NOT NULL,
 			attempts INTEGER NOT NULL DEFAULT 0, code INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '', reply_seq INTEGER,
 			updated INTEGER NOT NULL, PRIMARY KEY (event_seq, trigger, target)) WITHOUT ROWID`,
+		`CREATE INDEX deliveries_pending ON deliveries (event_seq) WHERE state = 'pending'`,
 	} {
 		if _, err := db.Exec(q); err != nil {
 			t.Fatal(err)
@@ -149,6 +150,55 @@ func TestOpenMigratesAJournalWithoutSenders(t *testing.T) {
 	}
 	if again, err := j.Append(ctx, record(t, e)); err != nil || !again.Duplicate {
 		t.Fatalf("dedup after migration: %+v %v", again, err)
+	}
+	if v, indexes := schemaOf(t, path); v != 3 || !strings.Contains(indexes, "events_opened") {
+		t.Fatalf("after migration: user_version %d, indexes %s; want 3 and the incident list's index", v, indexes)
+	}
+}
+
+// schemaOf reads a journal's version and index names.
+func schemaOf(t *testing.T, path string) (int, string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var v int
+	var indexes string
+	if err := db.QueryRow(`PRAGMA user_version`).Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(`SELECT group_concat(name) FROM sqlite_master WHERE type = 'index'`).Scan(&indexes); err != nil {
+		t.Fatal(err)
+	}
+	return v, indexes
+}
+
+// A new file is created at the newest version; a file a newer parry
+// migrated is refused, not written to, and the error says what to do.
+func TestOpenVersionsTheSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j := open(t, path)
+	j.Close()
+	if v, _ := schemaOf(t, path); v != 3 {
+		t.Fatalf("new journal at version %d, want 3", v)
+	}
+	// Reopening migrates nothing (a step run twice would fail: its
+	// CREATE TABLE has no IF NOT EXISTS).
+	open(t, path).Close()
+
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`PRAGMA user_version = 99`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	_, err = journal.Open(context.Background(), path)
+	if err == nil || !strings.Contains(err.Error(), "newer than this parry knows") || !strings.Contains(err.Error(), "version 99") {
+		t.Fatalf("a newer schema: err = %v, want a refusal", err)
 	}
 }
 

@@ -154,7 +154,10 @@ func (j *Journal) Has(ctx context.Context, id, source, sender string) (bool, err
 
 // Last returns the n most recent events, oldest first.
 func (j *Journal) Last(ctx context.Context, n int) ([]Entry, error) {
-	es, err := j.queryEntries(ctx, `WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM events) - ? ORDER BY seq`, n)
+	if n <= 0 {
+		return nil, nil
+	}
+	es, err := j.queryEntries(ctx, `WHERE seq IN (SELECT seq FROM events ORDER BY seq DESC LIMIT ?) ORDER BY seq`, n)
 	return es, err
 }
 
@@ -184,9 +187,15 @@ func (j *Journal) byIncident(ctx context.Context, incident string) ([]Entry, err
 	return j.queryEntries(ctx, `WHERE incident = ? ORDER BY seq`, incident)
 }
 
+// openedCondition is the condition of both stores' index of incident.opened
+// events, written out: a query only uses a partial index whose condition
+// it states in the same words, and a parameter in place of the type would
+// not do.
+const openedCondition = `type = '` + events.TypeIncidentOpened + `' AND incident IS NOT NULL`
+
 func (j *Journal) opened(ctx context.Context, f IncidentFilter) ([]Entry, error) {
-	q := `WHERE type = ? AND incident IS NOT NULL AND received >= ? ORDER BY seq DESC`
-	args := []any{events.TypeIncidentOpened, unixNanos(f.Since)}
+	q := `WHERE ` + openedCondition + ` AND received >= ? ORDER BY seq DESC`
+	args := []any{unixNanos(f.Since)}
 	if f.Limit > 0 {
 		q += ` LIMIT ?`
 		args = append(args, f.Limit)

@@ -66,23 +66,37 @@ func incidentTrees(ctx context.Context, l lookup, incident string) ([]*Node, err
 		return nil, fmt.Errorf("%w in incident %q", ErrNotFound, incident)
 	}
 	var trees []*Node
-	seen := map[int64]bool{}
+	// placed are the events in the trees so far: a member among them needs
+	// no walk to its root (usually every member after the first), and a
+	// causation cycle, whose members each find a different "root", is
+	// shown once.
+	placed := map[int64]bool{}
 	for _, m := range members {
+		if placed[m.Seq] {
+			continue
+		}
 		root, err := rootOf(ctx, l, m)
 		if err != nil {
 			return nil, err
 		}
-		if seen[root.Seq] {
+		if placed[root.Seq] {
 			continue
 		}
-		seen[root.Seq] = true
 		t, err := grow(ctx, l, root)
 		if err != nil {
 			return nil, err
 		}
+		t.walk(func(n *Node) { placed[n.Seq] = true })
 		trees = append(trees, t)
 	}
 	return trees, nil
+}
+
+func (n *Node) walk(f func(*Node)) {
+	f(n)
+	for _, c := range n.Children {
+		c.walk(f)
+	}
 }
 
 func rootOf(ctx context.Context, l lookup, e Entry) (Entry, error) {

@@ -39,8 +39,11 @@ const DefaultBroker = "parry-system/parry"
 
 // Options configure a stack.
 type Options struct {
-	ConfigDir     string
-	JournalPath   string
+	ConfigDir   string
+	JournalPath string
+	// Retention bounds the journal, pruned in the background; zero fields
+	// do not bound (parry run passes its --journal-max-* flags).
+	Retention     journal.Retention
 	Listen        string
 	MaxEventBytes int64
 	// Limits bound the ingress per sender and in total (broker.Limits).
@@ -82,6 +85,9 @@ type Stack struct {
 	// Addr is the ingress address (host:port).
 	Addr    string
 	Journal *journal.Journal
+	// Pruner applies Options.Retention; nil when it bounds nothing. Its
+	// Pruned counts are the journal's pruning metric.
+	Pruner *journal.Pruner
 	// Sensor is nil when it was not asked for or could not start (see
 	// SensorDisabled).
 	Sensor         *sensor.Sensor
@@ -96,8 +102,10 @@ type Stack struct {
 	broker   *broker.Broker
 	workCtx  context.Context
 	stopWork context.CancelFunc
-	// sensorStopped is closed when the sensor's read loop has returned.
+	// sensorStopped is closed when the sensor's read loop has returned,
+	// prunerStopped when the pruner has (it writes to the journal).
 	sensorStopped chan struct{}
+	prunerStopped chan struct{}
 	done          chan error
 	stopOnce      sync.Once
 	stopErr       error
@@ -208,6 +216,16 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 			s.done <- fmt.Errorf("serving %s: %w", s.Addr, err)
 		}
 	}()
+	s.prunerStopped = make(chan struct{})
+	if r := opts.Retention; r.MaxAge > 0 || r.MaxBytes > 0 {
+		s.Pruner = journal.NewPruner(j, r, journal.DefaultPruneEvery, opts.Log)
+		go func() {
+			defer close(s.prunerStopped)
+			s.Pruner.Run(workCtx)
+		}()
+	} else {
+		close(s.prunerStopped)
+	}
 	s.sensorStopped = make(chan struct{})
 	if s.Sensor == nil {
 		close(s.sensorStopped)
@@ -240,6 +258,7 @@ func (s *Stack) Stop() error {
 		s.stopWork()
 		s.broker.Wait()
 		<-s.sensorStopped
+		<-s.prunerStopped
 		if s.Sensor != nil {
 			err = errors.Join(err, s.Sensor.Close())
 		}
