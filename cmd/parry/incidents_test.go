@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -11,8 +12,10 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
+	"parry.dev/parry/tests/devenv"
 )
 
 // incidentFixture journals two incidents as parry run would: a miner in
@@ -27,13 +30,19 @@ func incidentFixture(t *testing.T) string {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	appendAll := func(es ...cloudevents.Event) {
-		for _, e := range es {
-			if _, err := j.Append(ctx, record(t, e)); err != nil {
-				t.Fatal(err)
-			}
+	for _, e := range incidentEvents(t) {
+		if _, err := j.Append(ctx, record(t, e)); err != nil {
+			t.Fatal(err)
 		}
 	}
+	return path
+}
+
+// incidentEvents are the fixture's events in journal order.
+func incidentEvents(t *testing.T) []cloudevents.Event {
+	t.Helper()
+	var all []cloudevents.Event
+	appendAll := func(es ...cloudevents.Event) { all = append(all, es...) }
 	mk := func(parent *cloudevents.Event, spec events.Spec) cloudevents.Event {
 		t.Helper()
 		var e cloudevents.Event
@@ -72,7 +81,7 @@ func incidentFixture(t *testing.T) string {
 	joined := mk(&shell, events.Spec{Type: events.TypeIncidentJoined, Source: "parry://function/classify", Key: "j",
 		Extensions: map[string]string{events.ExtIncident: "inc-shell", events.ExtPlaybook: "shell-in-container"}})
 	appendAll(shell, shellInc, joined)
-	return path
+	return all
 }
 
 func TestIncidentsListsFiltersAndEscapes(t *testing.T) {
@@ -176,4 +185,68 @@ func exitCode(err error) int {
 		return -1
 	}
 	return 0
+}
+
+// TestIncidentsAndTraceReadAClustersPostgresJournal: --journal takes a
+// postgres:// URL, and the answers are the SQLite file's.
+func TestIncidentsAndTraceReadAClustersPostgresJournal(t *testing.T) {
+	bin, err := parryBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	dsn := devenv.Require(t).Database(t, "cmdparry")
+	pool, err := clients.Postgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	// Before anything wrote to it, a reader says so instead of creating tables.
+	out, err := exec.Command(bin, "incidents", "--journal", dsn).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "holds no journal yet") {
+		t.Fatalf("empty database: %v\n%s", err, out)
+	}
+	pg, err := journal.OpenPostgres(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []journal.Record
+	for _, e := range incidentEvents(t) {
+		recs = append(recs, record(t, e))
+	}
+	if _, err := pg.Record(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	summaries := func(where string) []journal.IncidentSummary {
+		t.Helper()
+		out, err := exec.Command(bin, "incidents", "--journal", where, "--json").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		var got []journal.IncidentSummary
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	fromPG, fromFile := summaries(dsn), summaries(incidentFixture(t))
+	if len(fromPG) != 2 || len(fromFile) != 2 {
+		t.Fatalf("PostgreSQL %d incidents, the file %d; want 2 each", len(fromPG), len(fromFile))
+	}
+	for i := range fromPG {
+		a, b := fromPG[i], fromFile[i]
+		if a.ID != b.ID || a.State != b.State || a.Pod != b.Pod || a.Score != b.Score || a.ClosedBy != b.ClosedBy || len(a.Steps) != len(b.Steps) {
+			t.Errorf("incident %d: PostgreSQL %+v, the file %+v", i, a, b)
+		}
+	}
+	out, err = exec.Command(bin, "trace", "--journal", dsn, "inc-miner").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), events.StepDone("isolate")) || !strings.Contains(string(out), "! pod gone") {
+		t.Fatalf("trace from PostgreSQL: %v\n%s", err, out)
+	}
+	// The password never reaches the terminal, whatever fails.
+	bad := strings.Replace(dsn, "127.0.0.1", "127.0.0.1:1", 1)
+	out, _ = exec.Command(bin, "incidents", "--journal", bad).CombinedOutput()
+	if u, _ := url.Parse(dsn); strings.Contains(string(out), func() string { p, _ := u.User.Password(); return p }()) {
+		t.Fatalf("the password is in the error:\n%s", out)
+	}
 }

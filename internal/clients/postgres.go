@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -81,6 +82,26 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, component string, steps []
 		if err != nil {
 			return fmt.Errorf("migrating %s's schema to version %d: %w", component, v+1, err)
 		}
+	}
+	return nil
+}
+
+// RequireSchema checks, without changing anything, that component's tables
+// are at the version a reader of steps expects: for a reader (`parry
+// trace`) whose role may not create tables.
+func RequireSchema(ctx context.Context, pool *pgxpool.Pool, component string, steps []string) error {
+	var version int
+	err := pool.QueryRow(ctx, `SELECT version FROM parry_schema WHERE component = $1`, component).Scan(&version)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, pgx.ErrNoRows), errors.As(err, &pgErr) && pgErr.Code == "42P01": // undefined_table: no parry_schema
+		return fmt.Errorf("the database holds no %s yet (nothing of parry's has written to it)", component)
+	case err != nil:
+		return fmt.Errorf("reading %s's schema version: %w (is this parry's database?)", component, err)
+	case version > len(steps):
+		return fmt.Errorf("%s's schema is at version %d, newer than this parry knows (%d): use the newer parry", component, version, len(steps))
+	case version < len(steps):
+		return fmt.Errorf("%s's schema is at version %d, older than this parry reads (%d): start the newer journal service, which migrates it", component, version, len(steps))
 	}
 	return nil
 }

@@ -2,12 +2,10 @@ package clients_test
 
 import (
 	"context"
-	"fmt"
 	"net/url"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/tests/devenv"
@@ -15,26 +13,8 @@ import (
 
 func TestMain(m *testing.M) { devenv.Main(m) }
 
-// freshDatabase creates a database of the test's own on the test
-// environment's PostgreSQL and returns its DSN.
-func freshDatabase(t *testing.T) string {
-	t.Helper()
-	env := devenv.Require(t)
-	ctx := context.Background()
-	admin, err := clients.Postgres(ctx, env.PostgresDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	name := fmt.Sprintf("clients_%d", time.Now().UnixNano())
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	return strings.Replace(env.PostgresDSN, "/postgres?", "/"+name+"?", 1)
-}
-
 func TestMigrateAppliesEachStepOnceAcrossReplicas(t *testing.T) {
-	dsn := freshDatabase(t)
+	dsn := devenv.Require(t).Database(t, "clients")
 	ctx := context.Background()
 	steps := []string{
 		`CREATE TABLE t (n integer)`,

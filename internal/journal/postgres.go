@@ -87,6 +87,15 @@ func OpenPostgres(ctx context.Context, pool *pgxpool.Pool) (*Postgres, error) {
 	return &Postgres{pool: pool}, nil
 }
 
+// ReadPostgres opens the journal in the database behind pool for queries
+// only: it changes no table, so a role that may only SELECT can read.
+func ReadPostgres(ctx context.Context, pool *pgxpool.Pool) (*Postgres, error) {
+	if err := clients.RequireSchema(ctx, pool, postgresComponent, postgresSteps); err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	return &Postgres{pool: pool}, nil
+}
+
 // Close releases nothing: the pool belongs to whoever opened it.
 func (p *Postgres) Close() error { return nil }
 
