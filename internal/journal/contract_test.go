@@ -2,6 +2,7 @@ package journal_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -417,5 +418,96 @@ func TestConcurrentRecordOfTheSameEventsRecordsOnce(t *testing.T) {
 				t.Fatalf("%d recorded as new, %d journaled; want %d and %d", total, len(last), len(recs), len(recs))
 			}
 		})
+	}
+}
+
+// The incident list reads the newest incidents a page at a time: a filter
+// that only the oldest few pass still finds them, in order, on both stores.
+func TestIncidentListPagesThroughManyIncidents(t *testing.T) {
+	for name, openStore := range contractStores() {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			st := openStore(t)
+			const n, closed = 300, 5
+			var recs []journal.Record
+			for i := range n {
+				opened, err := events.New(events.Spec{Type: events.TypeIncidentOpened, Source: "parry://function/classify", Key: fmt.Sprint(i),
+					Extensions: map[string]string{events.ExtIncident: fmt.Sprintf("inc-%03d", i), events.ExtPlaybook: "p"}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				recs = append(recs, record(t, opened))
+				if i < closed {
+					c, err := events.Reply(opened, events.Spec{Type: events.TypeIncidentClosed, Source: "parry://cli/incident", Key: "close"})
+					if err != nil {
+						t.Fatal(err)
+					}
+					recs = append(recs, record(t, c))
+				}
+			}
+			st.mustRecord(t, recs...)
+			sums, err := st.Incidents(ctx, journal.IncidentFilter{State: journal.IncidentClosed, Limit: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ids []string
+			for _, s := range sums {
+				ids = append(ids, s.ID)
+			}
+			if want := []string{"inc-004", "inc-003", "inc-002"}; !reflect.DeepEqual(ids, want) {
+				t.Fatalf("closed, limit 3: %v, want %v", ids, want)
+			}
+			// Positive control: without a filter the newest come first.
+			sums, err = st.Incidents(ctx, journal.IncidentFilter{Limit: 2})
+			if err != nil || len(sums) != 2 || sums[0].ID != "inc-299" || sums[1].ID != "inc-298" {
+				t.Fatalf("limit 2: %+v %v", sums, err)
+			}
+			all, err := st.Incidents(ctx, journal.IncidentFilter{})
+			if err != nil || len(all) != n {
+				t.Fatalf("no limit: %d incidents, %v", len(all), err)
+			}
+		})
+	}
+}
+
+// Last and the incident list may return more events than SQLite takes
+// parameters in one query (32,766) when their deliveries are read.
+func TestLastReadsTheDeliveriesOfManyEvents(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "j.db")
+	j := open(t, path)
+	j.Close()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := sensorEvent(t, "many").MarshalJSON()
+	const n = 33000
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= n; i++ {
+		if _, err := tx.Exec(`INSERT INTO events (seq, id, source, type, broker, received, body) VALUES (?, ?, 's', 't', 'b', 1, ?)`, i, fmt.Sprint(i), body); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(`INSERT INTO deliveries (event_seq, trigger, target, state, updated) VALUES (?, 'ns/t', 'subscriber', 'done', 1)`, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	j = open(t, path)
+	defer j.Close()
+	last, err := j.Last(ctx, n)
+	if err != nil || len(last) != n {
+		t.Fatalf("Last(%d) = %d entries, %v", n, len(last), err)
+	}
+	for _, e := range last {
+		if len(e.Deliveries) != 1 {
+			t.Fatalf("event %d has %d deliveries", e.Seq, len(e.Deliveries))
+		}
 	}
 }

@@ -14,3 +14,6 @@ func Volume(p *Postgres) (events, bytes int64, err error) { return p.volume(cont
 
 // EventBytesSQL is an event's own size in SQL.
 const EventBytesSQL = eventBytesSQL
+
+// Identity is PostgreSQL's identity digest of an event, for a COPY.
+func Identity(id, source, sender string) []byte { return identity(id, source, sender) }

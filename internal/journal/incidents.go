@@ -115,38 +115,52 @@ func Summarize(incident string, entries []Entry) IncidentSummary {
 
 // incidents is Reader.Incidents over a store: the opened events the store
 // selects, each summarized from its incident's events, then the state
-// filter (which only the summary knows) and the limit.
+// filter (which only the summary knows) and the limit. With a limit, the
+// opened events are read a page at a time, doubling, so that the newest
+// twenty of fifty thousand incidents do not read all fifty thousand; a
+// page re-reads the one before (at most twice the work), and an incident
+// already considered is skipped, also should new ones have arrived
+// meanwhile.
 func incidents(ctx context.Context, l lookup, f IncidentFilter) ([]IncidentSummary, error) {
-	opened, err := l.opened(ctx, IncidentFilter{Since: f.Since})
-	if err != nil {
-		return nil, err
-	}
 	var out []IncidentSummary
 	seen := map[string]bool{}
-	for _, o := range opened {
-		inc := events.String(o.Event, events.ExtIncident)
-		if inc == "" || seen[inc] {
-			continue
-		}
-		seen[inc] = true
-		if f.Playbook != "" && events.String(o.Event, events.ExtPlaybook) != f.Playbook {
-			continue
-		}
-		if f.Namespace != "" && events.String(o.Event, events.ExtPodNamespace) != f.Namespace {
-			continue
-		}
-		members, err := l.byIncident(ctx, inc)
+	page := 0 // all at once without a limit
+	if f.Limit > 0 {
+		page = max(4*f.Limit, 64)
+	}
+	for {
+		opened, err := l.opened(ctx, IncidentFilter{Since: f.Since, Limit: page})
 		if err != nil {
 			return nil, err
 		}
-		s := Summarize(inc, members)
-		if f.State != "" && !strings.EqualFold(s.State, f.State) {
-			continue
+		for _, o := range opened {
+			inc := events.String(o.Event, events.ExtIncident)
+			if inc == "" || seen[inc] {
+				continue
+			}
+			seen[inc] = true
+			if f.Playbook != "" && events.String(o.Event, events.ExtPlaybook) != f.Playbook {
+				continue
+			}
+			if f.Namespace != "" && events.String(o.Event, events.ExtPodNamespace) != f.Namespace {
+				continue
+			}
+			members, err := l.byIncident(ctx, inc)
+			if err != nil {
+				return nil, err
+			}
+			s := Summarize(inc, members)
+			if f.State != "" && !strings.EqualFold(s.State, f.State) {
+				continue
+			}
+			out = append(out, s)
+			if f.Limit > 0 && len(out) == f.Limit {
+				return out, nil
+			}
 		}
-		out = append(out, s)
-		if f.Limit > 0 && len(out) == f.Limit {
-			break
+		if page == 0 || len(opened) < page {
+			return out, nil
 		}
+		page *= 2
 	}
-	return out, nil
 }

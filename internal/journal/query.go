@@ -101,7 +101,17 @@ func (j *Journal) queryEntries(ctx context.Context, where string, args ...any) (
 	return out, j.attachDeliveries(ctx, out)
 }
 
+// deliveriesPerQuery keeps a query's parameters under SQLite's limit
+// (32,766).
+const deliveriesPerQuery = 10000
+
 func (j *Journal) attachDeliveries(ctx context.Context, entries []Entry) error {
+	for len(entries) > deliveriesPerQuery {
+		if err := j.attachDeliveries(ctx, entries[:deliveriesPerQuery]); err != nil {
+			return err
+		}
+		entries = entries[deliveriesPerQuery:]
+	}
 	if len(entries) == 0 {
 		return nil
 	}
