@@ -216,6 +216,11 @@ func fillSQLite(b *testing.B) *journal.Journal {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { j.Close() })
+	used, err := journal.UsedBytes(j)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("SQLite: %d events in %d MB of pages (%d bytes each)", i, used>>20, used/i)
 	return j
 }
 

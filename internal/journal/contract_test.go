@@ -343,6 +343,9 @@ func TestReaderContract(t *testing.T) {
 			list("incidents since, closed", journal.IncidentFilter{Since: mid, State: journal.IncidentClosed}, []string{})
 			list("incidents SQL in a filter", journal.IncidentFilter{Playbook: `' OR '1'='1`}, []string{})
 			list("incidents in the future", journal.IncidentFilter{Since: time.Now().Add(time.Hour)}, []string{})
+			list("incidents after 2262", journal.IncidentFilter{Since: time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)}, []string{})
+			list("incidents after 300000", journal.IncidentFilter{Since: time.Date(300000, 1, 1, 0, 0, 0, 0, time.UTC)}, []string{})
+			list("incidents since 1000 BC", journal.IncidentFilter{Since: time.Date(-1000, 1, 1, 0, 0, 0, 0, time.UTC), Playbook: "exfiltration"}, []string{"inc-b"})
 
 			sums, _ := st.Incidents(ctx, journal.IncidentFilter{Playbook: "cryptominer", State: journal.IncidentClosed})
 			if len(sums) != 1 {

@@ -15,9 +15,9 @@
 // the last few milliseconds of commits can be lost if the whole machine
 // loses power.
 //
-// The same file answers the on-call questions: an event by id, the last N,
-// and the causal tree of an incident (built from each event's causation
-// link).
+// The same file answers the on-call questions (Reader): an event by id, the
+// last N, the causal tree of an incident (built from each event's causation
+// link), and the incident list.
 //
 // In a cluster the journal is PostgreSQL (Postgres): the journal service
 // records every event there in batches, idempotently by (id, source,
@@ -25,4 +25,12 @@
 // that journal holds events only and its entries have no Deliveries. Both
 // stores answer the same Reader; the causal trees and the incident list are
 // built once, over each store's lookups.
+//
+// Each store's schema is a list of versioned steps applied at open: PRAGMA
+// user_version in the file, clients.Migrate (component "journal") in
+// PostgreSQL. A schema newer than the binary knows is refused.
+//
+// Retention bounds both by age and size; a Pruner applies it in the
+// background, oldest events first, never (in the file) an event with a
+// pending delivery. docs/design.md, "The journal", says why the defaults.
 package journal

@@ -287,8 +287,13 @@ func (p *Postgres) byIncident(ctx context.Context, incident string) ([]Entry, er
 func (p *Postgres) opened(ctx context.Context, f IncidentFilter) ([]Entry, error) {
 	q := `WHERE ` + openedCondition + ` AND received >= $1 ORDER BY seq DESC`
 	since := f.Since
-	if since.IsZero() {
+	switch {
+	case since.Before(time.Unix(0, 0)):
 		since = time.Unix(0, 0)
+	case since.Year() > 9999:
+		// Past what timestamptz holds (294276 AD) the query would fail;
+		// nothing was opened after 9999 either.
+		return nil, nil
 	}
 	args := []any{since}
 	if f.Limit > 0 {
