@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -23,27 +22,11 @@ func TestMain(m *testing.M) { devenv.Main(m) }
 // environment's PostgreSQL, dropped when the test ends.
 func freshPool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
-	env := devenv.Require(t)
-	ctx := context.Background()
-	admin, err := clients.Postgres(ctx, env.PostgresDSN)
+	pool, err := clients.Postgres(context.Background(), devenv.Require(t).Database(t, "journal"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := fmt.Sprintf("journal_%d", time.Now().UnixNano())
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		admin.Close()
-		t.Fatal(err)
-	}
-	pool, err := clients.Postgres(ctx, strings.Replace(env.PostgresDSN, "/postgres?", "/"+name+"?", 1))
-	if err != nil {
-		admin.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		pool.Close()
-		_, _ = admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)")
-		admin.Close()
-	})
+	t.Cleanup(pool.Close) // before the database is dropped: cleanups run last first
 	return pool
 }
 
