@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/rs/zerolog"
@@ -65,6 +66,55 @@ func TriggersIn(namespace string, authn auth.Authenticator) *Callers {
 		}}
 }
 
+// Admit reports whether r comes from a caller c allows (a nil c allows
+// anyone). When it does not, the refusal is written to w: 401 without a
+// token or with one the reviewer rejects, 403 naming who may call, 503 when
+// the token could not be reviewed, so the broker retries.
+func (c *Callers) Admit(w http.ResponseWriter, r *http.Request, log zerolog.Logger) bool {
+	if c == nil {
+		return true
+	}
+	id, err := c.Authn.Authenticate(r.Context(), auth.BearerToken(r))
+	var unavailable *auth.Unavailable
+	switch {
+	case errors.As(err, &unavailable):
+		log.Warn().Err(err).Msg("a caller's token could not be reviewed, so its event is refused (503); the broker retries")
+		auth.Refuse(w, http.StatusServiceUnavailable, err.Error())
+		return false
+	case err != nil:
+		auth.Refuse(w, http.StatusUnauthorized, err.Error())
+		return false
+	case !c.Allow(id):
+		log.Warn().Str(logging.FieldUser, id.Username).Msg("refused an event from a caller that may not deliver here")
+		auth.Refuse(w, http.StatusForbidden, fmt.Sprintf("%s may not deliver events here: only %s may", id.Username, c.Who))
+		return false
+	}
+	return true
+}
+
+// ReadEvent reads r's CloudEvent, in binary or structured mode, of at most
+// MaxEventBytes. When it cannot, the answer is written to w: 413 for a
+// larger body, 400 for anything that is not one CloudEvent.
+func ReadEvent(w http.ResponseWriter, r *http.Request) (*cloudevents.Event, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxEventBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, fmt.Sprintf("event larger than the limit of %d bytes", MaxEventBytes), http.StatusRequestEntityTooLarge)
+			return nil, false
+		}
+		http.Error(w, "reading the request: "+err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	e, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
+	if err != nil {
+		http.Error(w, "malformed CloudEvent: "+err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	return e, true
+}
+
 // Serve runs h as a Knative Service does: CloudEvents over HTTP on addr (a
 // Knative Service gets it from $PORT), the reply in the response, from the
 // callers c allows (nil: anyone, which stepmain allows only when told to).
@@ -95,37 +145,11 @@ func NewServer(h events.Handler, c *Callers, log zerolog.Logger, l httpserver.Li
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("POST /", func(w http.ResponseWriter, r *http.Request) {
-		if c != nil {
-			id, err := c.Authn.Authenticate(r.Context(), auth.BearerToken(r))
-			var unavailable *auth.Unavailable
-			switch {
-			case errors.As(err, &unavailable):
-				log.Warn().Err(err).Msg("a caller's token could not be reviewed, so its event is refused (503); the broker retries")
-				auth.Refuse(w, http.StatusServiceUnavailable, err.Error())
-				return
-			case err != nil:
-				auth.Refuse(w, http.StatusUnauthorized, err.Error())
-				return
-			case !c.Allow(id):
-				log.Warn().Str(logging.FieldUser, id.Username).Msg("refused an event from a caller that is not a Trigger of parry's")
-				auth.Refuse(w, http.StatusForbidden, fmt.Sprintf("%s may not deliver events to this step: only %s may", id.Username, c.Who))
-				return
-			}
-		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxEventBytes))
-		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				http.Error(w, fmt.Sprintf("event larger than the limit of %d bytes", MaxEventBytes), http.StatusRequestEntityTooLarge)
-				return
-			}
-			http.Error(w, "reading the request: "+err.Error(), http.StatusBadRequest)
+		if !c.Admit(w, r, log) {
 			return
 		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		e, err := binding.ToEvent(r.Context(), cehttp.NewMessageFromHttpRequest(r))
-		if err != nil {
-			http.Error(w, "malformed CloudEvent: "+err.Error(), http.StatusBadRequest)
+		e, ok := ReadEvent(w, r)
+		if !ok {
 			return
 		}
 		reply, err := h(r.Context(), *e)

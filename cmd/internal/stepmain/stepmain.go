@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"k8s.io/client-go/kubernetes"
 
 	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/clients"
@@ -49,15 +50,23 @@ import (
 
 // Main runs def until SIGTERM. It exits the process.
 func Main(def step.Definition) {
-	log, err := logging.New(os.Stderr, envOr("LOG_LEVEL", "info"), envOr("LOG_FORMAT", "json"))
+	Run(def.Spec.Name, func(ctx context.Context, log zerolog.Logger) error { return run(ctx, def, log) })
+}
+
+// Run is the part of Main every parry Service shares (the steps and the
+// journal service): the logger from LOG_LEVEL and LOG_FORMAT, with
+// function=name on every line, and run until SIGTERM or SIGINT. A run
+// error is logged and exits 1.
+func Run(name string, run func(ctx context.Context, log zerolog.Logger) error) {
+	log, err := logging.New(os.Stderr, Env("LOG_LEVEL", "info"), Env("LOG_FORMAT", "json"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	log = log.With().Str("function", def.Spec.Name).Logger()
+	log = log.With().Str("function", name).Logger()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, def, log); err != nil {
+	if err := run(ctx, log); err != nil {
 		log.Error().Err(err).Msg("stopped")
 		os.Exit(1)
 	}
@@ -65,9 +74,9 @@ func Main(def step.Definition) {
 
 func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 	spec := def.Spec
-	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: envOr("PARRY_STATE_DIR", "/var/lib/parry"), SecretDir: os.Getenv("PARRY_SECRET_DIR"), Log: log}
+	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: Env("PARRY_STATE_DIR", "/var/lib/parry"), SecretDir: os.Getenv("PARRY_SECRET_DIR"), Log: log}
 	if spec.NeedsIncidentKey() {
-		key, err := step.LoadIncidentKey(envOr("PARRY_INCIDENT_KEY", "/etc/parry/incident-key/key"), false)
+		key, err := step.LoadIncidentKey(Env("PARRY_INCIDENT_KEY", "/etc/parry/incident-key/key"), false)
 		if err != nil {
 			return err
 		}
@@ -91,12 +100,12 @@ func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 		if spec.Sensors {
 			// The sensors authenticate the step by this token (the
 			// kubelet rotates it; FileToken re-reads it).
-			token := auth.FileToken(envOr("PARRY_SENSOR_TOKEN", "/var/run/secrets/parry/sensor/token"))
-			d.Sensors = step.NodeSensors(d.Kube, auth.WithToken(d.HTTP, token), envOr("PARRY_SENSOR_PORT", "9470"))
+			token := auth.FileToken(Env("PARRY_SENSOR_TOKEN", "/var/run/secrets/parry/sensor/token"))
+			d.Sensors = step.NodeSensors(d.Kube, auth.WithToken(d.HTTP, token), Env("PARRY_SENSOR_PORT", "9470"))
 		}
 	}
 	if spec.Playbook {
-		bundle, err := playbook.LoadBundle(envOr("PARRY_PLAYBOOKS", "/etc/parry/playbooks/playbooks.yaml"))
+		bundle, err := playbook.LoadBundle(Env("PARRY_PLAYBOOKS", "/etc/parry/playbooks/playbooks.yaml"))
 		if err != nil {
 			return fmt.Errorf("%w (mount the parry-playbooks ConfigMap, or set PARRY_PLAYBOOKS)", err)
 		}
@@ -123,26 +132,37 @@ func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	return step.Serve(ctx, ":"+envOr("PORT", "8080"), h, callers, log)
+	return step.Serve(ctx, ":"+Env("PORT", "8080"), h, callers, log)
 }
 
 // verifyCallers is who may deliver events to the step: parry's Triggers,
 // whose tokens Knative's broker filter sends for the Service's audience.
 func verifyCallers(spec step.Spec, d step.Deps, log zerolog.Logger) (*step.Callers, error) {
-	switch mode := envOr("PARRY_CALLERS", "triggers"); {
+	return Callers(d.Kube, step.ServiceAudience(playbook.Namespace, spec.Name), func(authn auth.Authenticator) *step.Callers {
+		return step.TriggersIn(playbook.Namespace, authn)
+	}, log)
+}
+
+// Callers is who may deliver events to a Service of parry's, after
+// PARRY_CALLERS: by default ("triggers") the callers trusted gives for an
+// authenticator of tokens for audience, reviewed by kube's TokenReview;
+// "any" lets anyone deliver, with a warning; anything else is an error, as
+// is checking without a cluster (kube nil).
+func Callers(kube kubernetes.Interface, audience string, trusted func(auth.Authenticator) *step.Callers, log zerolog.Logger) (*step.Callers, error) {
+	switch mode := Env("PARRY_CALLERS", "triggers"); {
 	case mode == "any":
 		log.Warn().Msg("PARRY_CALLERS=any: any caller that reaches this Service can deliver events to it; turn Knative's OIDC sender authentication on and unset PARRY_CALLERS")
 		return nil, nil
 	case mode != "triggers":
 		return nil, fmt.Errorf("PARRY_CALLERS=%q: want triggers (the default) or any", mode)
-	case d.Kube == nil:
+	case kube == nil:
 		return nil, errors.New("verifying who delivers events needs the API server (TokenReview), and there is no cluster: set KUBECONFIG, or PARRY_CALLERS=any to accept any caller")
 	}
-	audience := step.ServiceAudience(playbook.Namespace, spec.Name)
-	return step.TriggersIn(playbook.Namespace, auth.NewTokenReview(d.Kube, audience, time.Minute)), nil
+	return trusted(auth.NewTokenReview(kube, audience, time.Minute)), nil
 }
 
-func envOr(key, def string) string {
+// Env is the environment variable key, or def when it is unset or empty.
+func Env(key, def string) string {
 	if v := os.Getenv(key); v != "" {
 		return v
 	}
