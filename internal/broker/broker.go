@@ -175,6 +175,9 @@ func New(opts Options) (*Broker, error) {
 		b.routes[br.Key()] = rt
 	}
 	for _, t := range opts.Manifests.Triggers {
+		if t.IsClusterOnly() {
+			continue
+		}
 		br, _ := opts.Manifests.Broker(t.BrokerKey())
 		eventType := requiredType(t)
 		trig, err := b.resolve(t, br, eventType)

@@ -36,7 +36,12 @@ func TestShippedPoliciesHaveNoHole(t *testing.T) {
 	sensorTypes := []string{events.TypeProcessExec, events.TypeProcessExit, events.TypeNetworkConnect, events.TypeFileOpen, events.TypePrivilege, events.TypeSensorHealth}
 	incidentTypes := []string{events.TypeIncidentOpened, events.TypeIncidentJoined, events.TypeIncidentSuppressed}
 	steps := map[string]bool{}
+	var journalTriggers []manifest.Trigger
 	for _, tr := range set.Triggers {
+		if tr.IsClusterOnly() {
+			journalTriggers = append(journalTriggers, tr)
+			continue
+		}
 		steps[tr.Spec.Subscriber.Ref.Name] = true
 	}
 	deadLetter := "system:serviceaccount:parry-system:parry-failed"
@@ -60,7 +65,23 @@ func TestShippedPoliciesHaveNoHole(t *testing.T) {
 	if decide(deadLetter, events.TypeProcessExec) || decide(deadLetter, events.TypeIncidentOpened) {
 		t.Error("the dead-letter sink may send more than failed events")
 	}
+	// The journal service's catch-all Trigger delivers every event and
+	// sends none: its identity may send nothing.
+	if len(journalTriggers) != 1 {
+		t.Errorf("%d cluster-only Triggers in config/, want the journal service's one", len(journalTriggers))
+	}
+	for _, tr := range journalTriggers {
+		from := broker.TriggerIdentity(tr.Namespace, tr.Name)
+		for _, typ := range append(append(sensorTypes, incidentTypes...), events.StepDone("isolate"), events.StepFailed("isolate"), events.TypeIncidentClosed) {
+			if decide(from, typ) {
+				t.Errorf("the journal's Trigger %s may send %s", tr.Key(), typ)
+			}
+		}
+	}
 	for _, tr := range set.Triggers {
+		if tr.IsClusterOnly() {
+			continue
+		}
 		st, from := tr.Spec.Subscriber.Ref.Name, broker.TriggerIdentity(tr.Namespace, tr.Name)
 		own := []string{events.StepDone(st), events.StepFailed(st)}
 		if st == "classify" {

@@ -53,6 +53,15 @@ type Trigger struct {
 // Key is "namespace/name".
 func (t Trigger) Key() string { return t.Namespace + "/" + t.Name }
 
+// ClusterOnly is the annotation ("true") of a Trigger whose subscriber
+// exists only in a cluster: the journal service's, which records every
+// event in PostgreSQL, as the embedded broker records them in its own
+// journal. The embedded broker does not deliver to it.
+const ClusterOnly = "parry.dev/cluster-only"
+
+// IsClusterOnly reports whether t carries ClusterOnly: "true".
+func (t Trigger) IsClusterOnly() bool { return t.Annotations[ClusterOnly] == "true" }
+
 // BrokerKey is the "namespace/name" of the Broker this Trigger subscribes to.
 func (t Trigger) BrokerKey() string {
 	if t.Spec.BrokerRef != nil {

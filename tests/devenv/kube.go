@@ -265,14 +265,7 @@ func (e *Env) launchAPIServer(ctx context.Context, port int) (*proc, error) {
 // tests of what a client does while the API server is away (connections
 // refused, not hanging). etcd keeps the cluster's state meanwhile.
 func (e *Env) RestartAPIServer(ctx context.Context, down time.Duration) error {
-	e.mu.Lock()
-	var old *proc
-	for _, p := range e.procs {
-		if p.name == "kube-apiserver" {
-			old = p
-		}
-	}
-	e.mu.Unlock()
+	old := e.procNamed("kube-apiserver")
 	if old == nil {
 		return errors.New("devenv: no API server runs in this environment")
 	}
@@ -292,14 +285,7 @@ func (e *Env) RestartAPIServer(ctx context.Context, down time.Duration) error {
 	}
 	began := time.Now()
 	p, err := e.launchAPIServer(ctx, port)
-	e.mu.Lock()
-	for i, q := range e.procs {
-		if q == old && p != nil {
-			e.procs[i] = p // in its place: Stop ends the servers in order
-		}
-	}
-	e.mu.Unlock()
-	_ = e.writeState()
+	e.replaceProc(old, p)
 	if err != nil {
 		return fmt.Errorf("devenv: restarting the API server on port %d: %w", port, err)
 	}

@@ -2,12 +2,15 @@ package devenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 )
 
 // startPostgres creates a fresh cluster with initdb and runs the postmaster
@@ -43,28 +46,68 @@ func (e *Env) startPostgres(ctx context.Context) error {
 	}
 	_ = os.Remove(pwfile)
 	return e.retryPorts(ctx, 1, func(ports []int) (*proc, error) {
-		port := strconv.Itoa(ports[0])
-		p, err := e.startProc(procSpec{name: "postgres", path: e.bins.postgres, cred: e.bins.pgCred,
-			stopSig: syscall.SIGINT, // "fast" shutdown: ends sessions, no waiting for clients
-			args: []string{
-				"-D", data, "-p", port,
-				"-c", "listen_addresses=127.0.0.1",
-				"-c", "unix_socket_directories=" + root,
-				// A throw-away cluster: durability only costs time.
-				"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-			}})
-		if err != nil {
-			return nil, err
-		}
-		e.PostgresDSN = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%s/postgres?sslmode=disable", password, port)
-		return p, waitReady(ctx, p, e.opts.ReadyTimeout, func(ctx context.Context) error {
-			out, err := exec.CommandContext(ctx, e.bins.pgIsReady, "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", "postgres").CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("pg_isready: %v: %s", err, out)
-			}
-			return nil
-		})
+		e.PostgresDSN = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", password, ports[0])
+		return e.launchPostgres(ctx, ports[0])
 	})
+}
+
+// launchPostgres starts the postmaster on the cluster initdb made, on port,
+// and waits until it accepts connections.
+func (e *Env) launchPostgres(ctx context.Context, port int) (*proc, error) {
+	root := filepath.Join(e.Dir, "postgres")
+	p, err := e.startProc(procSpec{name: "postgres", path: e.bins.postgres, cred: e.bins.pgCred,
+		stopSig: syscall.SIGINT, // "fast" shutdown: ends sessions, no waiting for clients
+		args: []string{
+			"-D", filepath.Join(root, "data"), "-p", strconv.Itoa(port),
+			"-c", "listen_addresses=127.0.0.1",
+			"-c", "unix_socket_directories=" + root,
+			// A throw-away cluster: durability only costs time.
+			"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+		}})
+	if err != nil {
+		return nil, err
+	}
+	return p, waitReady(ctx, p, e.opts.ReadyTimeout, func(ctx context.Context) error {
+		out, err := exec.CommandContext(ctx, e.bins.pgIsReady, "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "postgres", "-d", "postgres").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("pg_isready: %v: %s", err, out)
+		}
+		return nil
+	})
+}
+
+// RestartPostgres stops PostgreSQL (a fast shutdown: sessions are ended,
+// open transactions roll back), leaves it down for down, and starts it
+// again on the same port and data, returning once it accepts connections:
+// for tests of what a client does while its database is away. What was
+// committed survives (the shutdown checkpoints); PostgresDSN is unchanged.
+func (e *Env) RestartPostgres(ctx context.Context, down time.Duration) error {
+	old := e.procNamed("postgres")
+	if old == nil {
+		return errors.New("devenv: no PostgreSQL runs in this environment")
+	}
+	u, err := url.Parse(e.PostgresDSN)
+	if err != nil {
+		return err
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		return fmt.Errorf("devenv: PostgreSQL DSN names no port: %w", err)
+	}
+	old.stop(10 * time.Second)
+	select {
+	case <-time.After(down):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	began := time.Now()
+	p, err := e.launchPostgres(ctx, port)
+	e.replaceProc(old, p)
+	if err != nil {
+		return fmt.Errorf("devenv: restarting PostgreSQL on port %d: %w", port, err)
+	}
+	e.logf("devenv: postgres back after %s down, ready in %s (pid %d)", down, time.Since(began).Round(10*time.Millisecond), p.pid())
+	return nil
 }
 
 func (e *Env) chownPostgres(path string) error {

@@ -116,6 +116,41 @@ func (e *Env) startProc(spec procSpec) (*proc, error) {
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
 
+// procNamed is the running server called name, nil if there is none.
+func (e *Env) procNamed(name string) *proc {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, p := range e.procs {
+		if p.name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// replaceProc moves p, the restart of old (which startProc appended),
+// into old's place, since Stop ends the servers in order, and records it;
+// a nil p leaves old there.
+func (e *Env) replaceProc(old, p *proc) {
+	if p == nil {
+		return
+	}
+	e.mu.Lock()
+	procs := make([]*proc, 0, len(e.procs))
+	for _, q := range e.procs {
+		switch q {
+		case old:
+			procs = append(procs, p)
+		case p:
+		default:
+			procs = append(procs, q)
+		}
+	}
+	e.procs = procs
+	e.mu.Unlock()
+	_ = e.writeState()
+}
+
 func (p *proc) exited() bool {
 	select {
 	case <-p.done:
