@@ -12,9 +12,11 @@
 // Batch.Max events, or what arrives within Batch.Linger), and are answered
 // 202 only once their batch committed; a database failure is answered 503,
 // so Knative's at-least-once redelivery covers the outage. A redelivered
-// event is recorded once: the store keeps one row per event identity
-// (source, id) and ignores the rest (ON CONFLICT DO NOTHING), so a
-// delivery answered 5xx after its commit did land is harmless.
+// event is recorded once: the store keeps one row per event identity (id
+// and source; the service records no sender, since the Broker's
+// EventPolicies decided who may send) and ignores the rest (ON CONFLICT DO
+// NOTHING), so a delivery answered 5xx after its commit did land is
+// harmless.
 //
 // Reading. GET /v1/... serve journal.Reader's queries as JSON to callers
 // with a ServiceAccount token for Audience (TokenReview) whose RBAC allows
