@@ -8,6 +8,9 @@
 //	PARRY_POSTGRES_DSN      the database (postgres://user:password@host:5432/db?sslmode=...);
 //	                        in a cluster from the Secret parry-postgres, key dsn
 //	KUBECONFIG              outside a cluster; in one, its service account
+//	PARRY_JOURNAL_MAX_AGE   720h: events older are deleted in the background; 0 keeps them
+//	PARRY_JOURNAL_MAX_BYTES 21474836480 (20 GiB): the oldest events are deleted while
+//	                        the events' own bytes are more; 0 does not bound
 //	PARRY_CALLERS           "triggers" (the default): only the journal's own
 //	                        Trigger (parry-system/parry-journal) may deliver,
 //	                        its token reviewed by TokenReview; "any" accepts
@@ -20,6 +23,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -51,7 +55,12 @@ func run(ctx context.Context, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cfg := journalservice.Config{Recorder: store, Reader: store, Log: log}
+	retention, err := retentionOf(log)
+	if err != nil {
+		return err
+	}
+	cfg := journalservice.Config{Recorder: store, Reader: store, Log: log,
+		Pruner: journal.NewPruner(store, retention, 0, log)}
 	var kube kubernetes.Interface
 	kcfg, err := clients.KubeConfig(os.Getenv("KUBECONFIG"))
 	switch {
@@ -80,4 +89,26 @@ func run(ctx context.Context, log zerolog.Logger) error {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}
 	return svc.Serve(ctx, ln)
+}
+
+// retentionOf is the journal's Retention: journal's defaults for a
+// cluster's PostgreSQL, or PARRY_JOURNAL_MAX_AGE and PARRY_JOURNAL_MAX_BYTES.
+func retentionOf(log zerolog.Logger) (journal.Retention, error) {
+	r := journal.Retention{MaxAge: journal.DefaultMaxAge, MaxBytes: journal.DefaultPostgresMaxBytes}
+	if v := os.Getenv("PARRY_JOURNAL_MAX_AGE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return r, fmt.Errorf("PARRY_JOURNAL_MAX_AGE=%q: want a duration such as 720h, or 0 to keep events however old", v)
+		}
+		r.MaxAge = d
+	}
+	if v := os.Getenv("PARRY_JOURNAL_MAX_BYTES"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return r, fmt.Errorf("PARRY_JOURNAL_MAX_BYTES=%q: want a number of bytes, or 0 for no bound", v)
+		}
+		r.MaxBytes = n
+	}
+	log.Info().Dur("max_age", r.MaxAge).Int64("max_bytes", r.MaxBytes).Msg("journal retention")
+	return r, nil
 }

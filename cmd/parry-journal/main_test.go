@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"k8s.io/client-go/kubernetes"
 
+	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/httpclient"
 	"parry.dev/parry/internal/journalservice/journaltest"
@@ -224,7 +225,12 @@ func (s *stream) exactlyOnce(t *testing.T, pool *pgxpool.Pool) {
 func setup(t *testing.T, port int) (*pgxpool.Pool, string, []string) {
 	t.Helper()
 	env := devenv.Require(t)
-	dsn, pool := journaltest.Database(t, env.PostgresDSN)
+	dsn := env.Database(t, "journalsvc")
+	pool, err := clients.Postgres(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
 	token := journaltest.TriggerToken(t, kubernetes.NewForConfigOrDie(env.RESTConfig()))
 	return pool, token, []string{"PARRY_POSTGRES_DSN=" + dsn, "KUBECONFIG=" + env.Kubeconfig, "PORT=" + strconv.Itoa(port)}
 }
@@ -337,6 +343,7 @@ func badOrMissingDatabaseStopsTheStart(t *testing.T, bin string) {
 		"a wrong password":  {[]string{kube, "PARRY_POSTGRES_DSN=" + wrongPassword}, []string{"password authentication failed", "parry-postgres"}},
 		"PARRY_CALLERS typo": {[]string{kube, "PARRY_POSTGRES_DSN=" + env.PostgresDSN, "PARRY_CALLERS=anyone", "PORT=" + strconv.Itoa(freePort(t))},
 			[]string{`PARRY_CALLERS=\"anyone\"`}},
+		"a retention in days": {[]string{kube, "PARRY_POSTGRES_DSN=" + env.PostgresDSN, "PARRY_JOURNAL_MAX_AGE=30d"}, []string{"PARRY_JOURNAL_MAX_AGE", "720h"}},
 	} {
 		p := run(t, bin, c.env...)
 		code, out := p.exit(t, 30*time.Second)
@@ -358,7 +365,7 @@ func badOrMissingDatabaseStopsTheStart(t *testing.T, bin string) {
 // warning) and serves; without a cluster the read API fails closed.
 func startsWithoutAClusterWhenToldToTakeAnyCaller(t *testing.T, bin string) {
 	env := devenv.Require(t)
-	dsn, _ := journaltest.Database(t, env.PostgresDSN)
+	dsn := env.Database(t, "journalsvc")
 	port := freePort(t)
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	p := run(t, bin, "PARRY_POSTGRES_DSN="+dsn, "PARRY_CALLERS=any", "PORT="+strconv.Itoa(port))

@@ -26,6 +26,7 @@
 // Client is journal.Reader over this API, so `parry trace --journal URL`
 // answers as it would from the store itself.
 //
-// /healthz is open; /metrics (Prometheus text) needs get on
-// metrics.journal.parry.dev.
+// A journal.Pruner (Config.Pruner) keeps the journal within its retention
+// while the service runs. /healthz is open; /metrics (Prometheus text)
+// needs get on metrics.journal.parry.dev.
 package journalservice

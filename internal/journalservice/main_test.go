@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"parry.dev/parry/internal/auth"
+	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/journalservice"
 	"parry.dev/parry/internal/journalservice/journaltest"
@@ -47,7 +48,11 @@ func start(t *testing.T, configure ...func(*journalservice.Config)) *fixture {
 	t.Helper()
 	env := devenv.Require(t)
 	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
-	_, pool := journaltest.Database(t, env.PostgresDSN)
+	pool, err := clients.Postgres(t.Context(), env.Database(t, "journalsvc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
 	store, err := journal.OpenPostgres(t.Context(), pool)
 	if err != nil {
 		t.Fatal(err)

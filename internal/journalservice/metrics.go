@@ -81,7 +81,7 @@ func (m *metrics) read(status int) {
 }
 
 // write is the Prometheus text exposition of m.
-func (m *metrics) write(w http.ResponseWriter, wr *writer) {
+func (m *metrics) write(w http.ResponseWriter, wr *writer, pr *journal.Pruner) {
 	var b strings.Builder
 	metric := func(name, help, typ string) {
 		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
@@ -106,6 +106,13 @@ func (m *metrics) write(w http.ResponseWriter, wr *writer) {
 		"forbidden": m.readForbidden.Load(), "unavailable": m.readUnavailable.Load(),
 	} {
 		fmt.Fprintf(&b, "parry_journal_api_requests_total{result=%q} %d\n", result, v)
+	}
+	if pr != nil {
+		events, bytes := pr.Pruned()
+		metric("parry_journal_pruned_events_total", "Events deleted by the retention (age or size).", "counter")
+		fmt.Fprintf(&b, "parry_journal_pruned_events_total %d\n", events)
+		metric("parry_journal_pruned_bytes_total", "The deleted events' own bytes.", "counter")
+		fmt.Fprintf(&b, "parry_journal_pruned_bytes_total %d\n", bytes)
 	}
 	metric("parry_journal_queued_events", "Events waiting for a commit.", "gauge")
 	fmt.Fprintf(&b, "parry_journal_queued_events %d\n", wr.queued())

@@ -12,6 +12,7 @@ import (
 
 	"parry.dev/parry/internal/broker"
 	"parry.dev/parry/internal/events"
+	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/journalservice"
 	"parry.dev/parry/internal/journalservice/journaltest"
 	"parry.dev/parry/internal/playbook"
@@ -185,5 +186,37 @@ func TestMalformedDeliveriesAreRefusedAlone(t *testing.T) {
 	wg.Wait()
 	if all, _ := f.count(t, ""); all != len(good) {
 		t.Fatalf("%d events recorded, want the %d good ones", all, len(good))
+	}
+}
+
+// The service prunes its journal in the background: with a size bound
+// smaller than one event, what it records is deleted and counted; the
+// positive control is that the events were recorded (202) first.
+func TestServicePrunesByItsRetention(t *testing.T) {
+	var pruner *journal.Pruner
+	f := start(t, func(c *journalservice.Config) {
+		pruner = journal.NewPruner(c.Recorder.(*journal.Postgres), journal.Retention{MaxBytes: 1}, 50*time.Millisecond, c.Log)
+		c.Pruner = pruner
+	})
+	for i := range 5 {
+		if code, body, err := journaltest.Deliver(t.Context(), http.DefaultClient, f.url, f.trigger, sensorEvent(t, fmt.Sprint("pruned-", i)), false); code != http.StatusAccepted {
+			t.Fatalf("delivery: %d %s %v", code, body, err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		events, _ := pruner.Pruned()
+		if all, _ := f.count(t, ""); all == 0 && events == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			all, _ := f.count(t, "")
+			t.Fatalf("after 10 s: %d events left, %d pruned; want 0 and 5", all, events)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_, _, scraper := readers(t, f.cs)
+	if code, body, _ := get(t, f.url+"/metrics", scraper); code != http.StatusOK || !strings.Contains(body, "parry_journal_pruned_events_total 5\n") {
+		t.Fatalf("/metrics: %d %s", code, body)
 	}
 }

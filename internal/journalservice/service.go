@@ -62,6 +62,9 @@ type Config struct {
 	ReadAuthn auth.Authenticator
 	ReadAuthz auth.Authorizer
 	Batch     Batch
+	// Pruner bounds the journal while the service runs (nil: it is not
+	// pruned). Replicas may prune side by side.
+	Pruner *journal.Pruner
 	// Limits of the HTTP server (zero fields from httpserver.Defaults).
 	Limits httpserver.Limits
 	Log    zerolog.Logger
@@ -111,15 +114,28 @@ func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("POST /{$}", s.deliver)
-	mux.HandleFunc("GET "+routeMetrics, s.authorized(accessMetrics, func(w http.ResponseWriter, _ *http.Request) { s.metrics.write(w, s.writer) }))
+	mux.HandleFunc("GET "+routeMetrics, s.authorized(accessMetrics, func(w http.ResponseWriter, _ *http.Request) { s.metrics.write(w, s.writer, s.cfg.Pruner) }))
 	s.routes(mux)
 	return mux
 }
 
-// Serve serves Handler on ln until ctx is done, then finishes the requests
-// in flight (their batches commit), and stops the writer.
+// Serve serves Handler on ln, and runs the Pruner, until ctx is done, then
+// finishes the requests in flight (their batches commit), and stops the
+// writer.
 func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	srv := httpserver.New(s.Handler(), s.cfg.Limits)
+	pruneCtx, stopPruning := context.WithCancel(ctx)
+	pruned := make(chan struct{})
+	go func() {
+		defer close(pruned)
+		if s.cfg.Pruner != nil {
+			s.cfg.Pruner.Run(pruneCtx)
+		}
+	}()
+	defer func() {
+		stopPruning()
+		<-pruned
+	}()
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)

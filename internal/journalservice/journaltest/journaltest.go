@@ -1,24 +1,19 @@
-// Package journaltest helps tests of the journal service: a database of
-// their own on the test environment's PostgreSQL, tokens of the identities
-// that deliver and read, deliveries as Knative's broker filter makes them,
-// and an incident's events. Tests import it; no binary does.
+// Package journaltest helps tests of the journal service: tokens of the
+// identities that deliver and read, deliveries as Knative's broker filter
+// makes them, and an incident's events. Tests import it; no binary does.
 package journaltest
 
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net/http"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
-	"github.com/jackc/pgx/v5/pgxpool"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -26,41 +21,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"parry.dev/parry/internal/broker"
-	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journalservice"
 	"parry.dev/parry/internal/playbook"
 )
-
-var databases atomic.Int64
-
-// Database creates a database of the test's own behind adminDSN (a
-// superuser's), dropped when the test ends, and returns its DSN and a pool.
-func Database(t testing.TB, adminDSN string) (string, *pgxpool.Pool) {
-	t.Helper()
-	ctx := context.Background()
-	admin, err := clients.Postgres(ctx, adminDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := fmt.Sprintf("journalsvc_%d_%d", time.Now().UnixNano(), databases.Add(1))
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		admin.Close()
-		t.Fatal(err)
-	}
-	dsn := strings.Replace(adminDSN, "/postgres?", "/"+name+"?", 1)
-	pool, err := clients.Postgres(ctx, dsn)
-	if err != nil {
-		admin.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		pool.Close()
-		_, _ = admin.Exec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)")
-		admin.Close()
-	})
-	return dsn, pool
-}
 
 // Account makes sure the ServiceAccount namespace/name exists (and its
 // namespace).
