@@ -44,7 +44,7 @@ type fixture struct {
 	trigger string
 }
 
-func start(t *testing.T, configure ...func(*journalservice.Config)) *fixture {
+func start(t testing.TB, configure ...func(*journalservice.Config)) *fixture {
 	t.Helper()
 	env := devenv.Require(t)
 	cs := kubernetes.NewForConfigOrDie(env.RESTConfig())
@@ -74,7 +74,7 @@ func start(t *testing.T, configure ...func(*journalservice.Config)) *fixture {
 }
 
 // serve runs a service of cfg on a loopback port until the test ends.
-func serve(t *testing.T, cfg journalservice.Config) (*journalservice.Service, string) {
+func serve(t testing.TB, cfg journalservice.Config) (*journalservice.Service, string) {
 	t.Helper()
 	svc, err := journalservice.New(cfg)
 	if err != nil {

@@ -57,7 +57,8 @@ func (s *Service) deliver(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		s.log.Warn().Err(err).Str(logging.FieldEventID, e.ID()).Str(logging.FieldEventType, e.Type()).
+		// Debug: a failed commit is logged once for its whole batch.
+		s.log.Debug().Err(err).Str(logging.FieldEventID, e.ID()).Str(logging.FieldEventType, e.Type()).
 			Msg("an event was not recorded; answered 503 so the broker redelivers it")
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "not recorded, retry: "+err.Error(), http.StatusServiceUnavailable)

@@ -18,7 +18,7 @@ import (
 	"parry.dev/parry/internal/playbook"
 )
 
-func sensorEvent(t *testing.T, key string) cloudevents.Event {
+func sensorEvent(t testing.TB, key string) cloudevents.Event {
 	t.Helper()
 	e, err := events.New(events.Spec{Type: events.TypeNetworkConnect, Source: "parry://sensor/n1", Key: key, Time: time.Now(),
 		Extensions: map[string]string{events.ExtPodUID: "uid-1", events.ExtDestPort: "4444"}})
