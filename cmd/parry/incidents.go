@@ -18,7 +18,7 @@ import (
 
 func incidentsCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("incidents", "[flags]", stderr)
-	journalPath := journalFlag(fs)
+	jf := addJournalFlags(fs)
 	state := fs.String("state", "", "only incidents in this state: open or closed")
 	playbook := fs.String("playbook", "", "only incidents of this playbook")
 	namespace := fs.String("namespace", "", "only incidents of pods in this namespace")
@@ -63,7 +63,7 @@ func incidentsCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		}
 		f.Since = t
 	}
-	j, err := openJournal(ctx, *journalPath)
+	j, err := jf.open(ctx)
 	if err != nil {
 		return err
 	}

@@ -250,3 +250,25 @@ func TestIncidentsAndTraceReadAClustersPostgresJournal(t *testing.T) {
 		t.Fatalf("the password is in the error:\n%s", out)
 	}
 }
+
+// A journal service answers only with a token: the CLI says how to get one
+// instead of sending an anonymous request, and refuses a token for a file.
+func TestJournalServiceNeedsATokenFile(t *testing.T) {
+	bin, err := parryBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"incidents", "--journal", "http://127.0.0.1:1"}, "--token-file"},
+		{[]string{"trace", "--journal", "https://journal.example", "inc-1"}, "kubectl create token"},
+		{[]string{"incidents", "--journal", filepath.Join(t.TempDir(), "j.db"), "--token-file", "/dev/null"}, "goes with a journal service URL"},
+	} {
+		out, err := exec.Command(bin, tc.args...).CombinedOutput()
+		if exitCode(err) != 1 || !strings.Contains(string(out), tc.want) {
+			t.Errorf("parry %v: %v\n%s\nwant an error saying %q", tc.args, err, out, tc.want)
+		}
+	}
+}

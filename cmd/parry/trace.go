@@ -16,7 +16,7 @@ import (
 
 func traceCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("trace", "[flags] (INCIDENT | --event ID | --last N)", stderr)
-	journalPath := journalFlag(fs)
+	jf := addJournalFlags(fs)
 	eventID := fs.String("event", "", "show the causal tree that contains this event id")
 	last := fs.Int("last", 0, "list the N most recent events")
 	asJSON := fs.Bool("json", false, "print JSON for tools instead of text")
@@ -34,7 +34,7 @@ func traceCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fs.Usage()
 		return errUsage
 	}
-	j, err := openJournal(ctx, *journalPath)
+	j, err := jf.open(ctx)
 	if err != nil {
 		return err
 	}
@@ -53,13 +53,13 @@ func traceCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	case *eventID != "":
 		tree, err := j.Tree(ctx, *eventID)
 		if err != nil {
-			return notFound(err, *journalPath)
+			return notFound(err, *jf.where)
 		}
 		trees = []*journal.Node{tree}
 	default:
 		trees, err = j.Incident(ctx, fs.Arg(0))
 		if err != nil {
-			return notFound(err, *journalPath)
+			return notFound(err, *jf.where)
 		}
 	}
 	if *asJSON {
