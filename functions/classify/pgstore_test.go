@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"net/url"
 	"reflect"
 	"strings"
 	"sync"
@@ -26,32 +25,10 @@ import (
 
 func TestMain(m *testing.M) { devenv.Main(m) }
 
-// freshDatabase creates a database of the test's own on the test
-// environment's PostgreSQL, dropped when the test ends, and returns its DSN.
+// freshDatabase is a database of the test's own, dropped when it ends.
 func freshDatabase(t *testing.T) string {
 	t.Helper()
-	env := devenv.Require(t)
-	ctx := context.Background()
-	admin, err := clients.Postgres(ctx, env.PostgresDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(admin.Close)
-	name := fmt.Sprintf("classify_%d", time.Now().UnixNano())
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, err := admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("dropping the test's database: %v", err)
-		}
-	})
-	u, err := url.Parse(env.PostgresDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
+	return devenv.Require(t).Database(t, "classify")
 }
 
 // pgPool is one replica's own pool.
