@@ -86,7 +86,7 @@ func describe(w io.Writer, s step.Spec) {
 		on   bool
 		what string
 	}{{s.Sensors, "the node sensors' API"}, {s.Vault, "a Vault token (functions/revoke/policy.hcl)"}, {s.Publishes, "the Broker as K_SINK"},
-		{s.State, "a state directory"}, {s.SingleReplica, "exactly one replica"}} {
+		{s.State, "a state directory"}, {s.Postgres, "PostgreSQL in a cluster (the Secret parry-postgres)"}} {
 		if n.on {
 			needs = append(needs, n.what)
 		}

@@ -13,10 +13,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"go.uber.org/zap"
 	"knative.dev/eventing/pkg/eventfilter"
@@ -35,14 +35,16 @@ const Name = playbook.RootFunction
 // Definition declares classify and builds it from the compiled playbook
 // bundle (Deps.Playbooks: classify evaluates the playbooks' match filters
 // itself, so it needs the whole bundle), keeping baselines, open incidents
-// and circuit breakers in Deps.StateDir/classify.json.
+// and circuit breakers in PostgreSQL (Deps.Postgres) in a cluster, else in
+// Deps.StateDir/classify.json.
 func Definition() step.Definition {
-	return step.Definition{Spec: spec(), New: func(_ context.Context, d step.Deps) (step.Action, error) {
+	return step.Definition{Spec: spec(), New: func(ctx context.Context, d step.Deps) (step.Action, error) {
 		bundle, ok := d.Playbooks.(*playbook.Bundle)
 		if !ok {
 			return nil, fmt.Errorf("classify needs the compiled playbook bundle, got %T", d.Playbooks)
 		}
-		c, err := New(Options{Bundle: bundle, StorePath: filepath.Join(d.StateDir, "classify.json"), IncidentKey: d.IncidentKey, Log: d.Log})
+		c, err := New(ctx, Options{Bundle: bundle, StorePath: filepath.Join(d.StateDir, "classify.json"), Postgres: d.Postgres,
+			IncidentKey: d.IncidentKey, Log: d.Log})
 		if err != nil {
 			return nil, err
 		}
@@ -58,12 +60,12 @@ func spec() step.Spec {
 			{Name: "threshold", Type: step.Int, Default: "40", Description: "score (0-100) at which an incident opens; below it the event is recorded as suppressed"},
 			{Name: "dedupWindow", Type: step.Duration, Default: "10m", Description: "events of the same pod and playbook within this time of the incident's last event join it"},
 		},
-		Example:       "- function: classify\n  params: {threshold: 40, dedupWindow: 10m}\n",
-		Playbook:      true,
-		Root:          true,
-		Replies:       true,
-		State:         true,
-		SingleReplica: true,
+		Example:  "- function: classify\n  params: {threshold: 40, dedupWindow: 10m}\n",
+		Playbook: true,
+		Root:     true,
+		Replies:  true,
+		State:    true,
+		Postgres: true,
 		// classify answers in microseconds and touches no API: a few quick
 		// retries cover a restart of its own process.
 		Delivery: step.Delivery{Retry: 5, Backoff: 100 * time.Millisecond, Timeout: 10 * time.Second},
@@ -74,8 +76,11 @@ func spec() step.Spec {
 type Options struct {
 	Bundle *playbook.Bundle
 	// StorePath is the JSON file baselines, open incidents and circuit
-	// breakers persist in.
+	// breakers persist in when Postgres is nil; "" keeps them in memory.
 	StorePath string
+	// Postgres keeps them in PostgreSQL instead, shared by every replica
+	// (classify's tables are created or migrated by New).
+	Postgres *pgxpool.Pool
 	// IncidentKey seals the incidents classify opens (step.Seal); the
 	// steps refuse incidents without a valid seal.
 	IncidentKey []byte
@@ -89,12 +94,12 @@ type Options struct {
 	Log              zerolog.Logger
 }
 
-// Classifier is the classify step. It is safe for concurrent use.
+// Classifier is the classify step. It is safe for concurrent use, and
+// several Classifiers (replicas) may share one PostgreSQL.
 type Classifier struct {
 	opts     Options
 	matchers []matcher
-	mu       sync.Mutex
-	st       *state
+	store    store
 }
 
 type matcher struct {
@@ -102,8 +107,8 @@ type matcher struct {
 	filter eventfilter.Filter
 }
 
-// New loads the store and builds the playbooks' filters.
-func New(opts Options) (*Classifier, error) {
+// New opens the store and builds the playbooks' filters.
+func New(ctx context.Context, opts Options) (*Classifier, error) {
 	if opts.Bundle == nil {
 		return nil, fmt.Errorf("classify: no playbook bundle (compile the playbooks with `parry playbook compile`)")
 	}
@@ -119,11 +124,16 @@ func New(opts Options) (*Classifier, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	st, err := loadState(opts.StorePath)
+	c := &Classifier{opts: opts}
+	var err error
+	if opts.Postgres != nil {
+		c.store, err = newPGStore(ctx, opts.Postgres, opts.Log)
+	} else {
+		c.store, err = loadFileStore(opts.StorePath)
+	}
 	if err != nil {
 		return nil, err
 	}
-	c := &Classifier{opts: opts, st: st}
 	pbs := slices.Clone(opts.Bundle.Playbooks)
 	// Most severe first, then by name: the playbook an event gets is
 	// deterministic when several match.
@@ -147,10 +157,11 @@ func (c *Classifier) act(ctx context.Context, r *step.Request) (any, error) {
 	now := c.opts.Now()
 	if e.Type() == events.TypeSensorHealth {
 		if events.String(e, events.ExtSeverity) == "warning" {
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			c.st.Loss[events.String(e, events.ExtNode)] = now
-			return nil, c.st.save(c.opts.StorePath)
+			s := scope{now: now, node: events.String(e, events.ExtNode)}
+			return nil, c.store.update(ctx, s, func(st *state) error {
+				st.Loss[s.node] = now
+				return nil
+			})
 		}
 		return nil, nil
 	}
@@ -166,23 +177,23 @@ func (c *Classifier) act(ctx context.Context, r *step.Request) (any, error) {
 			break
 		}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	s := scope{now: now, workload: workload(e), pod: pod(e), node: events.String(e, events.ExtNode)}
+	if pb != nil {
+		s.playbook = pb.Name
+	}
 	obs := observe(e)
-	wl := workload(e)
-	reasons, anomaly := c.anomaly(wl, obs, now)
-	changed := c.learn(wl, obs, now)
-	if pb == nil {
-		if changed {
-			return nil, c.st.save(c.opts.StorePath)
+	var reply any
+	err := c.store.update(ctx, s, func(st *state) error {
+		reasons, anomaly := c.anomaly(st, s.workload, obs, now)
+		c.learn(st, s.workload, obs, now)
+		if pb == nil {
+			return nil
 		}
-		return nil, nil
-	}
-	reply, err := c.classify(e, *pb, wl, reasons, anomaly, now)
+		r, err := c.classify(st, e, *pb, s.workload, reasons, anomaly, now)
+		reply = r
+		return err
+	})
 	if err != nil {
-		return nil, err
-	}
-	if err := c.st.save(c.opts.StorePath); err != nil {
 		return nil, err
 	}
 	return reply, nil
@@ -238,7 +249,7 @@ const (
 	entropyThreshold = 3.5 // bits per character of a host name's longest label
 )
 
-func (c *Classifier) anomaly(wl string, o observation, now time.Time) ([]string, int) {
+func (c *Classifier) anomaly(st *state, wl string, o observation, now time.Time) ([]string, int) {
 	var reasons []string
 	score := 0
 	for _, h := range o.hosts {
@@ -248,7 +259,7 @@ func (c *Classifier) anomaly(wl string, o observation, now time.Time) ([]string,
 			break
 		}
 	}
-	b := c.st.Workloads[wl]
+	b := st.Workloads[wl]
 	if b == nil || now.Sub(b.Since) < c.opts.LearningWindow {
 		since := now
 		if b != nil {
@@ -272,42 +283,43 @@ func (c *Classifier) anomaly(wl string, o observation, now time.Time) ([]string,
 	return reasons, score
 }
 
-// learn adds o to the workload's baseline while it is learning.
-func (c *Classifier) learn(wl string, o observation, now time.Time) bool {
-	b := c.st.Workloads[wl]
+// learn adds o to the workload's baseline while it is learning (the
+// store bounds how many baselines it keeps).
+func (c *Classifier) learn(st *state, wl string, o observation, now time.Time) {
+	b := st.Workloads[wl]
 	if b == nil {
-		c.st.evictWorkloads(maxWorkloads - 1)
 		b = &baseline{Since: now, Exes: set{}, Dests: set{}, Ports: set{}}
-		c.st.Workloads[wl] = b
+		st.Workloads[wl] = b
 	}
 	if now.Sub(b.Since) >= c.opts.LearningWindow {
-		return false
+		return
 	}
-	changed := b.Since.Equal(now)
 	for s, v := range map[*set]string{&b.Exes: o.exe, &b.Dests: o.dest, &b.Ports: o.port} {
-		if v != "" && !(*s)[v] {
+		if v != "" {
 			(*s)[v] = true
-			changed = true
 		}
 	}
-	return changed
 }
 
-func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl string, anomalyReasons []string, anomaly int, now time.Time) (step.Reply, error) {
+func (c *Classifier) classify(st *state, e cloudevents.Event, pb playbook.Compiled, wl string, anomalyReasons []string, anomaly int, now time.Time) (step.Reply, error) {
 	params, ok := c.opts.Bundle.Step(pb.Name, Name)
 	if !ok {
 		return step.Reply{}, fmt.Errorf("playbook %s has no classify step in the bundle (recompile the playbooks)", pb.Name)
 	}
 	threshold := params.Int("threshold")
 	window := params.Duration("dedupWindow")
-	key := pod(e) + "|" + pb.Name
-	if inc := c.st.Incidents[key]; inc != nil && (inc.First == e.ID() || now.Sub(inc.Last) <= window) {
+	key := incidentKey(pod(e), pb.Name)
+	if inc := st.Incidents[key]; inc != nil && (inc.First == e.ID() || now.Sub(inc.Last) <= window) {
 		if inc.First == e.ID() {
 			// The same event again (another Trigger, or a redelivery):
 			// the same reply, with the same id.
 			return c.reply(e, events.TypeIncidentOpened, pb, inc.ID, inc.Score, inc.Response, inc.Reasons)
 		}
-		inc.Last = now
+		// now was read before this decision waited for the incident's
+		// lock: another may have moved Last past it meanwhile.
+		if now.After(inc.Last) {
+			inc.Last = now
+		}
 		inc.Events++
 		c.opts.Log.Debug().Str("incident", inc.ID).Str("playbook", pb.Name).Str("event_id", e.ID()).Msg("joined the open incident")
 		return c.reply(e, events.TypeIncidentJoined, pb, inc.ID, inc.Score, inc.Response,
@@ -321,28 +333,27 @@ func (c *Classifier) classify(e cloudevents.Event, pb playbook.Compiled, wl stri
 		return c.reply(e, events.TypeIncidentSuppressed, pb, "", score, "", reasons)
 	}
 	id := incidentID(e, pb.Name)
-	response, why := c.guard(e, pb, now)
+	response, why := c.guard(st, e, pb, now)
 	reasons = append(reasons, why)
 	inc := &incident{ID: id, Playbook: pb.Name, Pod: pod(e), Workload: wl, First: e.ID(),
 		Opened: now, Last: now, Events: 1, Score: score, Response: response, Reasons: reasons}
-	c.st.Incidents[key] = inc
-	c.st.expire(now)
+	st.Incidents[key] = inc
 	c.opts.Log.Info().Str("incident", inc.ID).Str("playbook", pb.Name).Int("score", score).Str("response", response).
 		Str("pod", inc.Pod).Msg("incident opened")
 	return c.reply(e, events.TypeIncidentOpened, pb, inc.ID, score, response, reasons)
 }
 
 // guard applies the guardrails to a new incident.
-func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, now time.Time) (string, string) {
+func (c *Classifier) guard(st *state, e cloudevents.Event, pb playbook.Compiled, now time.Time) (string, string) {
 	g := pb.Guardrails
 	if ns := events.String(e, events.ExtPodNamespace); guard.IsProtected(ns, g.ProtectedNamespaces) {
 		return events.ResponseEscalate, fmt.Sprintf("escalated: namespace %s is protected; parry never acts there", ns)
 	}
 	if g.RateIncidents > 0 {
-		br := c.st.Breakers[pb.Name]
+		br := st.Breakers[pb.Name]
 		if br == nil {
 			br = &guard.Breaker{}
-			c.st.Breakers[pb.Name] = br
+			st.Breakers[pb.Name] = br
 		}
 		if refusal := br.Admit(now, pb.Name, pod(e), g); refusal != nil {
 			return events.ResponseEscalate, "escalated: " + refusal.Reason
@@ -350,7 +361,7 @@ func (c *Classifier) guard(e cloudevents.Event, pb playbook.Compiled, now time.T
 	}
 	if g.RequireHealthySensor {
 		node := events.String(e, events.ExtNode)
-		if t, ok := c.st.Loss[node]; ok && now.Sub(t) < c.opts.SensorLossWindow {
+		if t, ok := st.Loss[node]; ok && now.Sub(t) < c.opts.SensorLossWindow {
 			return events.ResponseEscalate, fmt.Sprintf("escalated: the sensor on %s reported lost events at %s; this playbook requires a healthy sensor", node, t.UTC().Format(time.RFC3339))
 		}
 	}

@@ -40,13 +40,38 @@ func execOf(comm string) []playbook.Filter {
 	return []playbook.Filter{{Exact: map[string]string{"type": events.TypeProcessExec, "comm": comm}}}
 }
 
+// options are a test Classifier's: the test's key and clock, learning
+// for an hour.
+func options(clk *clock, pbs []playbook.Compiled) Options {
+	return Options{Bundle: &playbook.Bundle{Playbooks: pbs}, IncidentKey: steptest.Key, Now: clk.now, LearningWindow: time.Hour, Log: zerolog.Nop()}
+}
+
 func newClassifier(t *testing.T, store string, clk *clock, pbs ...playbook.Compiled) *Classifier {
 	t.Helper()
-	c, err := New(Options{Bundle: &playbook.Bundle{Playbooks: pbs}, StorePath: store, IncidentKey: steptest.Key, Now: clk.now, LearningWindow: time.Hour, Log: zerolog.Nop()})
+	opts := options(clk, pbs)
+	opts.StorePath = store
+	c, err := New(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// replicaOf starts a Classifier on a test's store: a restart of the one
+// before it, or (PostgreSQL) one more replica beside it.
+type replicaOf func(clk *clock, pbs ...playbook.Compiled) *Classifier
+
+// onEachStore runs test on the file store and on PostgreSQL: one decision,
+// two stores.
+func onEachStore(t *testing.T, test func(t *testing.T, replica replicaOf)) {
+	t.Run("file", func(t *testing.T) {
+		store := filepath.Join(t.TempDir(), "classify.json")
+		test(t, func(clk *clock, pbs ...playbook.Compiled) *Classifier { return newClassifier(t, store, clk, pbs...) })
+	})
+	t.Run("postgres", func(t *testing.T) {
+		dsn := freshDatabase(t)
+		test(t, func(clk *clock, pbs ...playbook.Compiled) *Classifier { return pgClassifier(t, dsn, clk, pbs...) })
+	})
 }
 
 var seq int
@@ -88,9 +113,11 @@ func data(t *testing.T, e *cloudevents.Event) Data {
 	return d
 }
 
-func TestOpenJoinAndDedupWindow(t *testing.T) {
+func TestOpenJoinAndDedupWindow(t *testing.T) { onEachStore(t, testOpenJoinAndDedupWindow) }
+
+func testOpenJoinAndDedupWindow(t *testing.T, replica replicaOf) {
 	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	c := newClassifier(t, "", clk, compiled("pm", "medium", execOf("dpkg"), nil, guard.Rules{}))
+	c := replica(clk, compiled("pm", "medium", execOf("dpkg"), nil, guard.Rules{}))
 	first := exec(t, "pod-a", "dpkg", "/usr/bin/dpkg")
 	r := handle(t, c, first)
 	if r == nil || r.Type() != events.TypeIncidentOpened {
@@ -133,11 +160,14 @@ func TestOpenJoinAndDedupWindow(t *testing.T) {
 }
 
 func TestBaselineAnomalyPersistsAcrossRestarts(t *testing.T) {
-	store := filepath.Join(t.TempDir(), "classify.json")
+	onEachStore(t, testBaselineAnomalyPersistsAcrossRestarts)
+}
+
+func testBaselineAnomalyPersistsAcrossRestarts(t *testing.T, replica replicaOf) {
 	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	// low severity (20) with threshold 40: only anomalies can open it.
 	pb := compiled("curl", "low", execOf("curl"), nil, guard.Rules{})
-	c := newClassifier(t, store, clk, pb)
+	c := replica(clk, pb)
 	// Learning: curl is part of the workload's normal behaviour.
 	r := handle(t, c, exec(t, "pod-a", "curl", "/usr/bin/curl", "curl", "https://api.example.com/"))
 	if r == nil || r.Type() != events.TypeIncidentSuppressed {
@@ -146,9 +176,10 @@ func TestBaselineAnomalyPersistsAcrossRestarts(t *testing.T) {
 	if d := data(t, r); !strings.Contains(strings.Join(d.Reasons, "\n"), "still learning") || !strings.Contains(strings.Join(d.Reasons, "\n"), "below the threshold 40") {
 		t.Errorf("reasons: %q", d.Reasons)
 	}
-	// Restart after the learning window: the baseline came back from disk.
+	// Restart after the learning window: the baseline came back from the
+	// store.
 	clk.advance(2 * time.Hour)
-	c = newClassifier(t, store, clk, pb)
+	c = replica(clk, pb)
 	if r := handle(t, c, exec(t, "pod-a", "curl", "/usr/bin/curl", "curl", "https://api.example.com/")); r == nil || r.Type() != events.TypeIncidentSuppressed {
 		t.Fatalf("known executable after learning: got %v, want suppressed", r)
 	}
@@ -163,15 +194,17 @@ func TestBaselineAnomalyPersistsAcrossRestarts(t *testing.T) {
 		t.Errorf("score %d, reasons:\n%s", d.Score, joined)
 	}
 	// Restart again: the open incident is remembered, the burst joins.
-	c = newClassifier(t, store, clk, pb)
+	c = replica(clk, pb)
 	if j := handle(t, c, exec(t, "pod-a", "curl", "/tmp/curl", "curl", "stratum+tcp://x9qk2m7vzp4lw8.pool.example.com:3333")); j == nil || j.Type() != events.TypeIncidentJoined {
 		t.Errorf("after restart: got %v, want joined", j)
 	}
 }
 
-func TestGuardrails(t *testing.T) {
+func TestGuardrails(t *testing.T) { onEachStore(t, testGuardrails) }
+
+func testGuardrails(t *testing.T, replica replicaOf) {
 	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	c := newClassifier(t, "", clk,
+	c := replica(clk,
 		compiled("limited", "high", execOf("nc"), nil, guard.Rules{RateIncidents: 2, RatePer: "1m"}),
 		compiled("dry", "high", execOf("dd"), nil, guard.Rules{DryRun: true, ProtectedNamespaces: []string{"payments"}}),
 		compiled("healthy", "high", execOf("hh"), nil, guard.Rules{RequireHealthySensor: true}),
@@ -264,9 +297,11 @@ func TestWorkloadsAreBounded(t *testing.T) {
 // detections of one pod, each past the dedup window (so each opens an
 // incident), leave the breaker closed, and the next pod's detection acts.
 // And the incident classify opens is sealed to its pod and playbook.
-func TestOnePodCannotTripTheBreaker(t *testing.T) {
+func TestOnePodCannotTripTheBreaker(t *testing.T) { onEachStore(t, testOnePodCannotTripTheBreaker) }
+
+func testOnePodCannotTripTheBreaker(t *testing.T, replica replicaOf) {
 	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	c := newClassifier(t, "", clk, compiled("limited", "high", execOf("nc"), step.Params{"threshold": "40", "dedupWindow": "1s"}, guard.Rules{RateIncidents: 10, RatePer: "1h"}))
+	c := replica(clk, compiled("limited", "high", execOf("nc"), step.Params{"threshold": "40", "dedupWindow": "1s"}, guard.Rules{RateIncidents: 10, RatePer: "1h"}))
 	for i := range 11 {
 		r := handle(t, c, exec(t, "pod-noisy", "nc", "/bin/nc"))
 		if r == nil || r.Type() != events.TypeIncidentOpened || events.String(*r, events.ExtResponse) != "act" {

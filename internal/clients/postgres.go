@@ -11,8 +11,18 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
+// In a cluster the connection string is the key PostgresSecretKey of the
+// Secret PostgresSecret in parry-system, given to a process as the
+// environment variable PostgresDSNEnv.
+const (
+	PostgresSecret    = "parry-postgres"
+	PostgresSecretKey = "dsn"
+	PostgresDSNEnv    = "PARRY_POSTGRES_DSN"
+)
+
 // ErrNoPostgres says that no PostgreSQL connection string was given.
-var ErrNoPostgres = errors.New("no PostgreSQL connection string: create the Secret parry-postgres with key dsn (a postgres:// URL) in parry-system, or set PARRY_POSTGRES_DSN")
+var ErrNoPostgres = errors.New("no PostgreSQL connection string: create the Secret " + PostgresSecret + " with key " + PostgresSecretKey +
+	" (a postgres:// URL) in parry-system, or set " + PostgresDSNEnv)
 
 // Postgres connects a pool to the database at dsn and checks that it
 // answers, so a bad connection string or an unreachable server is an error

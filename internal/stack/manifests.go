@@ -8,6 +8,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
+	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/labels"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/step"
@@ -34,9 +35,9 @@ const (
 // Manifests renders, for every step, the ServiceAccount, the ClusterRole
 // with exactly the rules its Spec declares, their binding, and the Knative
 // Service that runs it (a ko:// image of cmd/<name>, with what its Spec
-// asks for: the compiled playbooks, a state volume, the sensors' port, one
-// replica), plus a SinkBinding that gives each publishing step the Broker as
-// K_SINK. The output is deterministic; config/ holds it and a test fails
+// asks for: the compiled playbooks, a state volume or the PostgreSQL
+// Secret, the sensors' port), plus a SinkBinding that gives each
+// publishing step the Broker as K_SINK. The output is deterministic; config/ holds it and a test fails
 // when stale.
 func Manifests() ([]byte, error) {
 	var buf bytes.Buffer
@@ -82,7 +83,15 @@ func objects(s step.Spec) []any {
 		mounts = append(mounts, map[string]any{"name": "playbooks", "mountPath": "/etc/parry/playbooks", "readOnly": true})
 		volumes = append(volumes, map[string]any{"name": "playbooks", "configMap": map[string]any{"name": playbook.BundleConfigMap}})
 	}
-	if s.State {
+	if s.Postgres {
+		// optional, like the incident key: a missing Secret fails the
+		// step's start with an error naming it (stepmain).
+		env = append(env, map[string]any{"name": clients.PostgresDSNEnv, "valueFrom": map[string]any{"secretKeyRef": map[string]any{
+			"name": clients.PostgresSecret, "key": clients.PostgresSecretKey, "optional": true}}})
+	}
+	// A step whose state is in PostgreSQL in a cluster keeps no files
+	// there.
+	if s.State && !s.Postgres {
 		env = append(env, map[string]any{"name": "PARRY_STATE_DIR", "value": StateDir})
 		mounts = append(mounts, map[string]any{"name": "state", "mountPath": StateDir})
 		volumes = append(volumes, map[string]any{"name": "state", "emptyDir": map[string]any{}})
@@ -125,7 +134,7 @@ func objects(s step.Spec) []any {
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
 			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": account, "namespace": playbook.Namespace}}},
 		map[string]any{"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": meta(s.Name),
-			"spec": map[string]any{"template": map[string]any{"metadata": templateMeta(s), "spec": podSpec}}},
+			"spec": map[string]any{"template": map[string]any{"metadata": map[string]any{"labels": map[string]string{labels.PartOf: labels.PartOfParry}}, "spec": podSpec}}},
 	}
 	if s.Publishes {
 		objs = append(objs, map[string]any{
@@ -165,15 +174,4 @@ func ContainerSecurity() map[string]any {
 		"capabilities":             map[string]any{"drop": []string{"ALL"}},
 		"seccompProfile":           map[string]any{"type": "RuntimeDefault"},
 	}
-}
-
-// templateMeta keeps a step whose state lives in one process (classify's
-// baselines, open incidents and breakers) to one replica: a second one
-// would open a second incident for the same attack.
-func templateMeta(s step.Spec) map[string]any {
-	m := map[string]any{"labels": map[string]string{labels.PartOf: labels.PartOfParry}}
-	if s.SingleReplica {
-		m["annotations"] = map[string]string{"autoscaling.knative.dev/max-scale": "1", "autoscaling.knative.dev/min-scale": "1"}
-	}
-	return m
 }

@@ -9,6 +9,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -53,6 +54,9 @@ type Deps struct {
 	// Pods resolves pods by UID from a watch of the cluster's pods; nil
 	// reads each pod from the API server.
 	Pods *PodIndex
+	// Postgres is the pool of a step with Spec.Postgres in a cluster;
+	// nil under parry run, where the step keeps its state under StateDir.
+	Postgres *pgxpool.Pool
 	// IncidentKey verifies (and, for classify, makes) incident seals
 	// (Seal). Without it a step that acts on an incident refuses every
 	// event.

@@ -70,9 +70,11 @@ type Spec struct {
 	Publishes bool
 	// State: the step keeps files under Deps.StateDir.
 	State bool
-	// SingleReplica: the step's state lives in one process, so a cluster
-	// runs exactly one replica.
-	SingleReplica bool
+	// Postgres: in a cluster the step keeps its state in PostgreSQL
+	// (Deps.Postgres) instead of files, so that it survives restarts and
+	// is shared by every replica; it refuses to start without a
+	// connection string. Under parry run it keeps its files (State).
+	Postgres bool
 	// Secret names a Secret the step's pod mounts read-only in a cluster
 	// (optional, so the Service starts without it) at SecretDir, given to
 	// the step as Deps.SecretDir; "" for none.

@@ -7,7 +7,10 @@
 //	PORT                     8080 (Knative sets it)
 //	KUBECONFIG               outside a cluster; in one, its service account
 //	PARRY_PLAYBOOKS          /etc/parry/playbooks/playbooks.yaml (playbook steps)
-//	PARRY_STATE_DIR          /var/lib/parry (steps that keep state)
+//	PARRY_STATE_DIR          /var/lib/parry (steps that keep files)
+//	PARRY_POSTGRES_DSN       the PostgreSQL a step with Spec.Postgres keeps
+//	                         its state in (classify): a postgres:// URL, from
+//	                         the Secret parry-postgres, key dsn; required
 //	PARRY_SECRET_DIR         where the step's Secret is mounted (steps with one)
 //	PARRY_INCIDENT_KEY       /etc/parry/incident-key/key: the key incidents are
 //	                         sealed with (classify and the steps that act on
@@ -81,6 +84,16 @@ func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 			return err
 		}
 		d.IncidentKey = key
+	}
+	if spec.Postgres {
+		// Without its database such a step would start with empty state
+		// and disagree with its replicas: it does not start at all.
+		pool, err := clients.Postgres(ctx, os.Getenv(clients.PostgresDSNEnv))
+		if err != nil {
+			return fmt.Errorf("step %s keeps its state in PostgreSQL: %w", spec.Name, err)
+		}
+		defer pool.Close()
+		d.Postgres = pool
 	}
 	cfg, err := clients.KubeConfig(os.Getenv("KUBECONFIG"))
 	switch {
