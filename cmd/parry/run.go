@@ -74,7 +74,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	opts := stack.Options{
 		ConfigDir: *configDir, JournalPath: *journalPath, Retention: retention, Listen: *listen, MaxEventBytes: *maxEvent, Limits: limits, Log: log,
 		Freshness: fresh, InsecureIngress: *insecure,
-		Steps: stack.Steps(), StateDir: stateDir,
+		Steps: stack.Steps(), StateDir: stateDir, Getenv: os.Getenv,
 	}
 	// The steps act on the cluster in $KUBECONFIG, if any, and revoke Vault
 	// credentials with $VAULT_ADDR and $VAULT_TOKEN, if set.

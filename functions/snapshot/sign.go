@@ -168,6 +168,7 @@ type Check struct {
 	ManifestSHA256 string
 	Files          int    // files the manifest lists
 	SignedBy       string // the fingerprint of the key in manifest.sig
+	SignedKey      string // and that key, base64 of its raw bytes
 	// Trusted: the signature was checked against the key the caller
 	// trusts, not only the one the bundle carries.
 	Trusted bool
@@ -198,7 +199,9 @@ func VerifySigned(dir string, trusted ed25519.PublicKey) (Check, error) {
 	}
 	c.Files = len(m.Files)
 	var errs []error
-	if err := checkSignature(root, data, trusted, &c); err != nil {
+	if sig, err := root.ReadFile(SignatureFile); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %w: the bundle is not signed", SignatureFile, err))
+	} else if err := checkSignature(sig, data, trusted, &c); err != nil {
 		errs = append(errs, err)
 	}
 	names := slices.Sorted(func(yield func(string) bool) {
@@ -238,11 +241,9 @@ func VerifySigned(dir string, trusted ed25519.PublicKey) (Check, error) {
 	return c, errors.Join(errs...)
 }
 
-func checkSignature(root *os.Root, manifest []byte, trusted ed25519.PublicKey, c *Check) error {
-	data, err := root.ReadFile(SignatureFile)
-	if err != nil {
-		return fmt.Errorf("%s: %w: the bundle is not signed", SignatureFile, err)
-	}
+// checkSignature checks manifest.sig's bytes against the manifest's, and
+// notes the key that signed it in c.
+func checkSignature(data, manifest []byte, trusted ed25519.PublicKey, c *Check) error {
 	var s Signature
 	if err := json.Unmarshal(data, &s); err != nil {
 		return fmt.Errorf("%s: malformed: %w", SignatureFile, err)
@@ -255,7 +256,7 @@ func checkSignature(root *os.Root, manifest []byte, trusted ed25519.PublicKey, c
 	if err != nil {
 		return fmt.Errorf("%s: the signature is not base64: %w", SignatureFile, err)
 	}
-	c.SignedBy = Fingerprint(pub)
+	c.SignedBy, c.SignedKey = Fingerprint(pub), s.PublicKey
 	key := ed25519.PublicKey(pub)
 	if trusted != nil {
 		if !key.Equal(trusted) {

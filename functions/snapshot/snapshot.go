@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -36,16 +35,24 @@ const Name = "snapshot"
 // ManifestFile lists every file of a bundle with its SHA-256 digest.
 const ManifestFile = "manifest.json"
 
-// Definition declares the step and builds it, writing bundles below
-// Deps.StateDir/evidence and signing their manifests with the ed25519 key
+// Definition declares the step and builds it, storing bundles in the
+// evidence store Deps.Getenv names (EnvStore; by default the directory
+// Deps.StateDir/evidence) and signing their manifests with the ed25519 key
 // Deps.StateDir/evidence.key (KeyFile; created when missing). Deps.Meta
 // reads the owner chain, whatever kind each owner is. Kube and Meta may be
 // nil without a cluster: the bundle then holds the flight recorder only,
-// and says why.
+// and says why. Building starts the pruning of bundles older than the
+// retention (EnvRetention, DefaultRetention), for as long as ctx lasts.
 func Definition() step.Definition {
 	s := spec()
 	s.Secret = SecretName // the signing key in a cluster
-	return step.Definition{Spec: s, New: func(_ context.Context, d step.Deps) (step.Action, error) {
+	s.EnvSecret = EnvSecretName
+	s.Volume = step.Volume{Claim: ClaimName, Dir: "evidence"}
+	return step.Definition{Spec: s, New: func(ctx context.Context, d step.Deps) (step.Action, error) {
+		getenv := d.Getenv
+		if getenv == nil {
+			getenv = func(string) string { return "" }
+		}
 		key, err := loadKey(d.SecretDir, d.StateDir)
 		if err != nil {
 			return nil, fmt.Errorf("the evidence signing key: %w", err)
@@ -54,10 +61,33 @@ func Definition() step.Definition {
 		if err != nil {
 			return nil, err
 		}
-		return (&snapshotter{kube: d.Kube, meta: d.Meta, sensors: d.Sensors, store: filepath.Join(d.StateDir, "evidence"),
+		retention, err := ParseRetention(getenv(EnvRetention))
+		if err != nil {
+			return nil, err
+		}
+		store, err := OpenStore(getenv(EnvStore), d.StateDir, getenv)
+		if err != nil {
+			return nil, err
+		}
+		if s3, ok := store.(*S3Store); ok {
+			if err := s3.CheckWrites(ctx); err != nil {
+				return nil, err
+			}
+			if !s3.Conditional() {
+				d.Log.Warn().Str("store", s3.Location("", "")).Msg("the S3 server ignores conditional writes (If-None-Match: *): a bundle is checked for before it is written, so two snapshots of one pod at the same instant could race")
+			}
+		}
+		if retention > 0 {
+			go pruneEvery(ctx, store, retention, pruneInterval, d.Log)
+		}
+		return (&snapshotter{kube: d.Kube, meta: d.Meta, sensors: d.Sensors, store: store,
 			key: key, redact: redact.New(names...), proc: "/proc"}).act, nil
 	}}
 }
+
+// ClaimName is the PersistentVolumeClaim that holds the evidence
+// directory in a cluster.
+const ClaimName = "parry-evidence"
 
 // RedactNamesFile, in the state directory, adds names to the redaction
 // rules' defaults (internal/redact): one per line or comma-separated, '#'
@@ -120,7 +150,7 @@ type snapshotter struct {
 	kube    kubernetes.Interface
 	meta    metadata.Interface
 	sensors step.SensorLocator
-	store   string
+	store   Store
 	key     ed25519.PrivateKey // signs the manifests
 	redact  *redact.Rules
 	proc    string // where the host's /proc is
@@ -143,22 +173,20 @@ type Result struct {
 // act saves the bundle of the pod an incident names.
 func (s *snapshotter) act(ctx context.Context, r *step.Request) (any, error) {
 	ns, uid := r.Pod.Namespace, r.Pod.UID
-	// The ids name the bundle's directories: refuse what could leave the
-	// store ("..", "/") instead of rewriting it into another bundle's name.
-	for what, id := range map[string]string{"incident id": r.Incident, "pod UID": uid} {
-		if !validID(id) {
-			return nil, step.Fail("invalid %s %q: an evidence bundle's id is 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit", what, id)
-		}
+	// The ids name the bundle in the store: refuse what could leave it
+	// ("..", "/") instead of rewriting it into another bundle's name.
+	if err := checkIDs(r.Incident, uid); err != nil {
+		return nil, step.Fail("%v", err)
 	}
-	rel := filepath.Join(r.Incident, uid)
-	dir := filepath.Join(s.store, rel)
 	pub := s.key.Public().(ed25519.PublicKey)
-	res := Result{Bundle: dir, Unavailable: map[string]string{}, DryRun: r.DryRun,
+	res := Result{Bundle: s.store.Location(r.Incident, uid), Unavailable: map[string]string{}, DryRun: r.DryRun,
 		PublicKey: base64.StdEncoding.EncodeToString(pub), KeyFingerprint: Fingerprint(pub)}
-	if c, err := VerifySigned(dir, pub); err == nil {
-		// Redelivery: the bundle is complete; reply as the first time.
-		res.ManifestSHA256, res.Files = c.ManifestSHA256, countFiles(dir)
-		return res, nil
+	// A redelivery, or a second snapshot of the pod: the bundle stored
+	// first stands; reply as the first time.
+	if m, sig, err := s.store.Head(ctx, r.Incident, uid); err == nil {
+		return existing(res, m, sig)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
 	}
 	if r.DryRun {
 		return res, nil
@@ -187,14 +215,47 @@ func (s *snapshotter) act(ctx context.Context, r *step.Request) (any, error) {
 	}
 	s.flightRecorder(ctx, r.Pod.Node, uid, b, res.Unavailable)
 
-	m, err := b.write(s.store, rel, s.key, res.Unavailable)
+	files, digest, err := b.seal(s.key, res.Unavailable)
 	if err != nil {
-		return nil, fmt.Errorf("writing the bundle to %s: %w", dir, err)
+		return nil, err
 	}
-	res.ManifestSHA256, res.Files = m, len(b.files)+2
+	if err := s.store.Put(ctx, r.Incident, uid, files); err != nil {
+		var exists *ExistsError
+		if !errors.As(err, &exists) {
+			return nil, fmt.Errorf("storing the bundle at %s: %w", res.Bundle, err)
+		}
+		// another delivery stored it first
+		m, sig, err := s.store.Head(ctx, r.Incident, uid)
+		if err != nil {
+			return nil, err
+		}
+		return existing(res, m, sig)
+	}
+	res.ManifestSHA256, res.Files = digest, len(files)
 	if len(res.Unavailable) == 0 {
 		res.Unavailable = nil
 	}
+	return res, nil
+}
+
+// existing is the reply for a bundle the store already holds: its
+// manifest's digest, and the key that signed it (an earlier key, if the
+// step's key changed since). A stored bundle whose signature does not
+// hold is a failure, never replaced.
+func existing(res Result, manifest, sig []byte) (Result, error) {
+	var m Manifest
+	var c Check
+	err := json.Unmarshal(manifest, &m)
+	if err == nil {
+		err = checkSignature(sig, manifest, nil, &c)
+	}
+	if err != nil {
+		return Result{}, step.Fail("an evidence bundle is already stored at %s and does not verify (%v): bundles are never overwritten; check it with parry evidence get, and move it aside to take a new snapshot", res.Bundle, err)
+	}
+	sum := sha256.Sum256(manifest)
+	res.ManifestSHA256, res.Files = hex.EncodeToString(sum[:]), len(m.Files)+2
+	res.PublicKey, res.KeyFingerprint = c.SignedKey, c.SignedBy
+	res.Unavailable = m.Unavailable
 	return res, nil
 }
 
@@ -325,81 +386,27 @@ type Manifest struct {
 	Written     time.Time         `json:"written"`
 }
 
-// write stores the files of the bundle rel (incident/pod) under the store,
-// then manifest.sig, then the manifest last, each via a temporary file and
-// rename, so a crash leaves no bundle that verifies but is partial. Every
-// path is resolved through an os.Root at the store, so nothing is written
-// outside it, whatever the names (and symbolic links) say.
-func (b *bundle) write(store, rel string, key ed25519.PrivateKey, unavailable map[string]string) (string, error) {
-	if err := os.MkdirAll(store, 0o700); err != nil {
-		return "", err
-	}
-	sr, err := os.OpenRoot(store)
-	if err != nil {
-		return "", err
-	}
-	defer sr.Close()
-	if err := sr.MkdirAll(rel, 0o700); err != nil {
-		return "", err
-	}
-	root, err := sr.OpenRoot(rel)
-	if err != nil {
-		return "", err
-	}
-	defer root.Close()
+// seal is the bundle's files with its manifest and the manifest's
+// signature, and the manifest's SHA-256.
+func (b *bundle) seal(key ed25519.PrivateKey, unavailable map[string]string) (map[string][]byte, string, error) {
 	m := Manifest{Files: map[string]string{}, Unavailable: unavailable, Written: time.Now().UTC()}
-	names := make([]string, 0, len(b.files))
-	for n := range b.files {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for _, n := range names {
-		sum := sha256.Sum256(b.files[n])
+	files := make(map[string][]byte, len(b.files)+2)
+	for n, data := range b.files {
+		sum := sha256.Sum256(data)
 		m.Files[n] = hex.EncodeToString(sum[:])
-		if err := writeFile(root, n, b.files[n]); err != nil {
-			return "", err
-		}
+		files[n] = data
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
 	sig, err := sign(key, data)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
-	if err := writeFile(root, SignatureFile, sig); err != nil {
-		return "", err
-	}
-	if err := writeFile(root, ManifestFile, data); err != nil {
-		return "", err
-	}
+	files[ManifestFile], files[SignatureFile] = data, sig
 	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:]), nil
-}
-
-func writeFile(root *os.Root, path string, data []byte) error {
-	if err := root.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	root.Remove(tmp) // a crash's leftover, read-only
-	f, err := root.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o400)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return root.Rename(tmp, path)
+	return files, hex.EncodeToString(sum[:]), nil
 }
 
 // Verify checks every file of the bundle in dir against its manifest, and
@@ -410,23 +417,6 @@ func writeFile(root *os.Root, path string, data []byte) error {
 func Verify(dir string) (string, error) {
 	c, err := VerifySigned(dir, nil)
 	return c.ManifestSHA256, err
-}
-
-// validID: an incident id or pod UID that is safe as a directory name.
-func validID(s string) bool {
-	if len(s) == 0 || len(s) > 128 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case (c == '.' || c == '_' || c == '-') && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // redactPod is the pod as the bundle keeps it: the values of environment
@@ -458,17 +448,6 @@ func (s *snapshotter) redactPod(pod *corev1.Pod) *corev1.Pod {
 }
 
 const lastApplied = "kubectl.kubernetes.io/last-applied-configuration"
-
-func countFiles(dir string) int {
-	n := 0
-	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			n++
-		}
-		return nil
-	})
-	return n
-}
 
 // Applied says what snapshot saved, for the trace.
 func (r Result) Applied() []string {

@@ -96,6 +96,10 @@ func objects(s step.Spec) []any {
 		mounts = append(mounts, map[string]any{"name": "state", "mountPath": StateDir})
 		volumes = append(volumes, map[string]any{"name": "state", "emptyDir": map[string]any{}})
 	}
+	if s.Volume.Claim != "" {
+		mounts = append(mounts, map[string]any{"name": "persistent", "mountPath": StateDir + "/" + s.Volume.Dir})
+		volumes = append(volumes, map[string]any{"name": "persistent", "persistentVolumeClaim": map[string]any{"claimName": s.Volume.Claim}})
+	}
 	if s.Secret != "" {
 		env = append(env, map[string]any{"name": "PARRY_SECRET_DIR", "value": SecretDir})
 		mounts = append(mounts, map[string]any{"name": "secret", "mountPath": SecretDir, "readOnly": true})
@@ -120,10 +124,18 @@ func objects(s step.Spec) []any {
 		}}})
 	}
 	container := map[string]any{"image": "ko://parry.dev/parry/cmd/" + s.Name, "env": env, "securityContext": ContainerSecurity()}
+	if s.EnvSecret != "" {
+		container["envFrom"] = []map[string]any{{"secretRef": map[string]any{"name": s.EnvSecret, "optional": true}}}
+	}
 	if len(mounts) > 0 {
 		container["volumeMounts"] = mounts
 	}
 	podSpec := map[string]any{"serviceAccountName": account, "containers": []map[string]any{container}}
+	if s.Volume.Claim != "" {
+		// The kubelet gives the volume to the image's group (distroless's
+		// nonroot, 65532), so the step can write a freshly made one.
+		podSpec["securityContext"] = map[string]any{"fsGroup": NonrootID}
+	}
 	if len(volumes) > 0 {
 		podSpec["volumes"] = volumes
 	}
@@ -134,7 +146,7 @@ func objects(s step.Spec) []any {
 			"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
 			"subjects": []map[string]any{{"kind": "ServiceAccount", "name": account, "namespace": playbook.Namespace}}},
 		map[string]any{"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": meta(s.Name),
-			"spec": map[string]any{"template": map[string]any{"metadata": map[string]any{"labels": map[string]string{labels.PartOf: labels.PartOfParry}}, "spec": podSpec}}},
+			"spec": map[string]any{"template": map[string]any{"metadata": templateMeta(s), "spec": podSpec}}},
 	}
 	if s.Publishes {
 		objs = append(objs, map[string]any{
@@ -174,4 +186,18 @@ func ContainerSecurity() map[string]any {
 		"capabilities":             map[string]any{"drop": []string{"ALL"}},
 		"seccompProfile":           map[string]any{"type": "RuntimeDefault"},
 	}
+}
+
+// NonrootID is the user and group of the steps' images (distroless's
+// nonroot).
+const NonrootID = 65532
+
+// templateMeta runs a step with a Volume as one replica at most: a
+// ReadWriteOnce volume attaches to one node.
+func templateMeta(s step.Spec) map[string]any {
+	m := map[string]any{"labels": map[string]string{labels.PartOf: labels.PartOfParry}}
+	if s.Volume.Claim != "" {
+		m["annotations"] = map[string]string{"autoscaling.knative.dev/max-scale": "1"}
+	}
+	return m
 }

@@ -72,6 +72,9 @@ type Options struct {
 	// Vault is the steps' Vault client; nil leaves the steps that need
 	// one unregistered.
 	Vault *vaultapi.Client
+	// Getenv reads the steps' own settings (step.Deps.Getenv); parry run
+	// passes os.Getenv.
+	Getenv func(string) string
 	// Functions are more in-process subscribers, by Knative Service name.
 	Functions map[string]events.Handler
 	// Wrap may replace or wrap the in-process handlers (tests record

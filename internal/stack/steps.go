@@ -56,7 +56,7 @@ func Registry() playbook.Registry {
 func (s *Stack) buildSteps(ctx context.Context, opts Options) (map[string]events.Handler, error) {
 	log := opts.Log
 	hc := httpclient.New(30 * time.Second)
-	d := step.Deps{HTTP: hc, Sink: s.BrokerURL(DefaultBroker), StateDir: opts.StateDir, Vault: opts.Vault, Log: log}
+	d := step.Deps{HTTP: hc, Sink: s.BrokerURL(DefaultBroker), StateDir: opts.StateDir, Vault: opts.Vault, Getenv: opts.Getenv, Log: log}
 	if opts.Kube == nil {
 		log.Info().Msg("no cluster (KUBECONFIG is unset): Kubernetes actions are skipped with that reason in the trace; in-kernel actions still apply")
 	} else {

@@ -61,7 +61,11 @@ type Deps struct {
 	// (Seal). Without it a step that acts on an incident refuses every
 	// event.
 	IncidentKey []byte
-	Log         zerolog.Logger
+	// Getenv reads a step's own settings (snapshot's evidence store):
+	// os.Getenv in the process cmd/ starts, a map in tests; nil has none,
+	// so every setting takes its default.
+	Getenv func(key string) string
+	Log    zerolog.Logger
 }
 
 // SensorLocator returns the API of the sensor on a node.

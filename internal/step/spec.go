@@ -79,6 +79,14 @@ type Spec struct {
 	// (optional, so the Service starts without it) at SecretDir, given to
 	// the step as Deps.SecretDir; "" for none.
 	Secret string
+	// EnvSecret names a Secret whose keys a cluster gives the step's
+	// container as environment variables (optional, so the Service starts
+	// without it), read through Deps.Getenv: settings that carry
+	// credentials. "" for none.
+	EnvSecret string
+	// Volume is storage that outlives the pod, mounted in a cluster
+	// below the state directory; the zero Volume is none.
+	Volume Volume
 	// Account is the ServiceAccount's name; "parry-<Name>" when empty.
 	Account string
 	// Delivery is how the broker retries the step's Trigger before it
@@ -96,6 +104,15 @@ type Delivery struct {
 	Retry   int
 	Backoff time.Duration
 	Timeout time.Duration
+}
+
+// Volume is a PersistentVolumeClaim that a cluster mounts read-write at
+// <state dir>/<Dir> (snapshot's evidence bundles). The claim is the
+// user's, shipped in config/ beside the step's Service; a step with one
+// runs at most one replica, since most volumes attach to one node.
+type Volume struct {
+	Claim string
+	Dir   string
 }
 
 // NeedsIncidentKey: classify seals the incidents it opens and every step

@@ -77,7 +77,7 @@ func Run(name string, run func(ctx context.Context, log zerolog.Logger) error) {
 
 func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 	spec := def.Spec
-	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: Env("PARRY_STATE_DIR", "/var/lib/parry"), SecretDir: os.Getenv("PARRY_SECRET_DIR"), Log: log}
+	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: Env("PARRY_STATE_DIR", "/var/lib/parry"), SecretDir: os.Getenv("PARRY_SECRET_DIR"), Getenv: os.Getenv, Log: log}
 	if spec.NeedsIncidentKey() {
 		key, err := step.LoadIncidentKey(Env("PARRY_INCIDENT_KEY", "/etc/parry/incident-key/key"), false)
 		if err != nil {
