@@ -32,7 +32,7 @@ func commands() []command {
 		{"trace", "show an incident's causal chain from the first syscall to the last step", traceCommand},
 		{"incident", "close an incident: lift its pods' in-kernel blocks and record who closed it", incidentCommand},
 		{"ingest", "send other tools' detections (Falco, Tetragon) to the Broker as parry's events", ingestCommand},
-		{"evidence", "verify an evidence bundle: its signature and every file's digest", evidenceCommand},
+		{"evidence", "fetch an incident's evidence bundles from the store and verify them (get, verify)", evidenceCommand},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, buildinfo.String())
 			return nil
