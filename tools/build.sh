@@ -2,7 +2,9 @@
 # Builds parry's third-party test servers from pinned module versions and puts
 # them into bin/ of the repository.
 #
-#   tools/build.sh [kube|etcd|kwok|vault ...]   (default: all, in that order)
+#   tools/build.sh [kube|etcd|kwok|vault|seaweedfs ...]
+#       (default: kube etcd kwok vault, in that order; seaweedfs is opt-in:
+#       make tools-s3)
 #
 # Each tool is described by the directory tools/<tool>/: a go.mod/go.sum that
 # pins every version and a recipe.sh that builds into "$OUT". The binaries are

@@ -2,17 +2,24 @@
 #
 #   make tools        build etcd, kube-*, kwok and vault from pinned sources into
 #                     bin/ (cached outside the repo: seconds when up to date)
+#   make tools-s3     build SeaweedFS's weed (opt-in: the S3 evidence store's
+#                     tests; long cold, so not part of make tools unless
+#                     PARRY_S3=required, which also makes those tests required)
 #   make devenv       build if needed, then start the environment in the
 #                     background; prints where .devenv/kubeconfig and .devenv/env are
 #   make devenv-down  stop it (also cleans a .devenv left by a crashed run)
 #   make devenv-status
 
-.PHONY: tools devenv devenv-down devenv-status
+.PHONY: tools tools-s3 devenv devenv-down devenv-status
 
 DEVENV_BIN := bin/devenv
 
 tools:
 	@bash tools/build.sh
+	@if [ "$${PARRY_S3:-}" = required ]; then bash tools/build.sh seaweedfs; fi
+
+tools-s3:
+	@bash tools/build.sh seaweedfs
 
 $(DEVENV_BIN): FORCE_DEVENV
 	@$(GO) build -o $(DEVENV_BIN) ./tests/devenv/cmd/devenv

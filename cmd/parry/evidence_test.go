@@ -18,13 +18,17 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/rs/zerolog"
 
 	"parry.dev/parry/functions/snapshot"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/step"
 	"parry.dev/parry/internal/step/steptest"
+	"parry.dev/parry/tests/devenv"
 )
 
 type snapshotPlaybooks struct{}
@@ -35,9 +39,9 @@ func (snapshotPlaybooks) StepConfig(_, _ string) (step.StepConfig, error) {
 }
 
 // snapshotPods runs the snapshot step (state as its state directory, a
-// sensor that answers for every pod) for each pod of the incident and
-// returns its replies.
-func snapshotPods(t *testing.T, state, incident string, uids ...string) []snapshot.Result {
+// sensor that answers for every pod, its settings from getenv) for each
+// pod of the incident and returns its replies.
+func snapshotPods(t *testing.T, state, incident string, uids []string, getenv func(string) string) []snapshot.Result {
 	t.Helper()
 	sensor := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		uid := filepath.Base(r.URL.Path)
@@ -45,7 +49,7 @@ func snapshotPods(t *testing.T, state, incident string, uids ...string) []snapsh
 	}))
 	defer sensor.Close()
 	h, err := step.Build(t.Context(), snapshot.Definition(), step.Deps{IncidentKey: steptest.Key, Playbooks: snapshotPlaybooks{}, StateDir: state, Log: zerolog.Nop(),
-		Sensors: step.SensorAt(strings.TrimPrefix(sensor.URL, "http://"), sensor.Client())})
+		Sensors: step.SensorAt(strings.TrimPrefix(sensor.URL, "http://"), sensor.Client()), Getenv: getenv})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +102,7 @@ func parryIn(t *testing.T, dir string, env []string, args ...string) (string, in
 // the key is another.
 func TestEvidenceVerify(t *testing.T) {
 	state := t.TempDir()
-	res := snapshotPods(t, state, "inc-verify", "0000-a")[0]
+	res := snapshotPods(t, state, "inc-verify", []string{"0000-a"}, nil)[0]
 	pubFile := filepath.Join(state, snapshot.PublicKeyFile)
 
 	verify := func(args ...string) (string, int) {
@@ -181,7 +185,7 @@ func TestEvidenceGet(t *testing.T) {
 	xdg := t.TempDir()
 	state := filepath.Join(xdg, "parry") // parry run's state directory under XDG_STATE_HOME
 	store := filepath.Join(state, "evidence")
-	res := snapshotPods(t, state, "inc-get", "0000-a", "0000-b")
+	res := snapshotPods(t, state, "inc-get", []string{"0000-a", "0000-b"}, nil)
 	pubFile := filepath.Join(state, snapshot.PublicKeyFile)
 	noLocal := []string{"XDG_STATE_HOME=" + t.TempDir()}
 
@@ -334,4 +338,57 @@ func signed(t *testing.T, key ed25519.PrivateKey, files, listed map[string][]byt
 		out[n] = data
 	}
 	return out
+}
+
+func TestMain(m *testing.M) { devenv.Main(m) }
+
+// TestEvidenceGetS3: parry evidence get --store s3://... fetches and
+// verifies the bundles the step stored in a real S3-compatible server
+// (SeaweedFS), names a bundle replaced in the bucket, and says what to fix
+// for wrong credentials.
+func TestEvidenceGetS3(t *testing.T) {
+	env := devenv.RequireS3(t)
+	raw, err := minio.New(strings.TrimPrefix(env.S3Endpoint, "http://"), &minio.Options{Creds: credentials.NewStaticV4(env.S3AccessKey, env.S3SecretKey, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucket := "parry-cli-" + fmt.Sprint(time.Now().UnixNano())
+	if err := raw.MakeBucket(t.Context(), bucket, minio.MakeBucketOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	settings := []string{
+		snapshot.EnvStore + "=s3://" + bucket + "/evidence",
+		snapshot.EnvS3Endpoint + "=" + env.S3Endpoint,
+		snapshot.EnvS3AccessKey + "=" + env.S3AccessKey,
+		snapshot.EnvS3SecretKey + "=" + env.S3SecretKey,
+	}
+	for _, kv := range settings {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v) // the step reads them through Getenv below
+	}
+	state := t.TempDir()
+	snapshotPods(t, state, "inc-s3", []string{"0000-a", "0000-b"}, os.Getenv)
+	pubFile := filepath.Join(state, snapshot.PublicKeyFile)
+	noLocal := []string{"XDG_STATE_HOME=" + t.TempDir()}
+
+	text, code := parryIn(t, "", noLocal, "evidence", "get", "inc-s3", "--out", filepath.Join(t.TempDir(), "o"), "--key", pubFile)
+	if code != 0 || strings.Count(text, "OK ") != 2 || !strings.Contains(text, "s3://"+bucket+"/evidence/inc-s3/0000-a.tar.gz") {
+		t.Fatalf("get from S3: exit %d\n%s", code, text)
+	}
+
+	if err := raw.RemoveObject(t.Context(), bucket, "evidence/inc-s3/0000-b.tar.gz", minio.RemoveObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.PutObject(t.Context(), bucket, "evidence/inc-s3/0000-b.tar.gz", strings.NewReader("forged"), 6, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	text, code = parryIn(t, "", noLocal, "evidence", "get", "inc-s3", "--out", filepath.Join(t.TempDir(), "r"), "--key", pubFile)
+	if code != 1 || !strings.Contains(text, "FAILED    s3://"+bucket+"/evidence/inc-s3/0000-b.tar.gz: not a gzipped bundle") || strings.Count(text, "OK ") != 1 {
+		t.Fatalf("a replaced object: exit %d\n%s", code, text)
+	}
+
+	text, code = parryIn(t, "", append(noLocal, snapshot.EnvS3SecretKey+"=wrong"), "evidence", "get", "inc-s3", "--out", filepath.Join(t.TempDir(), "w"), "--key", pubFile)
+	if code != 1 || !strings.Contains(text, "refused the credentials") || !strings.Contains(text, snapshot.EnvS3SecretKey) {
+		t.Fatalf("wrong credentials: exit %d\n%s", code, text)
+	}
 }

@@ -70,6 +70,9 @@ func openS3(spec string, getenv func(string) string) (*S3Store, error) {
 		Creds:  credentials.NewStaticV4(ak, sk, getenv(EnvS3SessionToken)),
 		Secure: secure,
 		Region: getenv(EnvS3Region),
+		// a few quick retries, so a wrong endpoint fails the start in
+		// seconds; the broker retries a failed delivery anyway
+		MaxRetries: 3,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("evidence store %s at %s: %w", spec, endpoint, err)

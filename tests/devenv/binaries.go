@@ -25,9 +25,12 @@ func (e *MissingError) Error() string {
 	return fmt.Sprintf("devenv: missing %s; provide with: %s", strings.Join(e.Missing, ", "), e.Fix)
 }
 
+// S3BuildTime is how long SeaweedFS's cold build takes (tools/README.md).
+const S3BuildTime = "10 to 15 minutes"
+
 // binaries are the absolute paths of the servers to run.
 type binaries struct {
-	etcd, apiserver, controllerManager, scheduler, kwok, kwokStages, vault string
+	etcd, apiserver, controllerManager, scheduler, kwok, kwokStages, vault, weed string
 	initdb, postgres, pgIsReady                                            string
 	pgCred                                                                 *syscall.Credential
 }
@@ -109,6 +112,10 @@ func findBinaries(opts Options) (binaries, error) {
 	tool(c&Vault != 0, &b.vault, "vault")
 	if len(missing) > 0 {
 		return b, &MissingError{Missing: missing, Fix: "make tools (builds them from pinned sources; about 30 minutes cold on two cores, seconds when cached)"}
+	}
+	tool(c&S3 != 0, &b.weed, "weed")
+	if len(missing) > 0 {
+		return b, &MissingError{Missing: missing, Fix: "make tools-s3 (builds SeaweedFS from a pinned source; " + S3BuildTime + " cold on two cores, seconds when cached; the S3 tests are opt-in, required only with PARRY_S3=required)"}
 	}
 	if c&Postgres != 0 {
 		if err := findPostgres(opts, &b); err != nil {

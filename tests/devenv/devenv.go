@@ -29,10 +29,13 @@ const (
 	Kwok
 	Vault
 	Postgres
+	// S3 is SeaweedFS's S3 gateway. It is not in All: its server is an
+	// opt-in build (tools/build.sh seaweedfs), used by RequireS3.
+	S3
 
 	// Kubernetes is the whole control plane with one fake node.
 	Kubernetes = Etcd | APIServer | ControllerManager | Scheduler | Kwok
-	// All is every server; the zero Components means All.
+	// All is every server but S3; the zero Components means All.
 	All = Kubernetes | Vault | Postgres
 )
 
@@ -93,6 +96,10 @@ type Env struct {
 	VaultToken string // root token of the dev server
 
 	PostgresDSN string // superuser DSN, e.g. for Vault's database secrets engine
+
+	// S3Endpoint (http://127.0.0.1:port) is the S3 gateway, and the
+	// access and secret key its one (admin) identity has.
+	S3Endpoint, S3AccessKey, S3SecretKey string
 
 	opts      Options
 	bins      binaries
@@ -170,6 +177,9 @@ func (e *Env) start(ctx context.Context) error {
 	}
 	if e.has(Postgres) {
 		chains = append(chains, func() error { return e.startPostgres(ctx) })
+	}
+	if e.has(S3) {
+		chains = append(chains, func() error { return e.startS3(ctx) })
 	}
 	if err := parallel(chains...); err != nil {
 		return err
@@ -286,6 +296,11 @@ func (e *Env) writeEnvFile() error {
 	}
 	if e.has(Postgres) {
 		vars["PARRY_PG_DSN"] = e.PostgresDSN
+	}
+	if e.has(S3) {
+		vars["PARRY_EVIDENCE_S3_ENDPOINT"] = e.S3Endpoint
+		vars["AWS_ACCESS_KEY_ID"] = e.S3AccessKey
+		vars["AWS_SECRET_ACCESS_KEY"] = e.S3SecretKey
 	}
 	keys := make([]string, 0, len(vars))
 	for k := range vars {

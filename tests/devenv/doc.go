@@ -2,7 +2,7 @@
 // its demo: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
 // kwok (one fake node whose pods become Running without a container runtime),
 // a Vault dev server and a PostgreSQL instance for Vault's database secrets
-// engine.
+// engine; and, opt-in (RequireS3), SeaweedFS's S3 gateway.
 //
 // Every server runs as a child process on free loopback ports, with its data,
 // certificates and logs in one directory. The servers are built from pinned

@@ -11,14 +11,18 @@ import (
 	"testing"
 )
 
-// shared is the one environment of a test binary. It is the package's only
-// mutable state, by necessity: Require hands the same servers to every test
-// so that a package pays start-up once.
-var shared struct {
+// sharedEnv is one shared environment and how its start ended.
+type sharedEnv struct {
 	mu  sync.Mutex
 	env *Env
 	err error
 }
+
+// shared is the one environment of a test binary, and sharedS3 its S3
+// server. They are the package's only mutable state, by necessity: Require
+// hands the same servers to every test so that a package pays start-up
+// once.
+var shared, sharedS3 sharedEnv
 
 // Require returns the test binary's shared environment with all components,
 // starting it on first use. When the servers are not built or PostgreSQL is
@@ -30,24 +34,50 @@ var shared struct {
 // database roles with unique names.
 func Require(t testing.TB) *Env {
 	t.Helper()
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if shared.env == nil && shared.err == nil {
-		shared.env, shared.err = Start(context.Background(), Options{Logf: func(f string, a ...any) {
+	return require(t, &shared, All)
+}
+
+// RequireS3 returns the test binary's shared S3 server (SeaweedFS; the
+// Env's S3 fields), an environment of its own, started on first use.
+// SeaweedFS is an opt-in build (make tools-s3; too long for CI's cold
+// budget), so when it is not built the test is skipped with the command
+// that builds it, also under CI=true, unless PARRY_S3=required, which makes
+// it a failure (and makes make tools build it). Tests share the server:
+// create buckets with unique names.
+func RequireS3(t testing.TB) *Env {
+	t.Helper()
+	return require(t, &sharedS3, S3)
+}
+
+// mustNotSkip: a missing prerequisite of c fails the test instead of
+// skipping it.
+func mustNotSkip(c Component) bool {
+	if c&S3 != 0 {
+		return os.Getenv("PARRY_S3") == "required"
+	}
+	return os.Getenv("CI") == "true"
+}
+
+func require(t testing.TB, s *sharedEnv, c Component) *Env {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.env == nil && s.err == nil {
+		s.env, s.err = Start(context.Background(), Options{Components: c, Logf: func(f string, a ...any) {
 			fmt.Fprintf(os.Stderr, f+"\n", a...)
 		}})
-		if shared.err == nil {
-			stopOnSignal(shared.env)
+		if s.err == nil {
+			stopOnSignal(s.env)
 		}
 	}
-	if err := shared.err; err != nil {
+	if err := s.err; err != nil {
 		var missing *MissingError
-		if errors.As(err, &missing) && os.Getenv("CI") != "true" {
+		if errors.As(err, &missing) && !mustNotSkip(c) {
 			t.Skipf("%v", err)
 		}
 		t.Fatalf("%v", err)
 	}
-	return shared.env
+	return s.env
 }
 
 // Main runs the tests and then stops the shared environment. Use it from
@@ -56,13 +86,15 @@ func Require(t testing.TB) *Env {
 //	func TestMain(m *testing.M) { devenv.Main(m) }
 func Main(m *testing.M) {
 	code := m.Run()
-	shared.mu.Lock()
-	if shared.env != nil {
-		if err := shared.env.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
+	for _, s := range []*sharedEnv{&shared, &sharedS3} {
+		s.mu.Lock()
+		if s.env != nil {
+			if err := s.env.Stop(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+			}
 		}
+		s.mu.Unlock()
 	}
-	shared.mu.Unlock()
 	os.Exit(code)
 }
 
