@@ -31,8 +31,8 @@ const S3BuildTime = "10 to 15 minutes"
 // binaries are the absolute paths of the servers to run.
 type binaries struct {
 	etcd, apiserver, controllerManager, scheduler, kwok, kwokStages, vault, weed string
-	initdb, postgres, pgIsReady                                            string
-	pgCred                                                                 *syscall.Credential
+	initdb, postgres, pgIsReady                                                  string
+	pgCred                                                                       *syscall.Credential
 }
 
 // RepoRoot walks up from the working directory to the directory whose
