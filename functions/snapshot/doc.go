@@ -10,12 +10,23 @@
 // kubectl's last-applied copy of the spec are replaced by a short hash
 // (internal/redact).
 //
-// Each bundle is a directory evidence/<incident>/<pod UID> in the store,
-// with a manifest.json of the SHA-256 digest of every file and a
-// manifest.sig, the ed25519 signature of the manifest by the step's key
+// Each bundle holds a manifest.json of the SHA-256 digest of every file and
+// a manifest.sig, the ed25519 signature of the manifest by the step's key
 // (KeyFile in the state directory). The reply carries the manifest's own
 // digest and the public key, so the journal holds what the bundle must hash
-// to and who signed it; `parry evidence verify` (VerifySigned) checks both.
-// Ids that could leave the store are refused, and every file is written
-// through an os.Root at the store.
+// to and who signed it; `parry evidence get` fetches bundles and
+// VerifySigned checks both.
+//
+// Bundles go to a Store, immutable once written (a second snapshot of the
+// same incident and pod replies with the bundle stored first): DirStore,
+// the default, keeps the directory <incident>/<pod UID> below
+// <state dir>/evidence (in a cluster the PersistentVolumeClaim
+// parry-evidence), written into a temporary directory and renamed into
+// place only if absent; S3Store keeps one gzipped tar per bundle in an
+// S3-compatible bucket (PARRY_EVIDENCE_STORE=s3://bucket/prefix), written
+// with If-None-Match: * after a check. Ids that could leave the store are
+// refused by every Store method (CheckID), every file is written through an
+// os.Root, and an archive read back is checked entry by entry. Bundles
+// older than PARRY_EVIDENCE_RETENTION (DefaultRetention, 90 days) are
+// deleted in the background.
 package snapshot
