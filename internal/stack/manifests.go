@@ -176,9 +176,9 @@ func WatchPodsRule() rbacv1.PolicyRule {
 // ContainerSecurity is every step container's securityContext: what Pod
 // Security's restricted profile asks for, and a read-only root filesystem
 // (a step writes only under its state volume, an emptyDir, and its Volume,
-// if it has one). It sits on the
-// container because Knative accepts these fields there without a feature
-// flag; the image's user is distroless's nonroot (65532).
+// if it has one). It sits on the container because Knative accepts these
+// fields there without a feature flag; the image's user is distroless's
+// nonroot (NonrootID).
 func ContainerSecurity() map[string]any {
 	return map[string]any{
 		"runAsNonRoot":             true,
