@@ -227,7 +227,7 @@ func (s *snapshotter) act(ctx context.Context, r *step.Request) (any, error) {
 		// another delivery stored it first
 		m, sig, err := s.store.Head(ctx, r.Incident, uid)
 		if err != nil {
-			return nil, err
+			return nil, step.Fail("an evidence bundle is already stored at %s and cannot be read (%v): bundles are never overwritten; move it aside to take a new snapshot", res.Bundle, err)
 		}
 		return existing(res, m, sig)
 	}
