@@ -340,8 +340,6 @@ func signed(t *testing.T, key ed25519.PrivateKey, files, listed map[string][]byt
 	return out
 }
 
-func TestMain(m *testing.M) { devenv.Main(m) }
-
 // TestEvidenceGetS3: parry evidence get --store s3://... fetches and
 // verifies the bundles the step stored in a real S3-compatible server
 // (SeaweedFS), names a bundle replaced in the bucket, and says what to fix
