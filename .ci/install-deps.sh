@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages a fresh machine lacks for `make tools` and
-# `make test`: clang-19/llvm-19 for the BPF code check, Chromium for the web
-# timeline's browser test, PostgreSQL (for Vault's database secrets engine in the test
+# Installs the Debian packages a fresh machine lacks for `make tools`,
+# `make test` and `make cluster`: clang-19/llvm-19 for the BPF code check,
+# Chromium for the web timeline's browser test, PostgreSQL (for Vault's database secrets engine in the test
 # environment; its server must run as the postgres user the package creates)
 # and flock (util-linux) for the tools build lock. Idempotent: a machine that
 # has them skips apt entirely.
@@ -22,6 +22,18 @@ command -v llvm-strip-19 >/dev/null 2>&1 || need+=(llvm-19)
 # A real headless Chromium renders the web timeline in tests/e2e; a font so
 # its screenshot shows text.
 command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
+# The real single-node cluster of tests/devenv (make cluster): Debian's
+# containerd 1.6 and runc, the CNI plugins (bridge, host-local, loopback),
+# nftables for kube-proxy, iptables and conntrack for the kubelet, busybox
+# for the test image; gcc compiles Kubernetes' pause.c (tools/kube).
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
 	echo "install-deps: nothing to install"

@@ -2,9 +2,12 @@
 # Builds parry's third-party test servers from pinned module versions and puts
 # them into bin/ of the repository.
 #
-#   tools/build.sh [kube|etcd|kwok|vault|seaweedfs ...]
-#       (default: kube etcd kwok vault, in that order; seaweedfs is opt-in:
-#       make tools-s3)
+#   tools/build.sh [kube|etcd|kwok|vault|seaweedfs|crane|ko|coredns|eventing|cluster ...]
+#
+# Default: kube etcd kwok vault, in that order (what `make tools` and the
+# kwok-based tests need). seaweedfs is opt-in (make tools-s3). "cluster"
+# stands for what the real-node cluster adds (kube with kubelet/kube-proxy,
+# crane, ko, coredns, eventing).
 #
 # Each tool is described by the directory tools/<tool>/: a go.mod/go.sum that
 # pins every version and a recipe.sh that builds into "$OUT". The binaries are
@@ -25,7 +28,12 @@ bindir=${PARRY_TOOLS_BIN:-$repo/bin}
 export CGO_ENABLED=0 GOTOOLCHAIN=local
 
 all=(kube etcd kwok vault)
-tools=("$@")
+# Built only for the real-node cluster (`make cluster`, tests/devenv RealNode).
+cluster=(crane ko coredns eventing)
+tools=()
+for a in "$@"; do
+	if [ "$a" = cluster ]; then tools+=(kube "${cluster[@]}"); else tools+=("$a"); fi
+done
 [ ${#tools[@]} -gt 0 ] || tools=("${all[@]}")
 
 command -v go >/dev/null || { echo "tools: 'go' is not on PATH; install Go 1.26 first" >&2; exit 1; }
@@ -57,7 +65,7 @@ link() { # link <cache dir>: hard-link (or copy) every built file into bin/
 }
 
 for t in "${tools[@]}"; do
-	[ -f "$here/$t/recipe.sh" ] || { echo "tools: unknown tool '$t' (known: ${all[*]})" >&2; exit 2; }
+	[ -f "$here/$t/recipe.sh" ] || { echo "tools: unknown tool '$t' (known: ${all[*]} ${cluster[*]} cluster)" >&2; exit 2; }
 	dir="$cache/$t-$(stamp "$t")"
 	if [ -f "$dir/.complete" ]; then
 		link "$dir"

@@ -9,8 +9,18 @@
 #                     background; prints where .devenv/kubeconfig and .devenv/env are
 #   make devenv-down  stop it (also cleans a .devenv left by a crashed run)
 #   make devenv-status
+#
+# The real single-node cluster (issue 21; needs root):
+#
+#   make cluster-tools  build kubelet, kube-proxy, crane, ko, CoreDNS and
+#                       Knative Eventing from pinned sources (cached)
+#   make cluster        a real node (containerd, kubelet, kube-proxy, CoreDNS,
+#                       a local registry) with Knative Eventing in .devenv,
+#                       left running; prints the kubeconfig
+#   make cluster-down   stop it and restore the host (same as devenv-down)
+#   make cluster-test   the real-node tests (go test -tags realnode)
 
-.PHONY: tools tools-s3 devenv devenv-down devenv-status
+.PHONY: tools tools-s3 devenv devenv-down devenv-status cluster-tools cluster cluster-down cluster-test
 
 DEVENV_BIN := bin/devenv
 
@@ -35,3 +45,14 @@ devenv-down: $(DEVENV_BIN)
 
 devenv-status: $(DEVENV_BIN)
 	@$(DEVENV_BIN) status
+
+cluster-tools:
+	@bash tools/build.sh cluster
+
+cluster: cluster-tools $(DEVENV_BIN)
+	@$(DEVENV_BIN) up -cluster
+
+cluster-down: devenv-down
+
+cluster-test: cluster-tools
+	$(GO) test -tags realnode -count=1 -p 1 -v -run 'RealNode' ./tests/devenv/

@@ -33,6 +33,12 @@ type binaries struct {
 	etcd, apiserver, controllerManager, scheduler, kwok, kwokStages, vault, weed string
 	initdb, postgres, pgIsReady                                                  string
 	pgCred                                                                       *syscall.Credential
+
+	// The real node: built by `make cluster-tools`, or from Debian.
+	kubelet, kubeProxy, kubectl, crane, coredns, pause string
+	containerd, unshare                                string
+	knative                                            map[string]string // command base name → binary
+	knativeConfig                                      string            // the release YAML (a tar)
 }
 
 // RepoRoot walks up from the working directory to the directory whose
@@ -87,6 +93,9 @@ func ToolsBinDir(opts Options) (string, error) {
 func findBinaries(opts Options) (binaries, error) {
 	var b binaries
 	c := opts.Components
+	if c&RealNode != 0 && c&Kwok != 0 {
+		return b, fmt.Errorf("devenv: Kwok and RealNode exclude each other: choose the fake node (Kubernetes) or the real one (Cluster)")
+	}
 	dir, err := ToolsBinDir(opts)
 	if err != nil {
 		return b, err
@@ -117,12 +126,67 @@ func findBinaries(opts Options) (binaries, error) {
 	if len(missing) > 0 {
 		return b, &MissingError{Missing: missing, Fix: "make tools-s3 (builds SeaweedFS from a pinned source; " + S3BuildTime + " cold on two cores, seconds when cached; the S3 tests are opt-in, required only with PARRY_S3=required)"}
 	}
+	if c&RealNode != 0 {
+		tool(true, &b.kubelet, "kubelet")
+		tool(true, &b.kubeProxy, "kube-proxy")
+		tool(true, &b.kubectl, "kubectl")
+		tool(true, &b.pause, "pause")
+		tool(true, &b.crane, "crane")
+		tool(true, &b.coredns, "coredns")
+		if c&Knative != 0 {
+			b.knative = map[string]string{}
+			for _, cmd := range knativeCommands {
+				name := filepath.Base(cmd)
+				var p string
+				tool(true, &p, "knative-"+name)
+				b.knative[name] = p
+			}
+			tool(true, &b.knativeConfig, "knative-eventing-config.tar")
+		}
+		if len(missing) > 0 {
+			return b, &MissingError{Missing: missing, Fix: "make cluster-tools (kubelet, kube-proxy, crane, CoreDNS, Knative Eventing from pinned sources; about 15 minutes cold on two cores, seconds when cached)"}
+		}
+		if err := findNodePackages(opts, &b); err != nil {
+			return b, err
+		}
+	}
 	if c&Postgres != 0 {
 		if err := findPostgres(opts, &b); err != nil {
 			return b, err
 		}
 	}
 	return b, nil
+}
+
+// findNodePackages locates the real node's Debian parts: containerd and
+// runc, the CNI plugins, nftables and iproute2, util-linux's unshare, and
+// busybox for the test image. The node also needs root.
+func findNodePackages(opts Options, b *binaries) error {
+	var missing []string
+	need := func(path string) {
+		if _, err := os.Stat(path); err != nil {
+			missing = append(missing, path)
+		}
+	}
+	for _, p := range []string{"/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc",
+		"/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback",
+		"/usr/sbin/nft", "/usr/sbin/conntrack", "/usr/bin/unshare", "/bin/busybox", "/etc/ssl/certs/ca-certificates.crt"} {
+		need(p)
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		missing = append(missing, "ip (iproute2)")
+	}
+	if len(missing) > 0 {
+		return &MissingError{Missing: missing, Fix: "bash .ci/install-deps.sh (apt-get install -y containerd runc containernetworking-plugins iptables nftables conntrack busybox-static)"}
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("devenv: the real node needs root (bridge, mounts, cgroups, containerd); run as root or use the kwok node (devenv.Kubernetes)")
+	}
+	b.containerd, b.unshare = "/usr/bin/containerd", "/usr/bin/unshare"
+	if opts.Containerd != "" {
+		b.containerd = opts.Containerd
+	}
+	return nil
 }
 
 // findPostgres locates Debian's PostgreSQL server binaries and the postgres

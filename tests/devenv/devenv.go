@@ -32,14 +32,32 @@ const (
 	// S3 is SeaweedFS's S3 gateway. It is not in All: its server is an
 	// opt-in build (tools/build.sh seaweedfs), used by RequireS3.
 	S3
+	// RealNode is a real node instead of kwok's fake one: containerd,
+	// runc, the CNI bridge, kubelet, kube-proxy, a local registry with
+	// images made from local files, and CoreDNS. It needs root, changes
+	// the host (undone by Stop, or after a crash by the next Start or
+	// `devenv down`), and only one runs per machine.
+	RealNode
+	// Knative is Knative Eventing v0.50.0 (core, in-memory channel, MT
+	// channel-based broker) running on the real node.
+	Knative
 
 	// Kubernetes is the whole control plane with one fake node.
 	Kubernetes = Etcd | APIServer | ControllerManager | Scheduler | Kwok
 	// All is every server but S3; the zero Components means All.
 	All = Kubernetes | Vault | Postgres
+	// Cluster is the control plane, a real node and Knative Eventing:
+	// pods really run. It is never part of All.
+	Cluster = Etcd | APIServer | ControllerManager | Scheduler | RealNode | Knative
 )
 
 func (c Component) withDeps() Component {
+	if c&Knative != 0 {
+		c |= RealNode
+	}
+	if c&RealNode != 0 {
+		c |= ControllerManager | Scheduler
+	}
 	if c&(ControllerManager|Scheduler|Kwok) != 0 {
 		c |= APIServer
 	}
@@ -62,11 +80,17 @@ type Options struct {
 	// BinDir holds the servers built by `make tools`; empty means
 	// $PARRY_TOOLS_BIN, else bin/ at the repository root.
 	BinDir string
+	// Containerd is the real node's containerd binary; empty means
+	// Debian's /usr/bin/containerd.
+	Containerd string
 	// PostgresBinDir holds initdb and postgres; empty means
 	// $PARRY_PG_BIN, else the newest /usr/lib/postgresql/*/bin.
 	PostgresBinDir string
 	// ReadyTimeout bounds each server's start-up; zero means 90s.
 	ReadyTimeout time.Duration
+	// KnativeTimeout bounds the wait for Knative Eventing's webhook, and
+	// then for all its components; zero means 4 minutes.
+	KnativeTimeout time.Duration
 	// Logf receives progress lines; nil is silent.
 	Logf func(format string, args ...any)
 
@@ -84,7 +108,7 @@ type Env struct {
 	EnvFile      string // KEY=value lines: KUBECONFIG, VAULT_ADDR, VAULT_TOKEN, PARRY_PG_DSN, ...
 	APIServerURL string
 	CACertPEM    []byte // the CA behind the API server's certificate and every client certificate
-	NodeName     string // the kwok node pods are scheduled to
+	NodeName     string // the node pods are scheduled to (kwok's or the real one)
 
 	// ServiceAccountIssuer and ServiceAccountPublicKeyPEM let another party
 	// (Vault's jwt auth: bound_issuer, jwt_validation_pubkeys) validate
@@ -100,6 +124,13 @@ type Env struct {
 	// S3Endpoint (http://127.0.0.1:port) is the S3 gateway, and the
 	// access and secret key its one (admin) identity has.
 	S3Endpoint, S3AccessKey, S3SecretKey string
+	// RegistryHost is the real node's local OCI registry (plain HTTP on
+	// loopback; containerd pulls from it) and Images the images pushed
+	// there at start: "busybox", "coredns", "pause", "static" (the
+	// StaticBaseTag index, ko's base) and "knative/<command>" (e.g.
+	// "knative/event_display"), each a pullable reference.
+	RegistryHost string
+	Images       map[string]string
 
 	opts      Options
 	bins      binaries
@@ -109,6 +140,9 @@ type Env struct {
 	adminKey  []byte
 	pki       *pkiFiles
 	etcdURL   string
+
+	host         *hostState // what the real node changed on the machine
+	hostLockFile *os.File   // holds the machine-wide real-node lock
 
 	stateMu  sync.Mutex // serialises writeState
 	mu       sync.Mutex // guards procs and stopped
@@ -128,6 +162,9 @@ func Start(ctx context.Context, opts Options) (*Env, error) {
 	opts.Components = opts.Components.withDeps()
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 90 * time.Second
+	}
+	if opts.KnativeTimeout == 0 {
+		opts.KnativeTimeout = 4 * time.Minute
 	}
 	if opts.reservePorts == nil {
 		opts.reservePorts = freePorts
@@ -161,16 +198,31 @@ func (e *Env) logf(format string, args ...any) {
 }
 
 func (e *Env) start(ctx context.Context) error {
+	if e.has(RealNode) {
+		// Before anything listens: the API server binds to the
+		// bridge's address.
+		if err := e.prepareRealNode(); err != nil {
+			return err
+		}
+	}
 	if e.has(APIServer) {
 		if err := e.writePKI(); err != nil {
 			return err
 		}
 	}
-	// Three independent chains start side by side; within the Kubernetes
+	// Independent chains start side by side; within the Kubernetes
 	// chain each step waits for the servers the next one talks to.
 	var chains []func() error
+	runtime := make(chan error, 1) // the real node's registry, images and containerd
+	if e.has(RealNode) {
+		chains = append(chains, func() error {
+			err := e.startNodeRuntime(ctx)
+			runtime <- err
+			return err
+		})
+	}
 	if e.has(Etcd) {
-		chains = append(chains, func() error { return e.startKubernetes(ctx) })
+		chains = append(chains, func() error { return e.startKubernetes(ctx, runtime) })
 	}
 	if e.has(Vault) {
 		chains = append(chains, func() error { return e.startVault(ctx) })
@@ -187,7 +239,7 @@ func (e *Env) start(ctx context.Context) error {
 	return e.writeEnvFile()
 }
 
-func (e *Env) startKubernetes(ctx context.Context) error {
+func (e *Env) startKubernetes(ctx context.Context, runtime <-chan error) error {
 	if err := e.startEtcd(ctx); err != nil {
 		return err
 	}
@@ -210,7 +262,31 @@ func (e *Env) startKubernetes(ctx context.Context) error {
 	if e.has(Kwok) {
 		next = append(next, func() error { return e.startKwok(ctx) })
 	}
-	return parallel(next...)
+	if err := parallel(next...); err != nil {
+		return err
+	}
+	if !e.has(RealNode) {
+		return nil
+	}
+	if err := <-runtime; err != nil {
+		return nil // reported by its own chain
+	}
+	return e.startRealNode(ctx)
+}
+
+// startRealNode starts the node on a running control plane, then its
+// add-ons.
+func (e *Env) startRealNode(ctx context.Context) error {
+	if err := parallel(func() error { return e.startKubelet(ctx) }, func() error { return e.startKubeProxy(ctx) }); err != nil {
+		return err
+	}
+	if err := e.startCoreDNS(ctx); err != nil {
+		return err
+	}
+	if e.has(Knative) {
+		return e.installKnative(ctx)
+	}
+	return nil
 }
 
 // parallel runs fns concurrently and joins their errors.
@@ -255,6 +331,13 @@ func (e *Env) PIDs() []int {
 // call more than once.
 func (e *Env) Stop() error {
 	e.stopOnce.Do(func() {
+		var nodeErr error
+		if e.has(RealNode) {
+			// First, while the API server still runs: the kubelet,
+			// then every container and the host's changes.
+			nodeErr = e.stopRealNode()
+		}
+		defer func() { e.stopErr = errors.Join(nodeErr, e.stopErr) }()
 		e.mu.Lock()
 		procs := append([]*proc(nil), e.procs...)
 		e.mu.Unlock()
@@ -301,6 +384,12 @@ func (e *Env) writeEnvFile() error {
 		vars["PARRY_EVIDENCE_S3_ENDPOINT"] = e.S3Endpoint
 		vars["AWS_ACCESS_KEY_ID"] = e.S3AccessKey
 		vars["AWS_SECRET_ACCESS_KEY"] = e.S3SecretKey
+	}
+	if e.has(RealNode) {
+		// ko's settings for parry's images (KO_DOCKER_REPO, the base).
+		vars["PARRY_REGISTRY"] = e.RegistryHost
+		vars["KO_DOCKER_REPO"] = e.RegistryHost + "/parry"
+		vars["KO_DEFAULTBASEIMAGE"] = e.Images["static"]
 	}
 	keys := make([]string, 0, len(vars))
 	for k := range vars {

@@ -50,6 +50,11 @@ type pkiFiles struct {
 	saKey, saPub        string
 	clients             map[string]*keyPair // kubeconfig file name → credential
 	kcm, sched, kwokCfg string              // kubeconfig paths
+
+	// The real node: the kubelet's serving certificate, and the client
+	// certificate the API server presents to it (logs, exec).
+	kubeletCert, kubeletKey             string
+	kubeletClientCert, kubeletClientKey string
 }
 
 // writePKI makes a CA, the API server's serving certificate, the
@@ -60,9 +65,12 @@ func (e *Env) writePKI() error {
 	if err != nil {
 		return err
 	}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 96, 0, 1)}
+	if e.has(RealNode) {
+		ips = append(ips, net.ParseIP(bridgeIP))
+	}
 	srv, err := ca.serving("kube-apiserver",
-		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		[]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 96, 0, 1)})
+		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}, ips)
 	if err != nil {
 		return err
 	}
@@ -104,6 +112,11 @@ func (e *Env) writePKI() error {
 		return err
 	}
 	f.clients["admin"], f.clients["controller-manager"], f.clients["scheduler"], f.clients["kwok"] = admin, kcm, sched, admin
+	if e.has(RealNode) {
+		if err := e.writeNodePKI(ca, f, dir); err != nil {
+			return err
+		}
+	}
 	f.kcm = filepath.Join(dir, "controller-manager.kubeconfig")
 	f.sched = filepath.Join(dir, "scheduler.kubeconfig")
 	f.kwokCfg = filepath.Join(dir, "kwok.kubeconfig")
@@ -111,6 +124,35 @@ func (e *Env) writePKI() error {
 	e.CACertPEM, e.adminCert, e.adminKey = ca.certPEM, admin.certPEM, admin.keyPEM
 	e.ServiceAccountIssuer, e.ServiceAccountPublicKeyPEM = saIssuer, string(saPubPEM)
 	return nil
+}
+
+// writeNodePKI adds the real node's identities: the kubelet as
+// system:node:<name> (the Node authorizer and NodeRestriction apply), its
+// serving certificate for the node's address, kube-proxy as
+// system:kube-proxy, and the API server's client certificate for kubelets.
+func (e *Env) writeNodePKI(ca *keyPair, f *pkiFiles, dir string) error {
+	node, err := ca.client("system:node:"+realNode, "system:nodes")
+	if err != nil {
+		return err
+	}
+	proxy, err := ca.client("system:kube-proxy")
+	if err != nil {
+		return err
+	}
+	f.clients["kubelet"], f.clients["kube-proxy"] = node, proxy
+	serving, err := ca.serving(realNode, []string{realNode}, []net.IP{net.ParseIP(bridgeIP)})
+	if err != nil {
+		return err
+	}
+	if f.kubeletCert, f.kubeletKey, err = serving.writeFiles(dir, "kubelet-serving"); err != nil {
+		return err
+	}
+	client, err := ca.client("kube-apiserver-kubelet-client", "system:masters")
+	if err != nil {
+		return err
+	}
+	f.kubeletClientCert, f.kubeletClientKey, err = client.writeFiles(dir, "apiserver-kubelet-client")
+	return err
 }
 
 // writeKubeconfigs writes every kubeconfig once the API server's URL is known.
@@ -227,11 +269,17 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 // ready.
 func (e *Env) launchAPIServer(ctx context.Context, port int) (*proc, error) {
 	f := e.pki
-	e.APIServerURL = fmt.Sprintf("https://127.0.0.1:%d", port)
-	p, err := e.startProc(procSpec{name: "kube-apiserver", stopSig: throwAway, path: e.bins.apiserver, args: []string{
+	host := "127.0.0.1"
+	if e.has(RealNode) {
+		// Pods reach the API server through the kubernetes Service,
+		// whose endpoint is this address on the node's bridge.
+		host = bridgeIP
+	}
+	e.APIServerURL = fmt.Sprintf("https://%s:%d", host, port)
+	args := []string{
 		"--etcd-servers=" + e.etcdURL,
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		"--bind-address=" + host,
+		"--advertise-address=" + host,
 		"--secure-port=" + strconv.Itoa(port),
 		"--tls-cert-file=" + f.apiserver, "--tls-private-key-file=" + f.apiKey,
 		"--client-ca-file=" + f.ca,
@@ -247,13 +295,22 @@ func (e *Env) launchAPIServer(ctx context.Context, port int) (*proc, error) {
 		// here); kwok's node is Ready within milliseconds, so the
 		// taint would only delay start-up.
 		"--disable-admission-plugins=TaintNodesByCondition",
+		"--cert-dir=" + filepath.Join(e.Dir, "pki", "apiserver-certs"),
+		"--profiling=false",
+	}
+	if e.has(RealNode) {
+		args = append(args,
+			"--kubelet-client-certificate="+f.kubeletClientCert, "--kubelet-client-key="+f.kubeletClientKey,
+			"--kubelet-certificate-authority="+f.ca,
+			// Not the node's name: the host's resolver does not know it.
+			"--kubelet-preferred-address-types=InternalIP,Hostname")
+	} else {
 		// Endpoints may not hold loopback addresses, and this API
 		// server is only reachable on loopback: skip the endpoint
 		// of the "kubernetes" service.
-		"--endpoint-reconciler-type=none",
-		"--cert-dir=" + filepath.Join(e.Dir, "pki", "apiserver-certs"),
-		"--profiling=false",
-	}})
+		args = append(args, "--endpoint-reconciler-type=none")
+	}
+	p, err := e.startProc(procSpec{name: "kube-apiserver", stopSig: throwAway, path: e.bins.apiserver, args: args})
 	if err != nil {
 		return nil, err
 	}

@@ -57,6 +57,7 @@ func (s *spawner) close() { close(s.reqs) }
 type proc struct {
 	name    string
 	cmd     *exec.Cmd
+	exe     string // what /proc/<pid>/exe shows once running, if not cmd.Path
 	logPath string
 	stopSig syscall.Signal
 	done    chan struct{} // closed when the process has exited
@@ -65,12 +66,14 @@ type proc struct {
 
 // procSpec describes a server to start.
 type procSpec struct {
-	name    string
-	path    string
-	args    []string
-	env     []string            // added to a minimal environment
-	cred    *syscall.Credential // run as another user (PostgreSQL refuses root)
-	stopSig syscall.Signal      // graceful stop signal; SIGTERM when zero
+	name     string
+	path     string
+	exe      string // the binary it execs into (a wrapper's target), if any
+	args     []string
+	env      []string            // added to a minimal environment
+	cred     *syscall.Credential // run as another user (PostgreSQL refuses root)
+	stopSig  syscall.Signal      // graceful stop signal; SIGTERM when zero
+	deathSig syscall.Signal      // sent when the owner dies; SIGKILL when zero
 }
 
 func (e *Env) startProc(spec procSpec) (*proc, error) {
@@ -84,20 +87,24 @@ func (e *Env) startProc(spec procSpec) (*proc, error) {
 	cmd.Dir = e.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append([]string{
-		"PATH=/usr/local/bin:/usr/bin:/bin",
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", // kube-proxy runs nft, the kubelet mount and iptables
 		"HOME=" + e.Dir, // vault -dev writes ~/.vault-token; keep it in the env dir
 		"TMPDIR=" + os.TempDir(),
 		"LANG=C.UTF-8",
 	}, spec.env...)
+	deathSig := spec.deathSig
+	if deathSig == 0 {
+		deathSig = syscall.SIGKILL
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:    true, // one group per server: Stop ends its children too
-		Pdeathsig:  syscall.SIGKILL,
+		Pdeathsig:  deathSig,
 		Credential: spec.cred,
 	}
 	if err := e.spawn.start(cmd); err != nil {
 		return nil, fmt.Errorf("devenv: start %s (%s): %w", spec.name, spec.path, err)
 	}
-	p := &proc{name: spec.name, cmd: cmd, logPath: logPath, stopSig: spec.stopSig, done: make(chan struct{})}
+	p := &proc{name: spec.name, cmd: cmd, exe: spec.exe, logPath: logPath, stopSig: spec.stopSig, done: make(chan struct{})}
 	if p.stopSig == 0 {
 		p.stopSig = syscall.SIGTERM
 	}

@@ -85,6 +85,7 @@ func require(t testing.TB, s *sharedEnv, c Component) *Env {
 //
 //	func TestMain(m *testing.M) { devenv.Main(m) }
 func Main(m *testing.M) {
+	MaybeReap()
 	code := m.Run()
 	for _, s := range []*sharedEnv{&shared, &sharedS3} {
 		s.mu.Lock()

@@ -56,7 +56,11 @@ func (e *Env) writeState() error {
 		st = state{}
 	}
 	for _, p := range e.procs {
-		st.Procs = append(st.Procs, procState{Name: p.name, PID: p.pid(), Exe: p.cmd.Path})
+		exe := p.cmd.Path
+		if p.exe != "" {
+			exe = p.exe
+		}
+		st.Procs = append(st.Procs, procState{Name: p.name, PID: p.pid(), Exe: exe})
 	}
 	e.mu.Unlock()
 	b, err := json.MarshalIndent(st, "", "  ")
@@ -126,6 +130,17 @@ func CleanStale(dir string) (ended []string, err error) {
 		if !alive {
 			break
 		}
+	}
+	// A real node's containers, mounts and network outlive its servers.
+	if hs, err := readHostState(); err == nil && hs.Dir == dir && !processAlive(hs.Owner, hs.OwnerExe) {
+		if err := cleanHost(hs, nil); err != nil {
+			return ended, err
+		}
+		ended = append(ended, "the real node's containers, mounts and network")
+	}
+	// Never remove through a mount: a pod's volume may be a host path.
+	if err := unmountUnder(dir); err != nil {
+		return ended, fmt.Errorf("devenv: %w; not removing %s", err, dir)
 	}
 	return ended, os.RemoveAll(dir)
 }

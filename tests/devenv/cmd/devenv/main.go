@@ -4,6 +4,9 @@
 //
 //	devenv up      start it (or report the running one); prints the paths of
 //	               the kubeconfig and the env file
+//	devenv up -cluster
+//	               the same with a real node and Knative Eventing instead of
+//	               kwok, Vault and PostgreSQL (make cluster; needs root)
 //	devenv down    stop it and remove its directory, also after a crash
 //	devenv status  report whether it runs
 //
@@ -32,10 +35,12 @@ import (
 const readyLine = "devenv: READY"
 
 func main() {
+	devenv.MaybeReap() // this program may be started again as a real node's reaper
 	fs := flag.NewFlagSet("devenv", flag.ExitOnError)
 	dir := fs.String("dir", "", "environment directory (default: .devenv at the repository root)")
+	cluster := fs.Bool("cluster", false, "up: a real node with Knative Eventing (devenv.Cluster) instead of the kwok environment")
 	fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: devenv [-dir DIR] up|down|status")
+		fmt.Fprintln(os.Stderr, "usage: devenv [-dir DIR] [-cluster] up|down|status")
 		fs.PrintDefaults()
 	}
 	if len(os.Args) < 2 {
@@ -55,15 +60,19 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
+	opts := devenv.Options{}
+	if *cluster {
+		opts.Components = devenv.Cluster
+	}
 	switch cmd {
 	case "up":
-		err = up(abs)
+		err = up(abs, opts)
 	case "down":
 		err = down(abs)
 	case "status":
 		err = status(abs)
 	case "serve":
-		err = serve(abs)
+		err = serve(abs, opts)
 	default:
 		fs.Usage()
 		os.Exit(2)
@@ -80,8 +89,8 @@ func fatal(err error) {
 
 // up starts the daemon (this program's "serve") in its own session, relays
 // its progress until it is ready, and returns.
-func up(dir string) error {
-	if err := devenv.Check(devenv.Options{}); err != nil {
+func up(dir string, opts devenv.Options) error {
+	if err := devenv.Check(opts); err != nil {
 		return err
 	}
 	if pid := devenv.OwnerAlive(dir); pid != 0 {
@@ -101,7 +110,11 @@ func up(dir string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(self, "serve", "-dir", dir)
+	args := []string{"serve", "-dir", dir}
+	if opts.Components == devenv.Cluster {
+		args = append(args, "-cluster")
+	}
+	cmd := exec.Command(self, args...)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return err
@@ -127,18 +140,21 @@ func up(dir string) error {
 }
 
 func printPaths(dir string) error {
-	fmt.Printf("kubeconfig: %s\nenv file:   %s\nlogs:       %s\nuse it:     set -a; . %s; set +a\nstop it:    make devenv-down\n",
+	fmt.Printf("kubeconfig: %s\nenv file:   %s\nlogs:       %s\nuse it:     set -a; . %s; set +a\n",
 		filepath.Join(dir, "kubeconfig"), filepath.Join(dir, "env"), filepath.Join(dir, "logs"), filepath.Join(dir, "env"))
+	fmt.Printf("look:       bin/kubectl --kubeconfig %s get pods -A\nstop it:    make devenv-down (or make cluster-down)\n", filepath.Join(dir, "kubeconfig"))
 	return nil
 }
 
 // serve is the daemon: it runs the environment until SIGTERM or SIGINT.
-func serve(dir string) error {
+func serve(dir string, opts devenv.Options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	began := time.Now()
-	env, err := devenv.Start(ctx, devenv.Options{Dir: dir, Logf: func(f string, a ...any) { fmt.Printf(f+"\n", a...) }})
+	opts.Dir = dir
+	opts.Logf = func(f string, a ...any) { fmt.Printf(f+"\n", a...) }
+	env, err := devenv.Start(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -160,7 +176,8 @@ func names(env *devenv.Env) []string {
 		c    devenv.Component
 		name string
 	}{{devenv.Etcd, "etcd"}, {devenv.APIServer, "kube-apiserver"}, {devenv.ControllerManager, "kube-controller-manager"},
-		{devenv.Scheduler, "kube-scheduler"}, {devenv.Kwok, "kwok"}, {devenv.Vault, "vault"}, {devenv.Postgres, "postgres"}} {
+		{devenv.Scheduler, "kube-scheduler"}, {devenv.Kwok, "kwok"}, {devenv.Vault, "vault"}, {devenv.Postgres, "postgres"},
+		{devenv.RealNode, "real node " + env.NodeName}, {devenv.Knative, "Knative Eventing"}} {
 		if env.Components&c.c != 0 {
 			out = append(out, c.name)
 		}
@@ -178,12 +195,12 @@ func down(dir string) error {
 	if pid := devenv.OwnerAlive(dir); pid != 0 {
 		fmt.Printf("devenv: stopping (pid %d)\n", pid)
 		_ = syscall.Kill(pid, syscall.SIGTERM)
-		deadline := time.Now().Add(20 * time.Second)
+		deadline := time.Now().Add(60 * time.Second) // a real node takes seconds to clean
 		for devenv.OwnerAlive(dir) != 0 && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		if devenv.OwnerAlive(dir) != 0 {
-			fmt.Printf("devenv: pid %d did not stop in 20s; killing it\n", pid)
+			fmt.Printf("devenv: pid %d did not stop in 60s; killing it\n", pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			time.Sleep(200 * time.Millisecond)
 		}
