@@ -243,6 +243,27 @@ func assertHostClean(t *testing.T) {
 	}
 }
 
+// Knative that does not come up in time: Start fails within the bound,
+// naming what is not available and each pod's state, and cleans up.
+func TestRealNodeKnativeWaitIsBounded(t *testing.T) {
+	requireBuilt(t, Cluster)
+	began := time.Now()
+	_, err := Start(t.Context(), Options{Components: Cluster, KnativeTimeout: 2 * time.Second})
+	if err == nil {
+		t.Fatal("Start succeeded although Knative's webhook cannot be ready within 2s")
+	}
+	t.Log(err)
+	for _, want := range []string{"eventing-webhook", "not available within 2s", "pod eventing-webhook-", "created before the webhook serves"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q", want)
+		}
+	}
+	if d := time.Since(began); d > 2*time.Minute {
+		t.Errorf("Start took %s to give up", d)
+	}
+	assertHostClean(t)
+}
+
 // A containerd that will not start: Start fails naming it, with its log
 // tail, and the host is left as it was.
 func TestRealNodeContainerdFailureShowsLog(t *testing.T) {
