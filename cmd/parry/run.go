@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 
@@ -18,6 +19,7 @@ import (
 	"parry.dev/parry/internal/httpserver"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/logging"
+	"parry.dev/parry/internal/metrics"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/stack"
 	"parry.dev/parry/internal/timeline"
@@ -32,7 +34,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.DurationVar(&retention.MaxAge, "journal-max-age", retention.MaxAge, "delete journaled events older than this, in the background (never one still to be delivered); 0: keep them however old")
 	fs.Var((*byteSize)(&retention.MaxBytes), "journal-max-size", "delete the oldest journaled events while the journal file's data is larger than `size` (2Gi, 500Mi, or bytes); the file stays about this size; 0: no bound")
 	listen := fs.String("listen", "127.0.0.1:8080", "address of the broker ingress: POST /<namespace>/<broker>")
-	uiListen := fs.String("ui-listen", "127.0.0.1:8081", "address of the web timeline (the incident list, and each incident from the first kernel event to the last step); loopback only, the pages show what the sensors saw; empty: off")
+	uiListen := fs.String("ui-listen", "127.0.0.1:8081", "address of the web timeline (the incident list, and each incident from the first kernel event to the last step) and of Prometheus metrics (GET /metrics); loopback only, the pages show what the sensors saw; empty: off")
 	noSensor := fs.Bool("no-sensor", false, "do not start the eBPF sensor in this process")
 	maxEvent := fs.Int64("max-event-bytes", 1<<20, "largest event the ingress accepts; larger ones get 413")
 	limits := broker.DefaultLimits()
@@ -74,7 +76,7 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 	opts := stack.Options{
 		ConfigDir: *configDir, JournalPath: *journalPath, Retention: retention, Listen: *listen, MaxEventBytes: *maxEvent, Limits: limits, Log: log,
 		Freshness: fresh, InsecureIngress: *insecure,
-		Steps: stack.Steps(), StateDir: stateDir, Getenv: os.Getenv,
+		Steps: stack.Steps(), StateDir: stateDir, Getenv: os.Getenv, Metrics: metrics.NewRegistry(),
 	}
 	// The steps act on the cluster in $KUBECONFIG, if any, and revoke Vault
 	// credentials with $VAULT_ADDR and $VAULT_TOKEN, if set.
@@ -108,10 +110,14 @@ func runCommand(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	if ui != nil {
-		srv := httpserver.New((&timeline.Server{Journal: s.Journal, Log: log}).Handler(), httpserver.Defaults)
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metrics.Handler(opts.Metrics))
+		mux.Handle("/", (&timeline.Server{Journal: s.Journal, Log: log}).Handler())
+		srv := httpserver.New(mux, httpserver.Defaults)
 		go srv.Serve(ui) //nolint:errcheck // ends with the listener
 		defer srv.Close()
-		log.Info().Str("url", "http://"+ui.Addr().String()+"/").Msg("web timeline: the incidents, each from the first kernel event to the last step")
+		log.Info().Str("url", "http://"+ui.Addr().String()+"/").Str("metrics", "http://"+ui.Addr().String()+"/metrics").
+			Msg("web timeline: the incidents, each from the first kernel event to the last step")
 	}
 	brokers := make([]string, len(s.Manifests.Brokers))
 	for i, br := range s.Manifests.Brokers {

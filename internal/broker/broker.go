@@ -26,6 +26,7 @@ import (
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/manifest"
+	"parry.dev/parry/internal/metrics"
 )
 
 // Options configure a Broker. Manifests, Journal and Client are required.
@@ -60,6 +61,8 @@ type Options struct {
 	// Freshness bounds the time attribute of ingress events; zero fields
 	// take DefaultFreshness.
 	Freshness Freshness
+	// Metrics count events in and deliveries; nil counts nothing.
+	Metrics *metrics.Broker
 }
 
 // Freshness is how far an ingress event's time may lie from the broker's

@@ -14,6 +14,7 @@ import (
 
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
+	"parry.dev/parry/internal/metrics"
 )
 
 // job is one delivery of one event to one Trigger's subscriber or dead-letter
@@ -126,7 +127,9 @@ func (b *Broker) deliver(ctx context.Context, j job) {
 	if j.trig.retry.RequestTimeout > 0 {
 		attemptCtx, cancel = context.WithTimeout(ctx, j.trig.retry.RequestTimeout)
 	}
+	sent := time.Now()
 	out := dest.send(attemptCtx, ev)
+	took := time.Since(sent)
 	cancel()
 	if ctx.Err() != nil {
 		return // shutting down: the delivery stays pending in the journal
@@ -135,6 +138,7 @@ func (b *Broker) deliver(ctx context.Context, j job) {
 	if out.ok() {
 		reply, code, err := b.prepareReply(j, out.reply)
 		if err == nil {
+			b.opts.Metrics.Delivery(j.trig.key, metrics.Done, took)
 			b.complete(ctx, j, reply)
 			return
 		}
@@ -147,6 +151,7 @@ func (b *Broker) deliver(ctx context.Context, j job) {
 
 	if retry, _ := j.trig.retry.CheckRetry(ctx, out.resp, out.err); retry && j.attempts <= j.trig.retry.RetryMax {
 		delay := j.trig.retry.Backoff(j.attempts, out.resp)
+		b.opts.Metrics.Delivery(j.trig.key, metrics.Retried, took)
 		log.Debug().Err(out.err).Dur("retry_in", delay).Msg("delivery failed; will retry")
 		if err := b.opts.Journal.Attempted(ctx, j.key, j.attempts, out.code, truncate(out.reason())); err != nil {
 			log.Error().Err(err).Msg("could not journal a failed attempt")
@@ -159,6 +164,11 @@ func (b *Broker) deliver(ctx context.Context, j job) {
 	}
 
 	deadLetter := j.key.Target == journal.ToSubscriber && j.trig.deadLetter != nil
+	if deadLetter {
+		b.opts.Metrics.Delivery(j.trig.key, metrics.DeadLettered, took)
+	} else {
+		b.opts.Metrics.Delivery(j.trig.key, metrics.Failed, took)
+	}
 	if err := b.opts.Journal.GiveUp(ctx, j.key, j.attempts, out.code, truncate(out.reason()), deadLetter); err != nil {
 		log.Error().Err(err).Msg("could not journal a failed delivery")
 		return

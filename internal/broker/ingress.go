@@ -15,6 +15,7 @@ import (
 	"parry.dev/parry/internal/auth"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/journal"
+	"parry.dev/parry/internal/metrics"
 )
 
 // ServeHTTP is the ingress of every Broker: POST /<namespace>/<broker>.
@@ -41,9 +42,11 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if errors.As(err, &u) {
 				status = http.StatusServiceUnavailable
 				b.Stats.Unavailable.Add(1)
+				b.opts.Metrics.Event(metrics.Refused, metrics.Unavailable)
 				b.log.Warn().Err(err).Str("broker", rt.key).Msg("ingress: a token could not be reviewed, so the event is refused (503); the sender retries")
 			} else {
 				b.Stats.Unauthenticated.Add(1)
+				b.opts.Metrics.Event(metrics.Refused, metrics.Unauthenticated)
 			}
 			auth.Refuse(w, status, fmt.Sprintf("Broker %s needs a bearer token for audience %s: %v", rt.key, Audience(rt.key), err))
 			return
@@ -55,6 +58,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	size := headerBytes(r)
 	if r.ContentLength >= 0 {
 		if wait := b.limiter.admit(from, size+int(r.ContentLength), time.Now()); wait > 0 {
+			b.opts.Metrics.Event(metrics.Refused, metrics.RateLimited)
 			tooMany(w, wait)
 			return
 		}
@@ -63,6 +67,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	msg := cehttp.NewMessageFromHttpRequest(r)
 	defer msg.Finish(nil)
 	if msg.ReadEncoding() == binding.EncodingUnknown {
+		b.opts.Metrics.Event(metrics.Refused, metrics.Malformed)
 		http.Error(w, "not a CloudEvent: send binary mode (ce-specversion, ce-id, ce-source, ce-type headers) or structured mode (Content-Type: application/cloudevents+json)", http.StatusBadRequest)
 		return
 	}
@@ -70,18 +75,22 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
+			b.opts.Metrics.Event(metrics.Refused, metrics.TooLarge)
 			http.Error(w, fmt.Sprintf("event larger than the limit of %d bytes", b.opts.MaxEventBytes), http.StatusRequestEntityTooLarge)
 			return
 		}
+		b.opts.Metrics.Event(metrics.Refused, metrics.Malformed)
 		http.Error(w, "malformed CloudEvent: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	if err := events.Validate(*e); err != nil {
+		b.opts.Metrics.Event(metrics.Refused, metrics.Malformed)
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	if r.ContentLength < 0 {
 		if wait := b.limiter.admit(from, size+len(e.Data()), time.Now()); wait > 0 {
+			b.opts.Metrics.Event(metrics.Refused, metrics.RateLimited)
 			tooMany(w, wait)
 			return
 		}
@@ -91,6 +100,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		sender = from
 		if ok, reason := rt.authz.allow(b.filterCtx, sender, *e); !ok {
 			b.Stats.Forbidden.Add(1)
+			b.opts.Metrics.Event(metrics.Refused, metrics.Forbidden)
 			auth.Refuse(w, http.StatusForbidden, reason)
 			return
 		}
@@ -100,14 +110,22 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// answered as any duplicate, however old the event is by now.
 		if dup, err := b.opts.Journal.Has(r.Context(), e.ID(), e.Source(), sender); err != nil || !dup {
 			b.Stats.Stale.Add(1)
+			b.opts.Metrics.Event(metrics.Refused, metrics.Stale)
 			http.Error(w, reason, http.StatusBadRequest)
 			return
 		}
 	}
-	if err := b.accept(r.Context(), rt, *e, sender, true); err != nil {
+	dup, err := b.accept(r.Context(), rt, *e, sender, true)
+	if err != nil {
+		b.opts.Metrics.Event(metrics.Refused, metrics.NotJournaled)
 		b.log.Error().Err(err).Str("event_id", e.ID()).Msg("could not journal an event; the sender should retry")
 		http.Error(w, "could not journal the event: "+err.Error(), http.StatusServiceUnavailable)
 		return
+	}
+	if dup {
+		b.opts.Metrics.Event(metrics.Duplicate, "")
+	} else {
+		b.opts.Metrics.Event(metrics.Accepted, "")
 	}
 	w.WriteHeader(http.StatusAccepted)
 }
@@ -154,13 +172,14 @@ func (b *Broker) brokerPaths() []string {
 // accept journals e with the deliveries it needs, then queues them. An event
 // journaled before (same source and id) is not delivered again. external
 // events wait while the queue is full: that backpressure reaches the sender
-// as a slower 202 instead of unbounded memory.
-func (b *Broker) accept(ctx context.Context, rt *route, e cloudevents.Event, sender string, external bool) error {
+// as a slower 202 instead of unbounded memory. duplicate says e was
+// journaled before.
+func (b *Broker) accept(ctx context.Context, rt *route, e cloudevents.Event, sender string, external bool) (duplicate bool, err error) {
 	if external {
 		for b.queue.len() >= b.opts.MaxQueued {
 			select {
 			case <-ctx.Done():
-				return ctx.Err()
+				return false, ctx.Err()
 			case <-time.After(time.Millisecond):
 			}
 		}
@@ -168,14 +187,14 @@ func (b *Broker) accept(ctx context.Context, rt *route, e cloudevents.Event, sen
 	matched := b.match(rt, e)
 	rec, err := journal.NewRecord(rt.key, sender, e, triggerKeys(matched))
 	if err != nil {
-		return err
+		return false, err
 	}
 	appended, err := b.opts.Journal.Append(ctx, rec)
 	if err != nil {
-		return err
+		return false, err
 	}
 	b.enqueue(appended, e, matched)
-	return nil
+	return appended.Duplicate, nil
 }
 
 func (b *Broker) enqueue(a journal.Appended, e cloudevents.Event, matched []*trigger) {

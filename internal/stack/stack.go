@@ -20,6 +20,7 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"k8s.io/client-go/rest"
 
@@ -30,6 +31,7 @@ import (
 	"parry.dev/parry/internal/httpserver"
 	"parry.dev/parry/internal/journal"
 	"parry.dev/parry/internal/manifest"
+	"parry.dev/parry/internal/metrics"
 	"parry.dev/parry/internal/step"
 	"parry.dev/parry/sensor"
 )
@@ -80,7 +82,10 @@ type Options struct {
 	// Wrap may replace or wrap the in-process handlers (tests record
 	// replies with it).
 	Wrap func(map[string]events.Handler) error
-	Log  zerolog.Logger
+	// Metrics, when set, gets the broker's, the steps' and the journal
+	// pruner's collectors (package metrics); parry run serves it.
+	Metrics *prometheus.Registry
+	Log     zerolog.Logger
 }
 
 // Stack is a running embedded default.
@@ -200,6 +205,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		Manifests: set, Journal: j, Functions: fns, Client: httpclient.New(0),
 		Log: opts.Log, MaxEventBytes: opts.MaxEventBytes, Limits: opts.Limits,
 		Authenticators: authns, Insecure: opts.InsecureIngress, Freshness: opts.Freshness,
+		Metrics: brokerMetrics(opts.Metrics),
 	})
 	if err != nil {
 		stopWork()
@@ -222,6 +228,9 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	s.prunerStopped = make(chan struct{})
 	if r := opts.Retention; r.MaxAge > 0 || r.MaxBytes > 0 {
 		s.Pruner = journal.NewPruner(j, r, journal.DefaultPruneEvery, opts.Log)
+		if opts.Metrics != nil {
+			metrics.RegisterPruned(opts.Metrics, s.Pruner.Pruned)
+		}
 		go func() {
 			defer close(s.prunerStopped)
 			s.Pruner.Run(workCtx)
@@ -268,4 +277,11 @@ func (s *Stack) Stop() error {
 		s.stopErr = errors.Join(err, s.Journal.Close())
 	})
 	return s.stopErr
+}
+
+func brokerMetrics(reg *prometheus.Registry) *metrics.Broker {
+	if reg == nil {
+		return nil
+	}
+	return metrics.NewBroker(reg)
 }

@@ -20,6 +20,7 @@ import (
 	"parry.dev/parry/internal/clients"
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/httpclient"
+	"parry.dev/parry/internal/metrics"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/step"
 )
@@ -57,6 +58,9 @@ func (s *Stack) buildSteps(ctx context.Context, opts Options) (map[string]events
 	log := opts.Log
 	hc := httpclient.New(30 * time.Second)
 	d := step.Deps{HTTP: hc, Sink: s.BrokerURL(DefaultBroker), StateDir: opts.StateDir, Vault: opts.Vault, Getenv: opts.Getenv, Log: log}
+	if opts.Metrics != nil {
+		d.Metrics = metrics.NewSteps(opts.Metrics)
+	}
 	if opts.Kube == nil {
 		log.Info().Msg("no cluster (KUBECONFIG is unset): Kubernetes actions are skipped with that reason in the trace; in-kernel actions still apply")
 	} else {

@@ -63,7 +63,7 @@ func TestServeTakesEventsOnlyFromParrysTriggers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := step.NewServer(h, callers, zerolog.Nop(), servertest.Short)
+	srv := step.NewServer(h, callers, nil, zerolog.Nop(), servertest.Short)
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 
@@ -112,7 +112,7 @@ func TestServeTakesEventsOnlyFromParrysTriggers(t *testing.T) {
 	// TokenReview unreachable: refused with 503 (the broker retries),
 	// never let through.
 	down := kubernetes.NewForConfigOrDie(&rest.Config{Host: "https://127.0.0.1:1", Timeout: time.Second})
-	closed := step.NewServer(h, step.TriggersIn("parry-callers", auth.NewTokenReview(down, audience, time.Minute)), zerolog.Nop(), servertest.Short)
+	closed := step.NewServer(h, step.TriggersIn("parry-callers", auth.NewTokenReview(down, audience, time.Minute)), nil, zerolog.Nop(), servertest.Short)
 	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
 	go closed.Serve(ln2)
 	t.Cleanup(func() { closed.Close() })

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	vaultapi "github.com/hashicorp/vault/api"
@@ -20,6 +21,7 @@ import (
 	"parry.dev/parry/internal/events"
 	"parry.dev/parry/internal/guard"
 	"parry.dev/parry/internal/logging"
+	"parry.dev/parry/internal/metrics"
 	"parry.dev/parry/sensor/client"
 )
 
@@ -65,7 +67,10 @@ type Deps struct {
 	// os.Getenv in the process cmd/ starts, a map in tests; nil has none,
 	// so every setting takes its default.
 	Getenv func(key string) string
-	Log    zerolog.Logger
+	// Metrics count what the runtime does with each event; nil counts
+	// nothing.
+	Metrics *metrics.Steps
+	Log     zerolog.Logger
 }
 
 // SensorLocator returns the API of the sensor on a node.
@@ -117,6 +122,10 @@ type Request struct {
 	// DryRun: describe what would be done, change nothing.
 	DryRun bool
 	Log    zerolog.Logger
+
+	// outcome is metrics' name for how the runtime answered, once it
+	// answered failed (failed sets it); done otherwise.
+	outcome string
 }
 
 // Params are the step's parameters from the playbook.
@@ -156,6 +165,15 @@ type Failure struct {
 	// Data replaces {"reason": Reason} as the failed reply's data; it
 	// should carry the reason too.
 	Data any
+	// refusal is the runtime's reason class (metrics.BadSeal...) when its
+	// own checks refused the event.
+	refusal string
+}
+
+// refuse is the runtime's *Failure for a refusal of class (a reason of
+// parry_step_refusals_total).
+func refuse(class, format string, args ...any) error {
+	return &Failure{Reason: fmt.Sprintf(format, args...), refusal: class}
 }
 
 func (f *Failure) Error() string { return f.Reason }
@@ -178,7 +196,7 @@ type Reply struct {
 // step runs as, in-process and in a cluster.
 func Handler(def Definition, a Action, d Deps) events.Handler {
 	rt := &runtime{spec: def.Spec, action: a, playbooks: d.Playbooks, guard: guard.New(), kube: d.Kube, pods: d.Pods, key: d.IncidentKey,
-		log: d.Log.With().Str(logging.FieldStep, def.Spec.Name).Logger()}
+		metrics: d.Metrics, log: d.Log.With().Str(logging.FieldStep, def.Spec.Name).Logger()}
 	return rt.handle
 }
 
@@ -190,18 +208,37 @@ type runtime struct {
 	kube      kubernetes.Interface
 	pods      *PodIndex
 	key       []byte
+	metrics   *metrics.Steps
 	log       zerolog.Logger
 }
 
+// handle runs one event and counts how it went.
 func (rt *runtime) handle(ctx context.Context, e cloudevents.Event) (*cloudevents.Event, error) {
+	start := time.Now()
 	r := &Request{
 		Event:    e,
 		Incident: events.String(e, events.ExtIncident),
 		Playbook: events.String(e, events.ExtPlaybook),
 		Pod: Pod{Namespace: events.String(e, events.ExtPodNamespace), Name: events.String(e, events.ExtPodName),
 			UID: events.String(e, events.ExtPodUID)},
-		Node: events.String(e, events.ExtNode),
+		Node:    events.String(e, events.ExtNode),
+		outcome: metrics.StepDone,
 	}
+	reply, err := rt.run(ctx, r)
+	if err != nil {
+		r.outcome = metrics.StepError
+	}
+	rt.metrics.Request(rt.spec.Name, r.outcome, time.Since(start))
+	if err == nil && reply != nil && reply.Type() == events.TypeIncidentOpened {
+		// The playbook is classify's own (from the compiled bundle), so
+		// the label's values are the configured playbooks.
+		rt.metrics.IncidentOpened(events.String(*reply, events.ExtPlaybook), events.String(*reply, events.ExtResponse))
+	}
+	return reply, err
+}
+
+func (rt *runtime) run(ctx context.Context, r *Request) (*cloudevents.Event, error) {
+	e := r.Event
 	r.Log = rt.log.With().Str(logging.FieldEventID, e.ID()).Str(logging.FieldEventType, e.Type()).Str(logging.FieldIncident, r.Incident).
 		Str(logging.FieldPlaybook, r.Playbook).Str(logging.FieldPodUID, r.Pod.UID).Logger()
 	if reason := rt.missingTarget(r); reason != "" {
@@ -219,7 +256,7 @@ func (rt *runtime) handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 	}
 	if rt.spec.Target != TargetNone {
 		if reason := verifySeal(rt.key, e); reason != "" {
-			return rt.failed(r, &Failure{Reason: "refused: " + reason})
+			return rt.failed(r, &Failure{Reason: "refused: " + reason, refusal: metrics.BadSeal})
 		}
 	}
 	if rt.spec.Target == TargetPod {
@@ -239,7 +276,7 @@ func (rt *runtime) handle(ctx context.Context, e cloudevents.Event) (*cloudevent
 		}
 		t := guard.Target{Playbook: r.Playbook, Namespace: r.Pod.Namespace, Pod: pod}
 		if refusal := rt.guard.Admit(t, r.Config.Guard); refusal != nil {
-			return rt.failed(r, &Failure{Reason: refusal.Reason})
+			return rt.failed(r, &Failure{Reason: refusal.Reason, refusal: metrics.Guardrail})
 		}
 	}
 	if r.DryRun && !rt.spec.DryRun {
@@ -304,7 +341,7 @@ func (rt *runtime) resolve(ctx context.Context, r *Request) error {
 	if rt.pods != nil {
 		if pod, ok := rt.pods.ByUID(p.UID); ok {
 			if pod.Namespace != p.Namespace || pod.Name != p.Name {
-				return Fail("refused: pod %s is %s/%s, not %s/%s as the event says", p.UID, pod.Namespace, pod.Name, p.Namespace, p.Name)
+				return refuse(metrics.WrongPod, "refused: pod %s is %s/%s, not %s/%s as the event says", p.UID, pod.Namespace, pod.Name, p.Namespace, p.Name)
 			}
 			return rt.place(r, pod.DeepCopy())
 		}
@@ -329,7 +366,7 @@ func (rt *runtime) resolve(ctx context.Context, r *Request) error {
 func (rt *runtime) place(r *Request, pod *corev1.Pod) error {
 	p := &r.Pod
 	if r.Node != "" && pod.Spec.NodeName != "" && pod.Spec.NodeName != r.Node {
-		return Fail("refused: pod %s/%s (%s) runs on node %s, not on node %s whose sensor the event names", p.Namespace, p.Name, p.UID, pod.Spec.NodeName, r.Node)
+		return refuse(metrics.WrongNode, "refused: pod %s/%s (%s) runs on node %s, not on node %s whose sensor the event names", p.Namespace, p.Name, p.UID, pod.Spec.NodeName, r.Node)
 	}
 	p.Object, p.Node = pod, pod.Spec.NodeName
 	if p.Node == "" {
@@ -339,6 +376,11 @@ func (rt *runtime) place(r *Request, pod *corev1.Pod) error {
 }
 
 func (rt *runtime) failed(r *Request, f *Failure) (*cloudevents.Event, error) {
+	r.outcome = metrics.StepFailed
+	if f.refusal != "" {
+		r.outcome = metrics.StepRefused
+		rt.metrics.Refusal(rt.spec.Name, f.refusal)
+	}
 	r.Log.Warn().Str(logging.FieldReason, f.Reason).Msg("not acting")
 	if f.Data != nil {
 		return build(r.Event, rt.spec.Name, events.StepFailed(rt.spec.Name), rt.spec.Name, nil, f.Data)

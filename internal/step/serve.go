@@ -119,12 +119,13 @@ func ReadEvent(w http.ResponseWriter, r *http.Request) (*cloudevents.Event, bool
 // Knative Service gets it from $PORT), the reply in the response, from the
 // callers c allows (nil: anyone, which stepmain allows only when told to).
 // A handler error answers 500, so the broker retries per the delivery spec.
-func Serve(ctx context.Context, addr string, h events.Handler, c *Callers, log zerolog.Logger) error {
+// metrics, when not nil, is served as GET /metrics.
+func Serve(ctx context.Context, addr string, h events.Handler, c *Callers, metrics http.Handler, log zerolog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}
-	srv := NewServer(h, c, log, Limits)
+	srv := NewServer(h, c, metrics, log, Limits)
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -140,10 +141,16 @@ func Serve(ctx context.Context, addr string, h events.Handler, c *Callers, log z
 
 // NewServer is Serve's server for h, from the callers c allows, with limits
 // l (zero fields from httpserver.Defaults): request bodies over
-// MaxEventBytes are answered 413.
-func NewServer(h events.Handler, c *Callers, log zerolog.Logger, l httpserver.Limits) *http.Server {
+// MaxEventBytes are answered 413. metrics, when not nil, is GET /metrics:
+// it needs no caller's token (Prometheus scrapes with none), since it
+// shows only counts by step, outcome and reason class, no event, pod or
+// incident.
+func NewServer(h events.Handler, c *Callers, metrics http.Handler, log zerolog.Logger, l httpserver.Limits) *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
 	mux.HandleFunc("POST /", func(w http.ResponseWriter, r *http.Request) {
 		if !c.Admit(w, r, log) {
 			return

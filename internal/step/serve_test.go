@@ -22,7 +22,7 @@ func startServer(t *testing.T) string {
 		t.Fatal(err)
 	}
 	h := func(context.Context, cloudevents.Event) (*cloudevents.Event, error) { return nil, nil }
-	srv := step.NewServer(h, nil, zerolog.Nop(), servertest.Short)
+	srv := step.NewServer(h, nil, nil, zerolog.Nop(), servertest.Short)
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()

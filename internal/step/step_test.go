@@ -60,7 +60,7 @@ func TestServeRepliesAndFails(t *testing.T) {
 		r.SetType("done")
 		return &r, nil
 	}
-	go step.Serve(ctx, addr, handler, nil, zerolog.Nop())
+	go step.Serve(ctx, addr, handler, nil, nil, zerolog.Nop())
 	send := func(typ string) (*http.Response, error) {
 		e := cloudevents.NewEvent()
 		e.SetID("1")

@@ -1,7 +1,8 @@
 // Package stepmain is the few lines every step's main shares when it runs
 // as a Knative Service: it reads the environment, builds the clients the
 // step's Spec asks for (once, here), loads the compiled playbooks, and
-// serves CloudEvents on $PORT.
+// serves CloudEvents on $PORT, and the step's Prometheus metrics as GET
+// /metrics there.
 //
 //	LOG_LEVEL, LOG_FORMAT    info, json
 //	PORT                     8080 (Knative sets it)
@@ -47,6 +48,7 @@ import (
 	"parry.dev/parry/internal/clients/vault"
 	"parry.dev/parry/internal/httpclient"
 	"parry.dev/parry/internal/logging"
+	"parry.dev/parry/internal/metrics"
 	"parry.dev/parry/internal/playbook"
 	"parry.dev/parry/internal/step"
 )
@@ -77,7 +79,9 @@ func Run(name string, run func(ctx context.Context, log zerolog.Logger) error) {
 
 func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 	spec := def.Spec
-	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: Env("PARRY_STATE_DIR", "/var/lib/parry"), SecretDir: os.Getenv("PARRY_SECRET_DIR"), Getenv: os.Getenv, Log: log}
+	reg := metrics.NewRegistry()
+	d := step.Deps{HTTP: httpclient.New(30 * time.Second), Sink: os.Getenv("K_SINK"), StateDir: Env("PARRY_STATE_DIR", "/var/lib/parry"), SecretDir: os.Getenv("PARRY_SECRET_DIR"), Getenv: os.Getenv,
+		Metrics: metrics.NewSteps(reg), Log: log}
 	if spec.NeedsIncidentKey() {
 		key, err := step.LoadIncidentKey(Env("PARRY_INCIDENT_KEY", "/etc/parry/incident-key/key"), false)
 		if err != nil {
@@ -145,7 +149,7 @@ func run(ctx context.Context, def step.Definition, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	return step.Serve(ctx, ":"+Env("PORT", "8080"), h, callers, log)
+	return step.Serve(ctx, ":"+Env("PORT", "8080"), h, callers, metrics.Handler(reg), log)
 }
 
 // verifyCallers is who may deliver events to the step: parry's Triggers,
