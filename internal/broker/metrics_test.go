@@ -75,7 +75,9 @@ spec:
 		latency  = "parry_broker_delivery_duration_seconds"
 	)
 	accepted := map[string]string{"outcome": metrics.Accepted}
-	refused := func(reason string) map[string]string { return map[string]string{"outcome": metrics.Refused, "reason": reason} }
+	refused := func(reason string) map[string]string {
+		return map[string]string{"outcome": metrics.Refused, "reason": reason}
+	}
 	before := metricstest.Get(t, url)
 	// Every outcome exists at 0 before the first event (positive control
 	// for the scrape: the families are there).

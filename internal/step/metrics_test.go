@@ -82,7 +82,9 @@ func TestStepMetrics(t *testing.T) {
 		t.Fatalf("classify: %d, want 200", got)
 	}
 	after := metricstest.Get(t, scrape)
-	req := func(step, outcome string) map[string]string { return map[string]string{"step": step, "outcome": outcome} }
+	req := func(step, outcome string) map[string]string {
+		return map[string]string{"step": step, "outcome": outcome}
+	}
 	for _, c := range []struct {
 		name   string
 		labels map[string]string
