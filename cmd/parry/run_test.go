@@ -24,6 +24,7 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
 	"parry.dev/parry/internal/journal"
+	"parry.dev/parry/internal/metrics/metricstest"
 )
 
 // parryBinary builds cmd/parry once per test binary.
@@ -337,6 +338,24 @@ func TestRunPrunesTheJournal(t *testing.T) {
 	last, err := ro.Last(ctx, 100)
 	if err != nil || len(last) != 10 || last[0].ID != ids[10] {
 		t.Fatalf("the journal holds %d events (%v); want the 10 younger ones", len(last), err)
+	}
+
+	// /metrics beside the web timeline counts the pruning and the broker's
+	// ingress.
+	if p.ui == "" {
+		t.Fatal("parry run logged no web timeline URL")
+	}
+	scrape := p.ui + "metrics"
+	before := metricstest.Get(t, scrape)
+	if got := before.Value("parry_journal_pruned_events_total", nil); got != 10 {
+		t.Errorf("parry_journal_pruned_events_total = %v, want the 10 pruned\n%s", got, before.Text)
+	}
+	if got := postEvent(t, p.url, "counted"); got != http.StatusAccepted {
+		t.Fatalf("posting an event: %d", got)
+	}
+	accepted := map[string]string{"outcome": "accepted"}
+	if got := metricstest.Get(t, scrape).Value("parry_broker_events_received_total", accepted) - before.Value("parry_broker_events_received_total", accepted); got != 1 {
+		t.Errorf("parry_broker_events_received_total{outcome=accepted} moved by %v after one event, want 1", got)
 	}
 }
 
