@@ -235,40 +235,55 @@ func setup(t *testing.T, port int) (*pgxpool.Pool, string, []string) {
 	return pool, token, []string{"PARRY_POSTGRES_DSN=" + dsn, "KUBECONFIG=" + env.Kubeconfig, "PORT=" + strconv.Itoa(port)}
 }
 
-// SIGKILL in the middle of a stream loses nothing and records nothing
-// twice: an event answered 202 was committed (the sender never resends
-// it), and an event whose answer the kill cut off is resent and recorded
-// once.
-func sigkillMidStreamLosesNothingAndRecordsOnce(t *testing.T, bin string) {
+// faultMidStream starts the journal service, streams n events to it from
+// eight senders that resend until 2xx, calls fault a third of the way in
+// (fault returns the process serving afterwards), and waits for the stream
+// to finish. It returns the stream, the database, the serving process and
+// how long the stream took.
+func faultMidStream(t *testing.T, bin string, n int, fault func(ctx context.Context, s *stream, p *journalProc, url string, env []string) *journalProc) (*stream, *pgxpool.Pool, *journalProc, time.Duration) {
+	t.Helper()
 	port := freePort(t)
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	pool, token, env := setup(t, port)
-	first := run(t, bin, env...)
-	ready(t, first, url)
+	p := run(t, bin, env...)
+	ready(t, p, url)
 
-	const n = 3000
 	s := newStream(t, n)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	sent := make(chan struct{})
 	began := time.Now()
 	go func() { defer close(sent); s.send(ctx, t, url, token, 8) }()
-	for s.acked.Load() < n/3 {
+	for s.acked.Load() < int64(n/3) {
 		time.Sleep(time.Millisecond)
 	}
-	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-first.done
-	atKill := s.acked.Load()
-	time.Sleep(300 * time.Millisecond) // the sender meets a closed port
-	second := run(t, bin, env...)
-	ready(t, second, url)
+	p = fault(ctx, s, p, url, env)
 	<-sent
 	if ctx.Err() != nil {
 		t.Fatalf("the stream did not finish: %d of %d acknowledged", s.acked.Load(), n)
 	}
-	t.Logf("killed at %d of %d acknowledged; %d connection errors and %d 5xx answers retried; the stream took %s", atKill, n, s.unreachable.Load(), s.refused.Load(), time.Since(began).Round(time.Millisecond))
+	return s, pool, p, time.Since(began).Round(time.Millisecond)
+}
+
+// SIGKILL in the middle of a stream loses nothing and records nothing
+// twice: an event answered 202 was committed (the sender never resends
+// it), and an event whose answer the kill cut off is resent and recorded
+// once.
+func sigkillMidStreamLosesNothingAndRecordsOnce(t *testing.T, bin string) {
+	const n = 3000
+	var atKill int64
+	s, pool, second, took := faultMidStream(t, bin, n, func(_ context.Context, s *stream, first *journalProc, url string, env []string) *journalProc {
+		if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-first.done
+		atKill = s.acked.Load()
+		time.Sleep(300 * time.Millisecond) // the sender meets a closed port
+		second := run(t, bin, env...)
+		ready(t, second, url)
+		return second
+	})
+	t.Logf("killed at %d of %d acknowledged; %d connection errors and %d 5xx answers retried; the stream took %s", atKill, n, s.unreachable.Load(), s.refused.Load(), took)
 	if atKill >= n || s.unreachable.Load() == 0 {
 		t.Fatalf("the kill did not land mid-stream: %d acknowledged, %d connection errors", atKill, s.unreachable.Load())
 	}
@@ -286,31 +301,16 @@ func sigkillMidStreamLosesNothingAndRecordsOnce(t *testing.T, bin string) {
 // PostgreSQL restarted in the middle of a stream: the journal answers 503
 // while it is away, the sender resends, and nothing is lost or doubled.
 func postgresRestartMidStreamLosesNothing(t *testing.T, bin string) {
-	port := freePort(t)
-	url := fmt.Sprintf("http://127.0.0.1:%d", port)
-	pool, token, env := setup(t, port)
-	p := run(t, bin, env...)
-	ready(t, p, url)
-
 	const n = 3000
-	s := newStream(t, n)
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
-	sent := make(chan struct{})
-	began := time.Now()
-	go func() { defer close(sent); s.send(ctx, t, url, token, 8) }()
-	for s.acked.Load() < n/3 {
-		time.Sleep(time.Millisecond)
-	}
-	atRestart := s.acked.Load()
-	if err := devenv.Require(t).RestartPostgres(ctx, 2*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	<-sent
-	if ctx.Err() != nil {
-		t.Fatalf("the stream did not finish: %d of %d acknowledged", s.acked.Load(), n)
-	}
-	t.Logf("PostgreSQL restarted at %d of %d acknowledged; %d 5xx answers and %d connection errors retried; the stream took %s", atRestart, n, s.refused.Load(), s.unreachable.Load(), time.Since(began).Round(time.Millisecond))
+	var atRestart int64
+	s, pool, p, took := faultMidStream(t, bin, n, func(ctx context.Context, s *stream, p *journalProc, _ string, _ []string) *journalProc {
+		atRestart = s.acked.Load()
+		if err := devenv.Require(t).RestartPostgres(ctx, 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	})
+	t.Logf("PostgreSQL restarted at %d of %d acknowledged; %d 5xx answers and %d connection errors retried; the stream took %s", atRestart, n, s.refused.Load(), s.unreachable.Load(), took)
 	if atRestart >= n || s.refused.Load() == 0 {
 		t.Fatalf("the restart did not land mid-stream: %d acknowledged, %d 5xx answers", atRestart, s.refused.Load())
 	}
