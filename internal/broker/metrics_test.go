@@ -1,7 +1,6 @@
 package broker_test
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -9,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/cloudevents/sdk-go/v2/binding"
-	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"parry.dev/parry/internal/auth"
@@ -90,28 +86,28 @@ spec:
 	hostile := "attacker-id-" + strings.Repeat("x", 8)
 	ok := newEvent(hostile, "dev.parry.sensor.ok", map[string]any{"podname": "victim-pod"})
 	ok.SetSource("attacker-source")
-	if code := postWithToken(t, h.url, token, ok); code != http.StatusAccepted {
+	if code, _ := postAs(t, h.url, token, ok); code != http.StatusAccepted {
 		t.Fatalf("event with the sensor's token: %d, want 202", code)
 	}
 	rec.wait(t, 1)
-	if code := postWithToken(t, h.url, token, ok); code != http.StatusAccepted {
+	if code, _ := postAs(t, h.url, token, ok); code != http.StatusAccepted {
 		t.Fatalf("the same event again: %d, want 202", code)
 	}
-	if code := postWithToken(t, h.url, "", newEvent("n1", "dev.parry.sensor.ok", nil)); code != http.StatusUnauthorized {
+	if code, _ := postAs(t, h.url, "", newEvent("n1", "dev.parry.sensor.ok", nil)); code != http.StatusUnauthorized {
 		t.Fatalf("no token: %d, want 401", code)
 	}
-	if code := postWithToken(t, h.url, token+"x", newEvent("n2", "dev.parry.sensor.ok", nil)); code != http.StatusUnauthorized {
+	if code, _ := postAs(t, h.url, token+"x", newEvent("n2", "dev.parry.sensor.ok", nil)); code != http.StatusUnauthorized {
 		t.Fatalf("forged token: %d, want 401", code)
 	}
-	if code := postWithToken(t, h.url, token, newEvent("n3", "dev.parry.step.isolate.done.v1", nil)); code != http.StatusForbidden {
+	if code, _ := postAs(t, h.url, token, newEvent("n3", "dev.parry.step.isolate.done.v1", nil)); code != http.StatusForbidden {
 		t.Fatalf("a type no policy allows: %d, want 403", code)
 	}
 	old := newEvent("n4", "dev.parry.sensor.ok", nil)
 	old.SetTime(time.Now().Add(-time.Hour))
-	if code := postWithToken(t, h.url, token, old); code != http.StatusBadRequest {
+	if code, _ := postAs(t, h.url, token, old); code != http.StatusBadRequest {
 		t.Fatalf("an hour-old event: %d, want 400", code)
 	}
-	if code := postWithToken(t, h.url, token, newEvent("n5", "dev.parry.sensor.bad", nil)); code != http.StatusAccepted {
+	if code, _ := postAs(t, h.url, token, newEvent("n5", "dev.parry.sensor.bad", nil)); code != http.StatusAccepted {
 		t.Fatalf("event for the doomed Trigger: %d, want 202", code)
 	}
 	dls.wait(t, 1)
@@ -156,21 +152,4 @@ func scrapeURL(t *testing.T, reg *prometheus.Registry) string {
 	srv := httptest.NewServer(metrics.Handler(reg))
 	t.Cleanup(srv.Close)
 	return srv.URL + "/metrics"
-}
-
-func postWithToken(t *testing.T, url, token string, e cloudevents.Event) int {
-	t.Helper()
-	req := newRequest(t, http.MethodPost, url, nil)
-	if err := cehttp.WriteRequest(context.Background(), binding.ToMessage(&e), req); err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
 }
