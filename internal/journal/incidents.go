@@ -105,8 +105,9 @@ func Summarize(incident string, entries []Entry) IncidentSummary {
 			}
 		}
 	}
-	for i := range s.Steps {
-		if s.Opened.IsZero() {
+	if s.Opened.IsZero() {
+		// Replies whose opening was not journaled have no offset to show.
+		for i := range s.Steps {
 			s.Steps[i].After = 0
 		}
 	}

@@ -2,6 +2,7 @@ package timeline
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"embed"
 	"encoding/json"
@@ -193,7 +194,7 @@ func incidentMembers(all []journal.Entry, id string) []journal.Entry {
 			out = append(out, e)
 		}
 	}
-	slices.SortStableFunc(out, func(a, b journal.Entry) int { return int(a.Seq - b.Seq) })
+	slices.SortStableFunc(out, func(a, b journal.Entry) int { return cmp.Compare(a.Seq, b.Seq) })
 	return out
 }
 
